@@ -1,0 +1,116 @@
+"""
+``multitrigger`` command line.
+
+``multitrigger run`` replaces ``airflow triggerer`` and takes its flags with their stock meaning —
+they are Airflow's own ``Arg`` objects (checked against Airflow 3.3.2), plus ``--config``.
+``multitrigger config check`` validates the config including a real handshake with every loop's
+interpreter; ``multitrigger venv create`` makes a layered bundle virtualenv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def default_config_path() -> Path:
+    return Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow")) / "multitrigger.toml"
+
+
+def _add_config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="multitrigger config file (default: $AIRFLOW_HOME/multitrigger.toml; "
+        "no file = every bundle in one default loop, like the stock triggerer)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="multitrigger", description="Multi-loop, isolated Airflow triggerer.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="Start a triggerer (replaces `airflow triggerer`)")
+    from airflow.cli import cli_config as a
+
+    for arg in (a.ARG_PID, a.ARG_DAEMON, a.ARG_STDOUT, a.ARG_STDERR, a.ARG_LOG_FILE, a.ARG_CAPACITY,
+                a.ARG_VERBOSE, a.ARG_SKIP_SERVE_LOGS, a.ARG_QUEUES, a.ARG_TRIGGERER_TEAM_NAME):
+        arg.add_to_parser(run)
+    _add_config_arg(run)
+    run.set_defaults(func=cmd_run)
+
+    config = sub.add_parser("config", help="Configuration commands").add_subparsers(dest="config_command", required=True)
+    check = config.add_parser("check", help="Validate the config and hand-shake with every loop's interpreter")
+    _add_config_arg(check)
+    check.set_defaults(func=cmd_config_check)
+
+    venv = sub.add_parser("venv", help="Bundle virtualenvs").add_subparsers(dest="venv_command", required=True)
+    create = venv.add_parser("create", help="Create a bundle venv layered on this environment")
+    create.add_argument("path", type=Path, help="Where to create the venv (e.g. /opt/venvs/team_a)")
+    create.add_argument("-r", "--requirement", type=Path, default=None, help="requirements file to install")
+    create.add_argument("packages", nargs="*", help="extra requirement specifiers to install")
+    create.set_defaults(func=cmd_venv_create)
+
+    demo = sub.add_parser("demo", help="Build a local SQLite Airflow home with example bundles and run on it")
+    demo.add_argument("--home", type=Path, default=Path("var/demo"), help="where to build the demo home")
+    demo.add_argument("--seconds", type=float, default=40.0, help="how long to run before stopping")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _load(args: argparse.Namespace, probe: bool = False):
+    from multitrigger.config import load_config
+
+    explicit = args.config is not None
+    return load_config(args.config if explicit else default_config_path(), must_exist=explicit, probe=probe)
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from multitrigger.config import ConfigError
+
+    try:
+        config = _load(args, probe=True)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    source = config.source or "(no config file: built-in default)"
+    print(f"{source}: OK")
+    for loop in config.loops.values():
+        bundles = ", ".join(sorted(loop.bundles)) or "(every bundle not listed elsewhere)"
+        print(f"  loop {loop.name}: {loop.isolation}, python {loop.python}, bundles {bundles}")
+    return 0
+
+
+def cmd_venv_create(args: argparse.Namespace) -> int:
+    from multitrigger.venvs import create_bundle_venv
+
+    python = create_bundle_venv(args.path, requirements=args.packages or None, requirements_file=args.requirement)
+    print(f"created {args.path} (interpreter {python}); use it with:\n  venv = \"{args.path}\"")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from multitrigger.config import ConfigError
+
+    try:
+        config = _load(args)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    from multitrigger.supervisor.entry import run_triggerer
+
+    return run_triggerer(args, config)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from multitrigger.sandbox.demo import run_demo
+
+    return run_demo(args.home, args.seconds)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    sys.exit(args.func(args) or 0)

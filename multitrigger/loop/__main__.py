@@ -1,0 +1,50 @@
+"""
+Entry point of a loop process: ``<interpreter> -m multitrigger.loop`` (exec'd, never just forked).
+
+Checked against Airflow 3.3.2. The supervisor hands the loop:
+
+* fd 0: the request socket (Airflow comms framing, see ``multitrigger.protocol``);
+* fd 1 and 2: a socket for anything user code prints;
+* ``MULTITRIGGER_LOG_FD``: a socket for JSON log lines (routed to per-trigger log files);
+* ``AIRFLOW_HOME``: a private directory with no ``airflow.cfg``; no database URL, no Fernet key.
+
+Set-up order matters and mirrors ``airflow.sdk.execution_time.supervisor._fork_main``: reset
+signals, send logs over the JSON channel, block ORM access, then run the trigger runner.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from multitrigger.protocol import ENV_LOG_FD
+
+
+def main() -> None:
+    from airflow.sdk.execution_time.supervisor import (
+        _configure_logs_over_json_channel,
+        _reset_signals,
+        block_orm_access,
+    )
+
+    _reset_signals()
+    _configure_logs_over_json_channel(int(os.environ[ENV_LOG_FD]))
+    block_orm_access()
+
+    from multitrigger.loop.runner import LoopRunner
+
+    try:
+        LoopRunner().run()
+    except SystemExit:
+        raise
+    except BaseException:
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(1)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""
+The loop child's trigger runner: Airflow's stock ``TriggerRunner`` with a faster check-in.
+
+Checked against Airflow 3.3.2 (``airflow.jobs.triggerer_job_runner.TriggerRunner``).
+
+Everything that gives triggers their semantics is inherited unchanged: ``create_triggers`` (class
+import, kwargs decoding, templated fields for ``start_from_trigger``), ``run_trigger`` (timeouts,
+``on_kill`` on user action, ``cleanup``, greenback portal for sync SDK calls), ``cancel_triggers``,
+``cleanup_finished_triggers``, the blocked-loop watchdog and the comms decoder.
+
+Only the main loop (``arun``) is replaced, because the stock one checks in once a second:
+
+* a **poll task** keeps one empty ``TriggerStateChanges`` outstanding; the supervisor answers it
+  when it has work for this loop (see ``multitrigger.protocol``), so new triggers and cancels arrive
+  in milliseconds;
+* the **main loop** sleeps on a wake-up event that is set when a trigger fires, fails or finishes,
+  or when the poll brings work; it then pushes the changes after a short coalescing window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from contextlib import suppress
+from typing import Any
+
+from airflow.jobs.triggerer_job_runner import TriggerRunner, messages
+
+#: Events fired within this window are sent in one push.
+COALESCE_SECONDS = 0.002
+#: Even with nothing to do, the main loop runs this often (finished-task sweep, status logs).
+IDLE_SECONDS = 1.0
+
+
+class _WakingDeque(deque):
+    """A deque that calls ``on_append`` whenever something is appended to it."""
+
+    def __init__(self, on_append: Callable[[], None]) -> None:
+        super().__init__()
+        self._on_append = on_append
+
+    def append(self, item: Any) -> None:
+        super().append(item)
+        self._on_append()
+
+
+class LoopRunner(TriggerRunner):
+    """Stock ``TriggerRunner`` semantics; events leave the loop as soon as they fire."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.events = _WakingDeque(self._request_wake)
+        self.failed_triggers = _WakingDeque(self._request_wake)
+
+    def _request_wake(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def _handle_signal(self, signum: int, frame: Any) -> None:
+        super()._handle_signal(signum, frame)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._request_wake)
+
+    async def arun(self) -> None:
+        """Run triggers until told to stop; see the module docstring for the check-in scheme."""
+        await self.init_comms()
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        watchdog = asyncio.create_task(self.block_watchdog(), name="block-watchdog")
+        poller = asyncio.create_task(self._poll_forever(), name="supervisor-poll")
+        last_status = time.monotonic()
+        try:
+            while not self.stop:
+                self._raise_if_dead(watchdog, poller)
+                await self._sync_once()
+                with suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), IDLE_SECONDS)
+                self._wake.clear()
+                await asyncio.sleep(COALESCE_SECONDS)
+                if (now := time.monotonic()) - last_status >= 60:
+                    self.log.info("%i triggers currently running", len(self.triggers))
+                    last_status = now
+        finally:
+            poller.cancel()
+            reader = self.comms_decoder._reader_task
+            for task in (poller, reader):
+                if task is not None:
+                    task.cancel()
+                    with suppress(asyncio.CancelledError, Exception):
+                        await task
+            await self._shared_streams.stop_all()
+        await watchdog
+
+    def _raise_if_dead(self, *tasks: asyncio.Task) -> None:
+        for task in tasks:
+            if task.done():
+                task.result()
+                raise RuntimeError(f"{task.get_name()} task exited")
+        if self.comms_decoder._reader_task.done():
+            self.comms_decoder._reader_task.result()
+            raise RuntimeError("Supervisor connection lost")
+
+    async def _sync_once(self) -> None:
+        finished = await self.cleanup_finished_triggers()
+        if finished or self.events or self.failed_triggers:
+            # Stock code path: builds TriggerStateChanges, sanitises unserialisable events.
+            await self.sync_state_to_supervisor(finished)
+        await self.create_triggers()
+        await self.cancel_triggers()
+        self._watch_new_tasks()
+
+    def _watch_new_tasks(self) -> None:
+        """Wake the main loop when any trigger task ends, so 'finished' is reported at once."""
+        for details in self.triggers.values():
+            task = details["task"]
+            if not getattr(task, "_multitrigger_watched", False):
+                task._multitrigger_watched = True  # type: ignore[attr-defined]
+                task.add_done_callback(lambda _t: self._request_wake())
+
+    async def _poll_forever(self) -> None:
+        while not self.stop:
+            resp = await self.asend(messages.TriggerStateChanges())
+            if resp is None:
+                return
+            self.to_create.extend(resp.to_create)
+            self.to_cancel.extend(resp.to_cancel)
+            if resp.events_persisted:
+                self._shared_streams.confirm_persisted(resp.events_persisted)
+            if resp.to_create or resp.to_cancel:
+                self._request_wake()
+

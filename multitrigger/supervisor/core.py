@@ -1,0 +1,209 @@
+"""
+The supervisor's main loop: one selector serves every loop; each pass reconciles.
+
+Like gunicorn's arbiter, each pass of ``run`` is a handful of verbs: service the sockets of every
+loop, persist what they reported, answer held polls, reap and restart dead loops, kill hung ones,
+and once per claim interval claim/route/cancel triggers and heartbeat. Signal handlers only record
+the signal; the loop acts on it. No thread per loop.
+"""
+
+from __future__ import annotations
+
+import math
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from airflow.jobs.triggerer_job_runner import TriggerEventEntry
+from multitrigger.config import Config, LoopConfig
+from multitrigger.restart import BackoffSettings, RestartPolicy
+from multitrigger.supervisor.launch import loop_argv, loop_env
+from multitrigger.supervisor.slot import LoopSlot, SlotSinks
+from multitrigger.supervisor.store import TriggerStore
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Supervisor settings resolved once from the CLI and ``[triggerer]`` config."""
+
+    state_dir: Path
+    runner_health_check_threshold: float = 30.0
+    claim_interval: float = 1.0
+    shutdown_grace: float = 10.0
+
+
+class Supervisor:
+    """Runs one loop per configured loop and routes every claimed trigger to its bundle's loop."""
+
+    def __init__(self, config: Config, settings: RunSettings, store: TriggerStore, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self.selector = selectors.DefaultSelector()
+        self._events: list[tuple[str, TriggerEventEntry]] = []
+        self._failures: list[tuple[int, list[str] | None]] = []
+        self._log_sink = store.log_line_consumer()
+        self._signals: list[int] = []
+        self._next_tick = 0.0
+        self.slots = {name: self._make_slot(loop) for name, loop in config.loops.items()}
+        self.routes: dict[int, str] = {}  # trigger id → loop name, decided once
+
+    # -- set-up -------------------------------------------------------------------------------
+
+    def _make_slot(self, loop: LoopConfig) -> LoopSlot:
+        home = self.settings.state_dir / "loops" / loop.name
+        home.mkdir(parents=True, exist_ok=True)
+        r = loop.restart
+        backoff = BackoffSettings(r.backoff_initial, r.backoff_max, r.backoff_multiplier, r.jitter, r.stable_after)
+        return LoopSlot(
+            name=loop.name,
+            argv=loop_argv(loop.python),
+            env=loop_env(home),
+            cwd=home,
+            policy=RestartPolicy(backoff, clock=self.clock),
+            sinks=SlotSinks(
+                on_event=lambda name, entry: self._events.append((name, entry)),
+                on_failure=lambda name, tid, tb: self._failures.append((tid, tb)),
+                on_finished=self._on_finished,
+                on_output=lambda name, pid, line: log.info(line, loop=name, pid=pid, source="loop output"),
+                on_log_line=self._log_sink.send,
+            ),
+            hang_threshold=self.settings.runner_health_check_threshold,
+        )
+
+    def _install_signals(self) -> None:
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        self._wake = (wake_r, wake_w)
+        self.selector.register(wake_r, selectors.EVENT_READ, None)
+        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda s, _f: self._signals.append(s))
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self._install_signals()
+        log.info("multitrigger supervisor starting", loops=sorted(self.slots), job_id=self.store.job.id)
+        while not self._signals:
+            self._service(self._next_wakeup())
+            self._reconcile()
+        return self.shutdown()
+
+    def _next_wakeup(self) -> float:
+        deadlines = [self._next_tick] + [s.poll_deadline() for s in self.slots.values()]
+        deadlines += [s.start_at for s in self.slots.values() if s.process is None]
+        return max(0.0, min(deadlines) - self.clock())
+
+    def _service(self, timeout: float) -> None:
+        for key, mask in self.selector.select(min(timeout, 1.0)):
+            if key.data is None:  # the signal wake-up socket
+                _drain(key.fileobj)
+                continue
+            proc, sock, reader = key.data
+            if mask & selectors.EVENT_WRITE:
+                proc.flush(self.selector)
+            if mask & selectors.EVENT_READ:
+                proc.service(self.selector, sock, reader)
+        self._persist_outcomes()
+
+    def _reconcile(self) -> None:
+        now = self.clock()
+        for slot in self.slots.values():
+            slot.answer_poll(self.selector, now)
+            slot.reap(self.selector, now)
+            slot.check_hang(now)
+            if slot.process is None and now >= slot.start_at:
+                slot.start(self.selector)
+        if now >= self._next_tick:
+            self._next_tick = now + self.settings.claim_interval
+            self._tick()
+
+    def _tick(self) -> None:
+        """Once per claim interval: clean, claim, route new triggers, cancel dropped ones, heartbeat."""
+        self.store.clean_unused()
+        held = self.store.claim()
+        tracked = set(self.routes)
+        for trigger_id in tracked - held:
+            self.slots[self.routes[trigger_id]].cancel(trigger_id)
+        if new := held - tracked:
+            for workload, bundle in self.store.build(new):
+                self._route(workload, bundle)
+        self.store.heartbeat()
+
+    def _route(self, workload, bundle: str | None) -> None:
+        loop = self.config.loop_for_bundle(bundle)
+        slot_config = self.config.loops[loop]
+        if not slot_config.allows(workload.classpath):
+            reason = f"trigger {workload.classpath} is not in loop {loop!r}'s allowed_triggers (bundle {bundle!r})"
+            log.error("trigger refused", loop=loop, bundle=bundle, trigger_id=workload.id, reason=reason)
+            self.store.submit_failures([(workload.id, [reason + "\n"])])
+            return
+        self.routes[workload.id] = loop
+        log.info("trigger routed", loop=loop, bundle=bundle, trigger_id=workload.id, classpath=workload.classpath)
+        self.slots[loop].add(workload)
+
+    # -- outcomes -----------------------------------------------------------------------------
+
+    def _persist_outcomes(self) -> None:
+        if self._events:
+            events, self._events = self._events, []
+            persisted = set(self.store.submit_events([(e.trigger_id, e.event) for _, e in events]))
+            for loop, entry in events:
+                if entry.persist_seq is not None and entry.trigger_id in persisted:
+                    self.slots[loop].persisted(entry.persist_seq)
+        if self._failures:
+            failures, self._failures = self._failures, []
+            self.store.submit_failures(failures)
+
+    def _on_finished(self, loop: str, trigger_id: int) -> None:
+        self.routes.pop(trigger_id, None)
+        if factory := self.store.logger_cache.pop(trigger_id, None):
+            try:
+                factory.upload_to_remote()
+            except Exception:
+                log.exception("failed to upload trigger logs", loop=loop, trigger_id=trigger_id)
+            finally:
+                factory.close()
+
+    # -- shutdown -----------------------------------------------------------------------------
+
+    def shutdown(self) -> int:
+        """Stop loops (triggers cancelled without ``on_kill``), hand triggers back, exit.
+
+        A second signal during the grace period kills every loop at once.
+        """
+        log.info("shutting down", signal=self._signals[0] if self._signals else None)
+        first = len(self._signals)
+        for slot in self.slots.values():
+            if slot.process is not None:
+                slot.process.signal(signal.SIGTERM)
+        deadline = self.clock() + self.settings.shutdown_grace
+        while any(s.process for s in self.slots.values()):
+            forced = len(self._signals) > first or self.clock() > deadline
+            for slot in self.slots.values():
+                if forced and slot.process is not None:
+                    slot.process.signal(signal.SIGKILL)
+                if slot.reap(self.selector, self.clock()) is not None:
+                    slot.start_at = math.inf
+            self._service(0.05)
+        self.store.release(self.routes)
+        return 0
+
+
+def _drain(sock) -> None:
+    try:
+        while sock.recv(4096):
+            pass
+    except (BlockingIOError, InterruptedError, OSError):
+        pass

@@ -1,0 +1,56 @@
+"""
+``multitrigger run``: the same start-up as ``airflow triggerer`` with our job runner.
+
+Mirrors ``airflow.cli.commands.triggerer_command.triggerer`` (Airflow 3.3.2): the same flag
+checks and errors (``--queues`` needs ``[triggerer] queues_enabled``; ``--team-name`` needs
+``[core] multi_team`` and an existing team), the same daemon handling (``-D``, ``--pid``,
+``--stdout``, ``--stderr``, ``--log-file``) and the same trigger log server on
+``[logging] trigger_log_server_port`` unless ``--skip-serve-logs``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from airflow.cli.commands.daemon_utils import run_command_with_daemon_option
+from airflow.cli.commands.triggerer_command import _serve_logs
+from airflow.configuration import conf
+from airflow.exceptions import AirflowConfigException
+from airflow.jobs.job import Job, run_job
+from airflow.utils.providers_configuration_loader import providers_configuration_loaded
+from multitrigger.config import Config
+
+
+def _team_name(args: argparse.Namespace) -> str | None:
+    team_name: str | None = getattr(args, "team_name", None)
+    if team_name and not conf.getboolean("core", "multi_team"):
+        raise AirflowConfigException("--team-name option may only be used when core.multi_team is enabled.")
+    if team_name:
+        from airflow.models.team import Team
+
+        if Team.get_name_if_exists(team_name) is None:
+            raise AirflowConfigException(f"Team {team_name!r} does not exist.")
+    return team_name
+
+
+@providers_configuration_loaded
+def run_triggerer(args: argparse.Namespace, config: Config) -> int:
+    from airflow.sdk._shared.secrets_masker import SecretsMasker
+
+    from multitrigger.supervisor.job_runner import MultiTriggerJobRunner
+
+    SecretsMasker.enable_log_masking()
+    if args.queues and not conf.getboolean("triggerer", "queues_enabled", fallback=False):
+        raise AirflowConfigException("--queues option may only be used when triggerer.queues_enabled is `True`.")
+    team_name = _team_name(args)
+    queues = set(args.queues) if args.queues else None
+    result: list[int | None] = [0]
+
+    def run() -> None:
+        with _serve_logs(args.skip_serve_logs):
+            job = Job(heartrate=conf.getfloat("triggerer", "JOB_HEARTBEAT_SEC"))
+            runner = MultiTriggerJobRunner(job, config, capacity=args.capacity, queues=queues, team_name=team_name)
+            result[0] = run_job(job=runner.job, execute_callable=runner._execute)
+
+    run_command_with_daemon_option(args=args, process_name="multitrigger", callback=run, should_setup_logging=True)
+    return result[0] or 0

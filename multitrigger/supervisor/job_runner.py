@@ -1,0 +1,59 @@
+"""
+The Airflow job that a multitrigger supervisor runs as: a ``TriggererJob``.
+
+Checked against Airflow 3.3.2. Registering with ``job_type = "TriggererJob"`` is what makes
+``airflow jobs check --job-type TriggererJob``, the UI's triggerer health and
+``Trigger.assign_unassigned``'s liveness test see multitrigger exactly like a stock triggerer.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import structlog
+
+from airflow._shared.observability.metrics import stats
+from airflow.configuration import conf, get_airflow_home
+from airflow.jobs.base_job_runner import BaseJobRunner
+from airflow.jobs.job import Job
+from airflow.observability.metrics import stats_utils
+from multitrigger.config import Config
+from multitrigger.supervisor.core import RunSettings, Supervisor
+from multitrigger.supervisor.store import Claim, TriggerStore
+
+log = structlog.get_logger(__name__)
+
+
+class MultiTriggerJobRunner(BaseJobRunner):
+    """Runs the multitrigger supervisor under a ``TriggererJob`` row."""
+
+    job_type = "TriggererJob"
+
+    def __init__(self, job: Job, config: Config, capacity: int | None = None, queues: set[str] | None = None, team_name: str | None = None) -> None:
+        super().__init__(job)
+        self.config = config
+        self.capacity = capacity if capacity is not None else conf.getint("triggerer", "capacity")
+        if self.capacity <= 0:
+            raise ValueError(f"Capacity number {self.capacity!r} is invalid")
+        self.queues = queues
+        self.team_name = team_name
+
+    def _execute(self) -> int | None:
+        # Server context: GetConnection requests are answered from the metastore (as stock does).
+        os.environ["_AIRFLOW_PROCESS_CONTEXT"] = "server"
+        stats.initialize(
+            factory=stats_utils.get_stats_factory(),
+            export_legacy_names=conf.getboolean("metrics", "legacy_names_on"),
+        )
+        claim = Claim(
+            capacity=self.capacity,
+            queues=self.queues,
+            team_name=self.team_name,
+            health_check_threshold=conf.getfloat("triggerer", "triggerer_health_check_threshold"),
+        )
+        settings = RunSettings(
+            state_dir=Path(get_airflow_home()) / "multitrigger",
+            runner_health_check_threshold=conf.getfloat("triggerer", "runner_health_check_threshold"),
+        )
+        return Supervisor(self.config, settings, TriggerStore(self.job, claim)).run()

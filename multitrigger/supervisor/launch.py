@@ -1,0 +1,68 @@
+"""
+How a loop process is started: its argv and its environment (the trust boundary).
+
+A loop runs user code, so its environment carries no metadata-database URL, no Fernet key and no
+other secret from the supervisor's configuration: every ``AIRFLOW__<SECTION>__<KEY>`` variable that
+Airflow marks sensitive (and all of ``[database]``) is dropped, with its ``_CMD``/``_SECRET``
+variants. Its ``AIRFLOW_HOME`` is a private directory with no ``airflow.cfg``. Non-secret
+``[triggerer]`` and ``[logging]`` settings are passed explicitly so trigger semantics (timeouts,
+``on_kill_timeout``, blocked-loop threshold) match the supervisor's configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from airflow.configuration import conf
+
+_ENV_KEY = re.compile(r"^AIRFLOW__(?P<section>[A-Z0-9_]+?)__(?P<key>[A-Z0-9_]+?)(_CMD|_SECRET)?$")
+_PASSED_SECTIONS = ("triggerer", "logging")
+_NEVER_PASSED_SECTIONS = {"database"}
+_NEVER_PASSED_KEYS = {("core", "fernet_key"), ("api_auth", "jwt_secret"), ("api", "secret_key")}
+
+
+def multitrigger_root() -> Path:
+    """The directory holding the ``multitrigger`` package (appended to a loop's ``sys.path``)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def loop_argv(python: Path) -> list[str]:
+    """Exec ``python`` and run the loop entry point.
+
+    The multitrigger source directory is *appended* to ``sys.path``, so a bundle venv that does
+    not have multitrigger installed can still run it, while the venv's own packages win.
+    """
+    code = (
+        "import sys; sys.path.append(%r); "
+        "import runpy; runpy.run_module('multitrigger.loop', run_name='__main__', alter_sys=True)"
+    ) % str(multitrigger_root())
+    return [str(python), "-c", code]
+
+
+def _is_secret(section: str, key: str) -> bool:
+    section, key = section.lower(), key.lower()
+    if section in _NEVER_PASSED_SECTIONS or (section, key) in _NEVER_PASSED_KEYS:
+        return True
+    return (section, key) in conf.sensitive_config_values
+
+
+def loop_env(home: Path, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a loop process whose private ``AIRFLOW_HOME`` is ``home``."""
+    env: dict[str, str] = {}
+    for name, value in (os.environ if base is None else base).items():
+        if name in ("AIRFLOW_HOME", "AIRFLOW_CONFIG", "_AIRFLOW_PROCESS_CONTEXT", "PYTHONPATH"):
+            continue
+        match = _ENV_KEY.match(name)
+        if match and _is_secret(match["section"], match["key"]):
+            continue
+        env[name] = value
+    for section in _PASSED_SECTIONS:
+        for key, value in conf.getsection(section).items():  # type: ignore[union-attr]
+            if not _is_secret(section, key) and value is not None:
+                env[f"AIRFLOW__{section.upper()}__{key.upper()}"] = str(value)
+    env["AIRFLOW_HOME"] = str(home)
+    env["AIRFLOW__CORE__FERNET_KEY"] = ""  # kwargs arrive decrypted; see store.plain_kwargs
+    env["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+    return env

@@ -1,0 +1,203 @@
+"""
+One loop OS process: exec it, read its three sockets, write responses, kill it.
+
+The process is exec'd with its loop's interpreter (``<venv>/bin/python``), never merely forked, so
+a bundle's loop really runs that bundle's environment. It asks the kernel to SIGKILL it when the
+supervisor dies (``PR_SET_PDEATHSIG``), so not even a SIGKILL of the supervisor leaves it behind.
+
+This class knows nothing about triggers: it turns bytes into frames and lines and hands them to
+callbacks; ``LoopSlot`` gives them meaning.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from airflow.sdk.execution_time.comms import _RequestFrame
+from multitrigger.protocol import ENV_LOG_FD, ENV_LOOP_NAME, FrameError, FrameReader, encode_response
+
+log = structlog.get_logger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+@dataclass
+class LoopCallbacks:
+    """Where a loop process delivers what it reads."""
+
+    on_frame: Callable[[_RequestFrame], None]
+    on_output: Callable[[str], None]
+    on_log_line: Callable[[bytes], None]
+    on_broken: Callable[[str], None]
+
+
+@dataclass
+class LoopProcess:
+    """A running loop child and the supervisor ends of its sockets."""
+
+    name: str
+    popen: subprocess.Popen
+    requests: socket.socket
+    output: socket.socket
+    logs: socket.socket
+    started_at: float = field(default_factory=time.monotonic)
+    _frames: FrameReader = field(default_factory=FrameReader)
+    _out_buffer: bytearray = field(default_factory=bytearray)
+    _log_buffer: bytearray = field(default_factory=bytearray)
+    _outbox: bytearray = field(default_factory=bytearray)
+    _open: set[socket.socket] = field(default_factory=set)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @classmethod
+    def spawn(cls, name: str, argv: Sequence[str], env: dict[str, str], cwd: Path) -> LoopProcess:
+        """Exec ``argv`` with fd 0 = request socket, fd 1/2 = output socket, a JSON log socket."""
+        req_parent, req_child = socket.socketpair()
+        out_parent, out_child = socket.socketpair()
+        log_parent, log_child = socket.socketpair()
+        child_env = {**env, ENV_LOG_FD: str(log_child.fileno()), ENV_LOOP_NAME: name}
+        try:
+            popen = subprocess.Popen(
+                list(argv),
+                stdin=req_child,
+                stdout=out_child,
+                stderr=out_child,
+                pass_fds=(log_child.fileno(),),
+                env=child_env,
+                cwd=cwd,
+                close_fds=True,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            for sock in (req_child, out_child, log_child):
+                sock.close()
+        for sock in (req_parent, out_parent, log_parent):
+            sock.setblocking(False)
+        proc = cls(name=name, popen=popen, requests=req_parent, output=out_parent, logs=log_parent)
+        proc._open = {req_parent, out_parent, log_parent}
+        return proc
+
+    def register(self, selector: selectors.BaseSelector, callbacks: LoopCallbacks) -> None:
+        """Serve this loop's sockets from the supervisor's one selector."""
+        readers = {
+            self.requests: lambda data: self._read_frames(data, callbacks),
+            self.output: lambda data: self._read_lines(data, self._out_buffer, callbacks.on_output),
+            self.logs: lambda data: self._read_log_lines(data, callbacks.on_log_line),
+        }
+        for sock, reader in readers.items():
+            selector.register(sock, selectors.EVENT_READ, (self, sock, reader))
+
+    def service(self, selector: selectors.BaseSelector, sock: socket.socket, reader: Callable[[bytes], None]) -> None:
+        """Read what is available on ``sock``; close it on EOF."""
+        try:
+            data = sock.recv(256 * 1024)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close(selector, sock)
+            return
+        reader(data)
+
+    def _read_frames(self, data: bytes, callbacks: LoopCallbacks) -> None:
+        try:
+            frames = self._frames.feed(data)
+        except FrameError as err:
+            callbacks.on_broken(f"malformed frame from loop: {err}")
+            return
+        for frame in frames:
+            callbacks.on_frame(frame)
+
+    @staticmethod
+    def _read_lines(data: bytes, buffer: bytearray, emit: Callable[[str], None]) -> None:
+        buffer.extend(data)
+        while (pos := buffer.find(b"\n")) != -1:
+            emit(buffer[:pos].decode("utf-8", "replace"))
+            del buffer[: pos + 1]
+        if len(buffer) > 64 * 1024:  # an endless line: emit it in pieces
+            emit(buffer.decode("utf-8", "replace"))
+            buffer.clear()
+
+    def _read_log_lines(self, data: bytes, emit: Callable[[bytes], None]) -> None:
+        self._log_buffer.extend(data)
+        while (pos := self._log_buffer.find(b"\n")) != -1:
+            emit(bytes(self._log_buffer[: pos + 1]))
+            del self._log_buffer[: pos + 1]
+
+    def respond(self, selector: selectors.BaseSelector, request_id: int, body: dict | None, error: dict | None = None) -> None:
+        """Queue one response frame and send what the socket takes now, without ever blocking.
+
+        A loop whose event loop is stuck stops reading; its responses wait here instead of
+        stalling the supervisor (and with it every other loop).
+        """
+        if self.requests not in self._open:
+            return
+        self._outbox.extend(encode_response(request_id, body, error))
+        self.flush(selector)
+
+    def flush(self, selector: selectors.BaseSelector) -> None:
+        """Send queued responses; watch for writability while some remain."""
+        if self.requests not in self._open:
+            return
+        try:
+            sent = self.requests.send(self._outbox) if self._outbox else 0
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._outbox.clear()
+            sent = 0
+        del self._outbox[:sent]
+        key = selector.get_key(self.requests)
+        wanted = selectors.EVENT_READ | (selectors.EVENT_WRITE if self._outbox else 0)
+        if key.events != wanted:
+            selector.modify(self.requests, wanted, key.data)
+
+    def _close(self, selector: selectors.BaseSelector, sock: socket.socket) -> None:
+        if sock in self._open:
+            self._open.discard(sock)
+            selector.unregister(sock)
+            sock.close()
+
+    def close(self, selector: selectors.BaseSelector) -> None:
+        for sock in list(self._open):
+            self._close(selector, sock)
+
+    def poll_exit(self) -> int | None:
+        """The exit status if the process has ended (negative = killed by that signal)."""
+        return self.popen.poll()
+
+    def signal(self, signum: int) -> None:
+        try:
+            os.kill(self.pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+def describe_exit(returncode: int) -> str:
+    """'exited with code 1' / 'killed by SIGKILL'."""
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with code {returncode}"

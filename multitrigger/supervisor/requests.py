@@ -1,0 +1,114 @@
+"""
+Answers to what a loop asks of the supervisor: connections, variables, XComs, TI/DR state, …
+
+Checked against Airflow 3.3.2: the handlers are Airflow's own
+(``airflow.sdk.execution_time.request_handlers``), called through the same in-process Execution
+API client the stock ``TriggerRunnerSupervisor`` uses, so a trigger sees exactly what it would see
+under ``airflow triggerer``. The dispatch is a table keyed by message type, not an if/elif chain.
+
+``TriggerStateChanges`` (the loop's check-in) is not answered here: it belongs to ``LoopSlot``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from pydantic import BaseModel
+
+from airflow.jobs.triggerer_job_runner import HITLDetailResponseResult, in_process_api_server
+from airflow.sdk.api.client import Client, ServerResponseError
+from airflow.sdk.exceptions import ErrorType
+from airflow.sdk.execution_time import comms as c
+from airflow.sdk.execution_time import request_handlers as h
+
+log = structlog.get_logger(__name__)
+
+Response = tuple[BaseModel | None, dict[str, bool]]
+Handler = Callable[[Client, Any], Response]
+
+
+def _ok(fn: Callable[[Client, Any], object]) -> Handler:
+    """Wrap a handler that returns nothing; the loop expects an ``OKResponse``."""
+
+    @functools.wraps(fn)
+    def wrapper(client: Client, msg: Any) -> Response:
+        fn(client, msg)
+        return c.OKResponse(ok=True), {}
+
+    return wrapper
+
+
+def _no_reply(msg: c.MaskSecret) -> Response:
+    h.handle_mask_secret(msg)
+    return None, {}
+
+
+def _hitl_update(client: Client, msg: c.UpdateHITLDetail) -> Response:
+    resp = client.hitl.update_response(
+        ti_id=msg.ti_id, chosen_options=msg.chosen_options, params_input=msg.params_input
+    )
+    return HITLDetailResponseResult.from_api_response(response=resp), {}
+
+
+def _hitl_get(client: Client, msg: c.GetHITLDetailResponse) -> Response:
+    return HITLDetailResponseResult.from_api_response(response=client.hitl.get_detail_response(ti_id=msg.ti_id)), {}
+
+
+HANDLERS: dict[type, Handler] = {
+    c.GetConnection: h.handle_get_connection,
+    c.GetVariable: h.handle_get_variable,
+    c.GetVariableKeys: h.handle_get_variable_keys,
+    c.PutVariable: h.handle_put_variable,
+    c.DeleteVariable: h.handle_delete_variable,
+    c.GetXCom: h.handle_get_xcom,
+    c.SetXCom: h.handle_set_xcom,
+    c.DeleteXCom: h.handle_delete_xcom,
+    c.GetDRCount: h.handle_get_dr_count,
+    c.GetDagRunState: h.handle_get_dag_run_state,
+    c.GetTICount: h.handle_get_ti_count,
+    c.GetTaskStates: h.handle_get_task_states,
+    c.GetPreviousTI: h.handle_get_previous_ti,
+    c.UpdateHITLDetail: _hitl_update,
+    c.GetHITLDetailResponse: _hitl_get,
+    c.MaskSecret: lambda _client, msg: _no_reply(msg),
+    c.GetAssetStateStoreByName: h.handle_get_asset_state_store_by_name,
+    c.GetAssetStateStoreByUri: h.handle_get_asset_state_store_by_uri,
+    c.SetAssetStateStoreByName: _ok(h.handle_set_asset_state_store_by_name),
+    c.SetAssetStateStoreByUri: _ok(h.handle_set_asset_state_store_by_uri),
+    c.ClearAssetStateStoreByName: _ok(h.handle_clear_asset_state_store_by_name),
+    c.ClearAssetStateStoreByUri: _ok(h.handle_clear_asset_state_store_by_uri),
+    c.DeleteAssetStateStoreByName: _ok(h.handle_delete_asset_state_store_by_name),
+    c.DeleteAssetStateStoreByUri: _ok(h.handle_delete_asset_state_store_by_uri),
+}
+
+
+@functools.cache
+def api_client() -> Client:
+    """The stock triggerer's client: in-process Execution API, no HTTP, no token."""
+    client = Client(base_url=None, token="", dry_run=True, transport=in_process_api_server().transport)
+    client.base_url = "http://in-process.invalid./"  # type: ignore[assignment]
+    return client
+
+
+def answer(msg: BaseModel) -> tuple[dict | None, dict | None]:
+    """Run the handler for ``msg``; return the response frame's ``(body, error)``."""
+    handler = HANDLERS.get(type(msg))
+    if handler is None:
+        return None, _error(ErrorType.GENERIC_ERROR, f"multitrigger does not answer {type(msg).__name__}")
+    try:
+        resp, dump_opts = handler(api_client(), msg)
+    except ServerResponseError as err:
+        detail = err.response.json() if err.response is not None else None
+        log.error("API server error", message=str(err), detail=detail)
+        return None, _error(ErrorType.API_SERVER_ERROR, str(err), detail=detail)
+    except Exception as err:
+        log.exception("Unhandled exception while answering a loop request", request=type(msg).__name__)
+        return None, _error(ErrorType.API_SERVER_ERROR, str(err), exception_type=type(err).__name__)
+    return (resp.model_dump(**dump_opts) if resp is not None else None), None
+
+
+def _error(kind: ErrorType, message: str, **detail: Any) -> dict:
+    return c.ErrorResponse(error=kind, detail={"message": message, **detail}).model_dump()

@@ -1,0 +1,211 @@
+"""
+A loop slot: one configured loop, its current process, and the triggers it owns.
+
+The slot outlives its processes. It keeps every workload routed to it, so when a process dies the
+same triggers are delivered to the next one without another trip to the database; it keeps the
+held long-poll (see ``multitrigger.protocol``) and the "last heard from" clock that hang detection
+reads. Check-ins (``TriggerStateChanges``) are handled here; every other request goes to
+``multitrigger.supervisor.requests``.
+
+Structured logs carry ``loop``, ``pid`` and ``trigger_id``.
+"""
+
+from __future__ import annotations
+
+import math
+import selectors
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from pydantic import TypeAdapter
+
+from airflow.executors import workloads
+from airflow.jobs.triggerer_job_runner import ToTriggerSupervisor, TriggerEventEntry, messages
+from airflow.sdk.execution_time.comms import _RequestFrame
+from multitrigger.protocol import POLL_HOLD_SECONDS
+from multitrigger.restart import RestartPolicy
+from multitrigger.supervisor import requests
+from multitrigger.supervisor.loop_process import LoopCallbacks, LoopProcess, describe_exit
+
+log = structlog.get_logger(__name__)
+_decoder: TypeAdapter[Any] = TypeAdapter(ToTriggerSupervisor)
+
+
+@dataclass
+class SlotSinks:
+    """Where a slot delivers outcomes that need the database (owned by the supervisor)."""
+
+    on_event: Callable[[str, TriggerEventEntry], None]
+    on_failure: Callable[[str, int, list[str] | None], None]
+    on_finished: Callable[[str, int], None]
+    on_output: Callable[[str, int, str], None]
+    on_log_line: Callable[[bytes], None]
+
+
+@dataclass
+class LoopStats:
+    """Counters shown by status/health surfaces."""
+
+    events: int = 0
+    failures: int = 0
+    restarts: int = 0
+    last_exit: str | None = None
+
+
+@dataclass
+class LoopSlot:
+    """One loop: what it should run and the process currently running it."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Any
+    policy: RestartPolicy
+    sinks: SlotSinks
+    hang_threshold: float
+    process: LoopProcess | None = None
+    start_at: float = 0.0
+    stats: LoopStats = field(default_factory=LoopStats)
+    assigned: dict[int, workloads.RunTrigger] = field(default_factory=dict)
+    _undelivered: dict[int, workloads.RunTrigger] = field(default_factory=dict)
+    _cancel_wanted: set[int] = field(default_factory=set)
+    _cancel_sent: set[int] = field(default_factory=set)
+    _persisted_seqs: list[int] = field(default_factory=list)
+    _kill_reason: str | None = None
+    _held_poll: int | None = None
+    _held_until: float = 0.0
+    last_heard: float = math.inf
+
+    # -- what the supervisor tells the slot -------------------------------------------------
+
+    def add(self, workload: workloads.RunTrigger) -> None:
+        self.assigned[workload.id] = workload
+        self._undelivered[workload.id] = workload
+
+    def cancel(self, trigger_id: int) -> None:
+        if trigger_id in self._undelivered:  # never reached the loop: nothing to cancel there
+            self._forget(trigger_id)
+        elif trigger_id in self.assigned:
+            self._cancel_wanted.add(trigger_id)
+
+    def persisted(self, seq: int) -> None:
+        self._persisted_seqs.append(seq)
+
+    # -- process lifecycle --------------------------------------------------------------------
+
+    def start(self, selector: selectors.BaseSelector) -> None:
+        self.process = LoopProcess.spawn(self.name, self.argv, self.env, self.cwd)
+        self.process.register(
+            selector,
+            LoopCallbacks(
+                on_frame=lambda frame: self._on_frame(selector, frame),
+                on_output=lambda line: self.sinks.on_output(self.name, self.process.pid, line),
+                on_log_line=self.sinks.on_log_line,
+                on_broken=lambda why: self.kill(why),
+            ),
+        )
+        self.policy.started()
+        self.last_heard = math.inf  # a cold start is not a hang
+        self._held_poll = None
+        self._undelivered = dict(self.assigned)
+        self._cancel_sent.clear()
+        # Stock handshake: the runner's first read must be a StartTriggerer frame (request id 0).
+        self.process.respond(selector, 0, messages.StartTriggerer().model_dump())
+        log.info("loop started", loop=self.name, pid=self.process.pid, interpreter=self.argv[0])
+
+    def kill(self, reason: str) -> None:
+        """Kill the process for ``reason``; ``reap`` records it when the exit is seen."""
+        if self.process is not None and self.process.poll_exit() is None:
+            log.error("killing loop", loop=self.name, pid=self.process.pid, reason=reason)
+            self._kill_reason = reason
+            self.process.signal(9)
+
+    def reap(self, selector: selectors.BaseSelector, now: float) -> str | None:
+        """If the process has exited: close it, schedule the restart, return the exit reason."""
+        if self.process is None or (code := self.process.poll_exit()) is None:
+            return None
+        reason = self._kill_reason or describe_exit(code)
+        self._kill_reason = None
+        log.error("loop process ended", loop=self.name, pid=self.process.pid, reason=reason, triggers=len(self.assigned))
+        self.process.close(selector)
+        self.process = None
+        self.stats.last_exit = reason
+        # Triggers we were cancelling are done with; the rest are re-delivered to the next process.
+        for trigger_id in self._cancel_wanted:
+            self.assigned.pop(trigger_id, None)
+            self.sinks.on_finished(self.name, trigger_id)
+        self._cancel_wanted.clear()
+        self.start_at = self.policy.died()
+        self.stats.restarts += 1
+        return reason
+
+    def check_hang(self, now: float) -> None:
+        if self.process is not None and now - self.last_heard > self.hang_threshold:
+            self.kill(f"no check-in for {now - self.last_heard:.1f}s (threshold {self.hang_threshold:.0f}s)")
+
+    # -- frames from the loop -----------------------------------------------------------------
+
+    def _on_frame(self, selector: selectors.BaseSelector, frame: _RequestFrame) -> None:
+        self.last_heard = time.monotonic()
+        try:
+            msg = _decoder.validate_python(frame.body)
+        except Exception as err:
+            self.kill(f"undecodable request from loop: {type(err).__name__}")
+            return
+        if isinstance(msg, messages.TriggerStateChanges):
+            self._on_state_changes(selector, frame.id, msg)
+            return
+        body, error = requests.answer(msg)
+        self.process.respond(selector, frame.id, body, error)
+
+    def _on_state_changes(self, selector: selectors.BaseSelector, req_id: int, msg: messages.TriggerStateChanges) -> None:
+        for entry in msg.events or ():
+            self.stats.events += 1
+            self.sinks.on_event(self.name, entry)
+        for trigger_id, tb in msg.failures or ():
+            self.stats.failures += 1
+            self.sinks.on_failure(self.name, trigger_id, tb)
+            # A failed trigger is done with (it may never have started: bad import), so it is
+            # never re-delivered to a restarted process.
+            self._forget(trigger_id)
+        for trigger_id in msg.finished or ():
+            self._forget(trigger_id)
+        if msg.events or msg.failures or msg.finished:
+            self._respond_sync(selector, req_id)
+        else:  # a poll: hold it until there is work
+            if self._held_poll is not None:  # a loop keeps one poll; answer a stale one empty
+                self._respond_sync(selector, self._held_poll, empty=True)
+            self._held_poll, self._held_until = req_id, time.monotonic() + POLL_HOLD_SECONDS
+            self.answer_poll(selector, time.monotonic())
+
+    def _forget(self, trigger_id: int) -> None:
+        if self.assigned.pop(trigger_id, None) is not None:
+            self.sinks.on_finished(self.name, trigger_id)
+        self._undelivered.pop(trigger_id, None)
+        self._cancel_wanted.discard(trigger_id)
+        self._cancel_sent.discard(trigger_id)
+
+    def has_work(self) -> bool:
+        return bool(self._undelivered or (self._cancel_wanted - self._cancel_sent) or self._persisted_seqs)
+
+    def answer_poll(self, selector: selectors.BaseSelector, now: float) -> None:
+        """Answer the held poll if there is work for the loop or it has been held long enough."""
+        if self._held_poll is not None and self.process is not None and (self.has_work() or now >= self._held_until):
+            req_id, self._held_poll = self._held_poll, None
+            self._respond_sync(selector, req_id)
+
+    def poll_deadline(self) -> float:
+        return self._held_until if self._held_poll is not None else math.inf
+
+    def _respond_sync(self, selector: selectors.BaseSelector, req_id: int, empty: bool = False) -> None:
+        to_create: list[workloads.RunTrigger] = [] if empty else list(self._undelivered.values())
+        to_cancel: set[int] = set() if empty else self._cancel_wanted - self._cancel_sent
+        seqs, self._persisted_seqs = ([], self._persisted_seqs) if empty else (self._persisted_seqs, [])
+        sync = messages.TriggerStateSync(to_create=to_create, to_cancel=to_cancel, events_persisted=seqs or None)
+        if not empty:
+            self._undelivered.clear()
+            self._cancel_sent |= to_cancel
+        self.process.respond(selector, req_id, sync.model_dump())

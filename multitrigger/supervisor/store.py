@@ -1,0 +1,153 @@
+"""
+Everything the supervisor does in the metadata database — the only process allowed to.
+
+Checked against Airflow 3.3.2. Claiming, workload building, event and failure persistence and
+cleanup are Airflow's own code (``Trigger.assign_unassigned`` / ``ids_for_triggerer`` /
+``submit_event`` / ``submit_failure`` / ``clean_unused`` and the stock supervisor's
+``build_trigger_workloads``), so multitrigger shares a trigger table with stock triggerers and with
+other multitrigger instances under Airflow's HA semantics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import structlog
+
+from airflow.executors import workloads
+from airflow.jobs.job import Job, perform_heartbeat
+from airflow.jobs.triggerer_job_runner import TriggerLoggingFactory, TriggerRunnerSupervisor
+from airflow.models.crypto import get_fernet
+from airflow.models.trigger import Trigger
+from airflow.triggers.base import TriggerEvent
+from airflow.utils.session import create_session
+from multitrigger.routing import bundles_for
+
+log = structlog.get_logger(__name__)
+
+
+class _StockWorkloads:
+    """The stock supervisor's workload and log-routing code, bound to our job.
+
+    These are ``TriggerRunnerSupervisor`` methods that need only ``job``, ``id`` and
+    ``logger_cache``; borrowing them keeps ``start_from_trigger`` templating, asset-watcher and
+    callback workloads and per-trigger log paths exactly as stock builds them.
+    """
+
+    fetch_trigger_details = TriggerRunnerSupervisor.fetch_trigger_details
+    fetch_non_task_trigger_ids = TriggerRunnerSupervisor.fetch_non_task_trigger_ids
+    _create_workload = TriggerRunnerSupervisor._create_workload
+    build_trigger_workloads = TriggerRunnerSupervisor.build_trigger_workloads
+    _process_log_messages_from_subprocess = TriggerRunnerSupervisor._process_log_messages_from_subprocess
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.id = job.id
+        self.logger_cache: dict[int, TriggerLoggingFactory] = {}
+
+
+def plain_kwargs(encrypted_kwargs: str) -> str:
+    """Decrypt trigger kwargs here, so no loop (user code) ever needs the Fernet key.
+
+    ``Trigger._decrypt_kwargs`` in the loop accepts plain JSON (it starts with ``{``).
+    """
+    if encrypted_kwargs.startswith("{"):
+        return encrypted_kwargs
+    return get_fernet().decrypt(encrypted_kwargs.encode("utf-8")).decode("utf-8")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The filters a triggerer claims with: stock ``--capacity``, ``--queues``, ``--team-name``."""
+
+    capacity: int
+    queues: set[str] | None
+    team_name: str | None
+    health_check_threshold: float
+
+
+class TriggerStore:
+    """The supervisor's view of the trigger table."""
+
+    def __init__(self, job: Job, claim: Claim) -> None:
+        self.job = job
+        self.claim_filters = claim
+        self._stock = _StockWorkloads(job)
+
+    @property
+    def logger_cache(self) -> dict[int, TriggerLoggingFactory]:
+        return self._stock.logger_cache
+
+    def log_line_consumer(self):
+        """A started generator that writes a loop's JSON log lines to per-trigger log files."""
+        gen = self._stock._process_log_messages_from_subprocess()
+        next(gen)
+        return gen
+
+    def claim(self) -> set[int]:
+        """Assign unassigned triggers to us (HA row locks, capacity); return every id we hold."""
+        c = self.claim_filters
+        Trigger.assign_unassigned(self.job.id, c.capacity, c.health_check_threshold, queues=c.queues, team_name=c.team_name)
+        return set(Trigger.ids_for_triggerer(self.job.id, queues=c.queues, team_name=c.team_name))
+
+    def build(self, trigger_ids: set[int]) -> list[tuple[workloads.RunTrigger, str | None]]:
+        """Stock workloads for new trigger ids, each with its bundle (``None`` if unknown)."""
+        built = self._stock.build_trigger_workloads(trigger_ids)
+        with create_session() as session:
+            bundles = bundles_for([w.id for w in built], session)
+        result = []
+        for workload in built:
+            try:
+                workload = workload.model_copy(update={"encrypted_kwargs": plain_kwargs(workload.encrypted_kwargs)})
+            except Exception as err:  # wrong key: fail this trigger, not the loop (stock would crash the runner)
+                self.submit_failures([(workload.id, [f"cannot decrypt trigger kwargs: {err!r}\n"])])
+                continue
+            result.append((workload, bundles.get(workload.id)))
+        return result
+
+    def submit_events(self, entries: Iterable[tuple[int, TriggerEvent]]) -> list[int]:
+        """Persist events in one transaction (one per event if the batch fails); return persisted ids."""
+        entries = list(entries)
+        try:
+            with create_session() as session:
+                for trigger_id, event in entries:
+                    Trigger.submit_event(trigger_id=trigger_id, event=event, session=session)
+            return [tid for tid, _ in entries]
+        except Exception:
+            log.exception("batch event submit failed; retrying one by one", count=len(entries))
+        done = []
+        for trigger_id, event in entries:
+            try:
+                Trigger.submit_event(trigger_id=trigger_id, event=event)
+                done.append(trigger_id)
+            except Exception:
+                log.exception("could not persist trigger event", trigger_id=trigger_id)
+        return done
+
+    def submit_failures(self, failures: Iterable[tuple[int, list[str] | None]]) -> None:
+        with create_session() as session:
+            for trigger_id, tb in failures:
+                Trigger.submit_failure(trigger_id=trigger_id, exc=tb, session=session)
+
+    def clean_unused(self) -> None:
+        Trigger.clean_unused()
+
+    def heartbeat(self) -> None:
+        perform_heartbeat(self.job, heartbeat_callback=lambda session=None: None, only_if_necessary=True)
+
+    def release(self, trigger_ids: Iterable[int]) -> None:
+        """Hand triggers back (``triggerer_id = NULL``) so another triggerer claims them at once."""
+        from sqlalchemy import update
+
+        ids = list(trigger_ids)
+        if not ids:
+            return
+        with create_session() as session:
+            session.execute(
+                update(Trigger)
+                .where(Trigger.id.in_(ids), Trigger.triggerer_id == self.job.id)
+                .values(triggerer_id=None)
+                .execution_options(synchronize_session=False)
+            )
+
