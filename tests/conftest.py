@@ -1,0 +1,61 @@
+"""Shared fixtures: real Airflow homes, real bundle venvs, real `multitrigger run` processes."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from multitrigger.sandbox.home import AirflowHome
+
+MULTITRIGGER = str(Path(sys.executable).parent / "multitrigger")
+
+
+class Triggerer:
+    """A running `multitrigger run` (or stock `airflow triggerer`) process with its log file."""
+
+    def __init__(self, popen: subprocess.Popen, log: Path) -> None:
+        self.popen = popen
+        self.log = log
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                return self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+        return self.popen.wait(10)
+
+
+@pytest.fixture
+def start_triggerer() -> Iterator[Callable[..., Triggerer]]:
+    """Start triggerer processes against a home; every one is stopped at teardown."""
+    started: list[Triggerer] = []
+
+    def start(home: AirflowHome, *args: str, config: str | None = None, stock: bool = False, name: str = "mt") -> Triggerer:
+        log = home.path / f"{name}-{len(started)}.log"
+        if stock:
+            cmd = [str(Path(sys.executable).parent / "airflow"), "triggerer", *args]
+        else:
+            cmd = [MULTITRIGGER, "run", *args]
+            if config is not None:
+                cfg = home.path / f"{name}-{len(started)}.toml"
+                cfg.write_text(textwrap.dedent(config))
+                cmd += ["--config", str(cfg)]
+        with log.open("wb") as fh:
+            popen = subprocess.Popen(cmd, env=home.env(), stdout=fh, stderr=subprocess.STDOUT, cwd=home.path)
+        started.append(proc := Triggerer(popen, log))
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
