@@ -85,9 +85,13 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_venv_create(args: argparse.Namespace) -> int:
-    from multitrigger.venvs import create_bundle_venv
+    from multitrigger.venvs import VenvError, create_bundle_venv
 
-    python = create_bundle_venv(args.path, requirements=args.packages or None, requirements_file=args.requirement)
+    try:
+        python = create_bundle_venv(args.path, requirements=args.packages or None, requirements_file=args.requirement)
+    except VenvError as err:
+        print(f"multitrigger venv create: {err}", file=sys.stderr)
+        return 2
     print(f"created {args.path} (interpreter {python}); use it with:\n  venv = \"{args.path}\"")
     return 0
 

@@ -23,7 +23,8 @@ import structlog
 from airflow.jobs.triggerer_job_runner import TriggerEventEntry
 from multitrigger.config import Config, LoopConfig
 from multitrigger.restart import BackoffSettings, RestartPolicy
-from multitrigger.supervisor.launch import loop_argv, loop_env
+from multitrigger.interpreter_probe import loop_bootstrap_args
+from multitrigger.supervisor.launch import loop_env
 from multitrigger.supervisor.slot import LoopSlot, SlotSinks
 from multitrigger.supervisor.store import TriggerStore
 
@@ -66,7 +67,7 @@ class Supervisor:
         backoff = BackoffSettings(r.backoff_initial, r.backoff_max, r.backoff_multiplier, r.jitter, r.stable_after)
         return LoopSlot(
             name=loop.name,
-            argv=loop_argv(loop.python),
+            argv=loop_bootstrap_args(loop.python),
             env=loop_env(home),
             cwd=home,
             policy=RestartPolicy(backoff, clock=self.clock),

@@ -1,5 +1,6 @@
 """
-How a loop process is started: its argv and its environment (the trust boundary).
+How a loop process is started: its environment (the trust boundary). Its argv is
+``multitrigger.interpreter_probe.loop_bootstrap_args``, shared with ``config check``'s handshake.
 
 A loop runs user code, so its environment carries no metadata-database URL, no Fernet key and no
 other secret from the supervisor's configuration: every ``AIRFLOW__<SECTION>__<KEY>`` variable that
@@ -21,24 +22,6 @@ _ENV_KEY = re.compile(r"^AIRFLOW__(?P<section>[A-Z0-9_]+?)__(?P<key>[A-Z0-9_]+?)
 _PASSED_SECTIONS = ("triggerer", "logging")
 _NEVER_PASSED_SECTIONS = {"database"}
 _NEVER_PASSED_KEYS = {("core", "fernet_key"), ("api_auth", "jwt_secret"), ("api", "secret_key")}
-
-
-def multitrigger_root() -> Path:
-    """The directory holding the ``multitrigger`` package (appended to a loop's ``sys.path``)."""
-    return Path(__file__).resolve().parents[2]
-
-
-def loop_argv(python: Path) -> list[str]:
-    """Exec ``python`` and run the loop entry point.
-
-    The multitrigger source directory is *appended* to ``sys.path``, so a bundle venv that does
-    not have multitrigger installed can still run it, while the venv's own packages win.
-    """
-    code = (
-        "import sys; sys.path.append(%r); "
-        "import runpy; runpy.run_module('multitrigger.loop', run_name='__main__', alter_sys=True)"
-    ) % str(multitrigger_root())
-    return [str(python), "-c", code]
 
 
 def _is_secret(section: str, key: str) -> bool:

@@ -1,0 +1,319 @@
+"""Config loading and validation, including the real interpreter handshake (probe=True)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import multitrigger
+from multitrigger.config import (
+    DEFAULT_LOOP,
+    Config,
+    ConfigError,
+    RestartSettings,
+    load_config,
+)
+from multitrigger.interpreter_probe import (
+    bootstrap_code,
+    clean_env,
+    loop_bootstrap_args,
+    probe,
+    source_root,
+)
+from multitrigger.venvs import create_bundle_venv
+
+
+@pytest.fixture(scope="session")
+def bundle_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real layered venv (no extra packages: creating it takes ~0.2 s)."""
+    venv = tmp_path_factory.mktemp("bundle") / "team_a"
+    create_bundle_venv(venv)
+    return venv
+
+
+@pytest.fixture(scope="session")
+def plain_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A venv of the same CPython without Airflow (not layered)."""
+    venv = tmp_path_factory.mktemp("plain") / "venv"
+    subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    return venv
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "multitrigger.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def problems(path: Path, text: str | None = None) -> list[str]:
+    if text is not None:
+        write(path.parent, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    return str(err.value).splitlines()
+
+
+def assert_problem(lines: list[str], path: Path, key: str, *fragments: str) -> None:
+    """One line reads ``<file>: <key>: <problem> — <fix>`` and contains *fragments*."""
+    prefix = f"{path}: {key}: "
+    matching = [ln for ln in lines if ln.startswith(prefix)]
+    assert matching, f"no problem for {key!r} in:\n" + "\n".join(lines)
+    assert any(" — " in ln and all(f in ln for f in fragments) for ln in matching), matching
+
+
+# --- defaults and the happy path ---------------------------------------------------------
+
+
+def test_default_config_without_file(tmp_path: Path) -> None:
+    for config in (load_config(None), load_config(tmp_path / "absent.toml")):
+        assert config.source is None
+        assert list(config.loops) == [DEFAULT_LOOP]
+        loop = config.loops[DEFAULT_LOOP]
+        assert loop.python == Path(sys.executable) and loop.venv is None
+        assert loop.isolation == "process" and loop.allowed_triggers is None
+        assert loop.restart == RestartSettings()
+        assert config.loop_for_bundle("anything") == config.loop_for_bundle(None) == DEFAULT_LOOP
+
+
+def test_empty_file_is_the_default_config(tmp_path: Path) -> None:
+    path = write(tmp_path, "")
+    assert load_config(path).source == path and list(load_config(path).loops) == [DEFAULT_LOOP]
+
+
+def test_must_exist(tmp_path: Path) -> None:
+    path = tmp_path / "absent.toml"
+    with pytest.raises(ConfigError) as err:
+        load_config(path, must_exist=True)
+    assert_problem(str(err.value).splitlines(), path, "(file)", "file not found", "create it")
+
+
+def test_full_config(tmp_path: Path, bundle_venv: Path) -> None:
+    path = write(tmp_path, f"""
+        [loops.default]
+        [loops.team_a]
+        bundles = ["team_a", "team_a_extra"]
+        venv = "{bundle_venv}"
+        allowed_triggers = ["airflow.providers.standard.triggers.temporal.DateTimeTrigger", "acme.*"]
+        [loops.team_a.restart]
+        backoff_initial = 1
+        poison_threshold = 5
+        [loops."team-b.v2"]
+        bundles = ["team_b"]
+        python = "{sys.executable}"
+        """)
+    config = load_config(path)
+    assert list(config.loops) == ["default", "team_a", "team-b.v2"]
+    a = config.loops["team_a"]
+    assert a.bundles == frozenset({"team_a", "team_a_extra"})
+    assert a.venv == bundle_venv and a.python == bundle_venv / "bin" / "python"
+    assert a.isolation == "venv"
+    assert a.restart == RestartSettings(backoff_initial=1.0, poison_threshold=5)
+    assert isinstance(a.restart.backoff_initial, float)
+    assert config.loops["team-b.v2"].python == Path(sys.executable)
+    assert config.loops["team-b.v2"].isolation == "venv"
+    assert config.loop_for_bundle("team_a_extra") == "team_a"
+    assert config.loop_for_bundle("team_b") == "team-b.v2"
+    assert config.loop_for_bundle("other") == "default"
+    with pytest.raises(TypeError):
+        config.loops["x"] = a  # type: ignore[index]
+
+
+def test_allows(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        [loops.t]
+        bundles = ["t"]
+        allowed_triggers = ["pkg.mod.Exact", "acme.triggers.*"]
+        """)
+    loop = load_config(path).loops["t"]
+    assert loop.allows("pkg.mod.Exact") and not loop.allows("pkg.mod.ExactOther")
+    assert loop.allows("acme.triggers.http.HttpTrigger")
+    assert not loop.allows("acme.triggersx.T") and not loop.allows("acme.triggers")
+    assert load_config(path).loops["default"].allows("anything.At.all")
+
+
+def test_relative_venv_is_relative_to_the_config_file(tmp_path: Path) -> None:
+    create_bundle_venv(tmp_path / "venvs" / "a")
+    (tmp_path / "etc").mkdir()
+    path = write(tmp_path / "etc", '[loops.a]\nbundles = ["a"]\nvenv = "../venvs/a"\n')
+    assert load_config(path).loops["a"].python == tmp_path / "venvs" / "a" / "bin" / "python"
+
+
+def test_config_requires_default_loop() -> None:
+    with pytest.raises(ValueError, match="default"):
+        Config(source=None, loops={})
+
+
+# --- every validation error ------------------------------------------------------------------
+
+
+def test_bad_toml_reports_line_and_column(tmp_path: Path) -> None:
+    path = write(tmp_path, '[loops.a]\nbundles = ["a"\nvenv = 1\n')
+    assert_problem(problems(path), path, "line 3, column 1", "invalid TOML", "fix the syntax")
+
+
+def test_unknown_keys_name_key_and_allowed_ones(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        colour = "red"
+        [loops.a]
+        bundles = ["a"]
+        venvv = "/opt/x"
+        [loops.a.restart]
+        backof_max = 3
+        """)
+    lines = problems(path)
+    assert_problem(lines, path, "colour", "unknown key", "use one of: loops")
+    assert_problem(lines, path, "loops.a.venvv", "unknown key", "bundles, venv, python, isolation")
+    assert_problem(lines, path, "loops.a.restart.backof_max", "unknown key", "backoff_max")
+    assert len(lines) == 3  # every problem at once, one per line
+
+
+def test_bundle_in_two_loops_names_both(tmp_path: Path) -> None:
+    path = write(tmp_path, '[loops.a]\nbundles = ["x", "y"]\n[loops.b]\nbundles = ["y"]\n')
+    assert_problem(problems(path), path, "loops.b.bundles", "'y'", "'a'", "'b'", "exactly one loop")
+
+
+@pytest.mark.parametrize("text, key, fragment", [
+    ('[loops.a]\nbundles = []\n', "loops.a.bundles", "is empty"),
+    ('[loops.a]\nvenv = "/x"\n', "loops.a.bundles", "missing"),
+    ('[loops.a]\nbundles = "a"\n', "loops.a.bundles", "array of non-empty strings"),
+    ('[loops.a]\nbundles = ["a", "a"]\n', "loops.a.bundles", "listed twice"),
+    ('[loops.default]\nbundles = ["a"]\n', "loops.default.bundles", "takes no bundle list"),
+    ('loops = 3\n', "loops", "must be a table"),
+    ('[loops]\na = 1\n', "loops.a", "must be a table"),
+    ('[loops.a]\nbundles = ["a"]\nisolation = 2\n', "loops.a.isolation", "must be a string"),
+    ('[loops.a]\nbundles = ["a"]\nisolation = "venv"\n', "loops.a.isolation", "needs an interpreter"),
+    ('[loops.a]\nbundles = ["a"]\nisolation = "thread"\n', "loops.a.isolation", "unknown isolation"),
+    ('[loops.a]\nbundles = ["a"]\nvenv = 5\n', "loops.a.venv", "non-empty string"),
+    ('[loops.a]\nbundles = ["a"]\nallowed_triggers = []\n', "loops.a.allowed_triggers", "is empty"),
+    ('[loops.a]\nbundles = ["a"]\nallowed_triggers = ["a b"]\n', "loops.a.allowed_triggers[0]",
+     "not a classpath"),
+    ('[loops.a]\nbundles = ["a"]\nrestart = 1\n', "loops.a.restart", "must be a table"),
+    ('[loops.a.restart]\njitter = "x"\n[loops.a]\n', "loops.a.restart.jitter", "a number"),
+    ('[loops.a]\nbundles = ["a"]\n[loops.a.restart]\npoison_threshold = true\n',
+     "loops.a.restart.poison_threshold", "an integer"),
+    ('[loops.a]\nbundles = ["a"]\n[loops.a.restart]\njitter = 1.5\n', "loops.a.restart.jitter",
+     "between 0 and 1"),
+    ('[loops.a]\nbundles = ["a"]\n[loops.a.restart]\nbackoff_initial = 5\nbackoff_max = 1\n',
+     "loops.a.restart.backoff_max", ">= backoff_initial"),
+])
+def test_invalid_values(tmp_path: Path, text: str, key: str, fragment: str) -> None:
+    path = write(tmp_path, text)
+    assert_problem(problems(path), path, key, fragment)
+
+
+@pytest.mark.parametrize("name", ["bad name", "-dash", ".dot", "x" * 64, "ünï"])
+def test_bad_loop_name(tmp_path: Path, name: str) -> None:
+    path = write(tmp_path, f'[loops."{name}"]\nbundles = ["a"]\n')
+    assert_problem(problems(path), path, f"loops.{name}", "invalid loop name", "letters, digits")
+
+
+def test_missing_venv_dir(tmp_path: Path) -> None:
+    path = write(tmp_path, '[loops.a]\nbundles = ["a"]\nvenv = "/nonexistent/venv"\n')
+    assert_problem(problems(path), path, "loops.a.venv", "/nonexistent/venv does not exist",
+                   "create_bundle_venv")
+
+
+def test_venv_without_python(tmp_path: Path) -> None:
+    (tmp_path / "empty_venv").mkdir()
+    path = write(tmp_path, '[loops.a]\nbundles = ["a"]\nvenv = "empty_venv"\n')
+    assert_problem(problems(path), path, "loops.a.venv", "bin/python does not exist", "recreate")
+
+
+def test_non_executable_python(tmp_path: Path) -> None:
+    (tmp_path / "v" / "bin").mkdir(parents=True)
+    (tmp_path / "v" / "bin" / "python").write_text("#!/bin/sh\n")
+    (tmp_path / "v" / "bin" / "python").chmod(0o644)
+    (tmp_path / "py").write_text("")
+    (tmp_path / "py").chmod(0o644)
+    path = write(tmp_path, '[loops.a]\nbundles = ["a"]\nvenv = "v"\n'
+                           '[loops.b]\nbundles = ["b"]\npython = "./py"\n')
+    lines = problems(path)
+    assert_problem(lines, path, "loops.a.venv", "is not executable", "chmod +x")
+    assert_problem(lines, path, "loops.b.python", "is not executable", "chmod +x")
+
+
+def test_venv_and_python_together(tmp_path: Path, bundle_venv: Path) -> None:
+    path = write(tmp_path, f'[loops.a]\nbundles = ["a"]\nvenv = "{bundle_venv}"\n'
+                           f'python = "{sys.executable}"\n')
+    assert_problem(problems(path), path, "loops.a.python", "both set", "keep one")
+
+
+@pytest.mark.parametrize("value", ["cgroup", "dedicated"])
+def test_reserved_isolation_is_not_supported_yet(tmp_path: Path, value: str) -> None:
+    path = write(tmp_path, f'[loops.a]\nbundles = ["a"]\nisolation = "{value}"\n')
+    assert_problem(problems(path), path, "loops.a.isolation", "not supported yet in this version",
+                   'use isolation = "venv"', '"process"')
+
+
+def test_shared_isolation(tmp_path: Path) -> None:
+    path = write(tmp_path, '[loops.a]\nbundles = ["a"]\nisolation = "shared"\n'
+                           '[loops.default]\nisolation = "shared"\n')
+    lines = problems(path)
+    assert_problem(lines, path, "loops.a.isolation", "omit the loop", "run in the default loop")
+    assert_problem(lines, path, "loops.default.isolation", "omit isolation")
+
+
+def test_process_isolation_with_venv(tmp_path: Path, bundle_venv: Path) -> None:
+    path = write(tmp_path, f'[loops.a]\nbundles = ["a"]\nvenv = "{bundle_venv}"\n'
+                           'isolation = "process"\n')
+    assert_problem(problems(path), path, "loops.a.isolation", "remove isolation")
+
+
+# --- the real interpreter handshake ----------------------------------------------------------
+
+
+@pytest.mark.timeout(300)
+def test_probe_passes_for_a_layered_bundle_venv(tmp_path: Path, bundle_venv: Path) -> None:
+    path = write(tmp_path, f'[loops.default]\n[loops.a]\nbundles = ["a"]\nvenv = "{bundle_venv}"\n')
+    config = load_config(path, probe=True)
+    assert config.loops["a"].python == bundle_venv / "bin" / "python"
+    result = probe(bundle_venv / "bin" / "python")
+    assert result.error is None and result.multitrigger_importable
+    assert result.airflow_version == importlib.metadata.version("apache-airflow-core")
+    assert result.task_sdk_version == importlib.metadata.version("apache-airflow-task-sdk")
+    assert result.multitrigger_location == multitrigger.__file__
+
+
+@pytest.mark.timeout(300)
+def test_probe_fails_for_a_venv_without_airflow(tmp_path: Path, plain_venv: Path) -> None:
+    path = write(tmp_path, f'[loops.a]\nbundles = ["a"]\nvenv = "{plain_venv}"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path, probe=True)
+    lines = str(err.value).splitlines()
+    assert_problem(lines, path, "loops.a.venv", "apache-airflow-core is not installed",
+                   "create_bundle_venv")
+    assert_problem(lines, path, "loops.a.venv", "apache-airflow-task-sdk is not installed")
+    assert len(lines) == 2  # the default loop (the supervisor's interpreter) passes
+    # multitrigger itself is importable there through the appended source directory
+    result = probe(plain_venv / "bin" / "python", import_check=False)
+    assert result.multitrigger_importable and result.airflow_version is None
+
+
+def test_probe_of_a_missing_interpreter(tmp_path: Path) -> None:
+    result = probe(tmp_path / "nope")
+    assert result.error and "does not exist" in result.error
+
+
+def test_bootstrap_appends_the_source_dir(plain_venv: Path, tmp_path: Path) -> None:
+    args = loop_bootstrap_args(plain_venv / "bin" / "python")
+    assert args[:2] == [str(plain_venv / "bin" / "python"), "-c"]
+    assert args[2] == bootstrap_code("multitrigger.loop")
+    # run a module through the same bootstrap and let it report sys.path as __main__
+    (tmp_path / "show_path.py").write_text(
+        "import json, sys, multitrigger\n"
+        "print(json.dumps([__name__, sys.path, multitrigger.__file__]))\n")
+    env = {**clean_env(tmp_path), "PYTHONPATH": str(tmp_path)}
+    out = subprocess.run([args[0], "-c", bootstrap_code("show_path")], capture_output=True,
+                         text=True, check=True, env=env).stdout
+    name, path, mt_file = json.loads(out)
+    assert name == "__main__"
+    assert path[-1] == str(source_root())  # appended: the venv's own packages come first
+    assert path.index(str(plain_venv / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+                          / "site-packages")) < len(path) - 1
+    assert mt_file == multitrigger.__file__
