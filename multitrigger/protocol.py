@@ -44,6 +44,7 @@ MAX_FRAME_BYTES = 64 * 1024 * 1024
 #: Environment variables the loop child reads.
 ENV_LOG_FD = "MULTITRIGGER_LOG_FD"
 ENV_LOOP_NAME = "MULTITRIGGER_LOOP"
+ENV_BLAME_FILE = "MULTITRIGGER_BLAME_FILE"
 
 
 class FrameError(Exception):

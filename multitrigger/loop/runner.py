@@ -20,13 +20,17 @@ Only the main loop (``arun``) is replaced, because the stock one checks in once 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextlib import suppress
+from pathlib import Path
 from typing import Any
 
 from airflow.jobs.triggerer_job_runner import TriggerRunner, messages
+from multitrigger.loop.blame import BlamedCoroutine, BlameSlot
+from multitrigger.protocol import ENV_BLAME_FILE
 
 #: Events fired within this window are sent in one push.
 COALESCE_SECONDS = 0.002
@@ -55,6 +59,11 @@ class LoopRunner(TriggerRunner):
         self._loop: asyncio.AbstractEventLoop | None = None
         self.events = _WakingDeque(self._request_wake)
         self.failed_triggers = _WakingDeque(self._request_wake)
+        # The poll task parks new work here; only the main loop moves it into to_create/to_cancel,
+        # so creation (below) sees one workload at a time and blames the right one.
+        self._inbox: list[messages.TriggerStateSync] = []
+        blame_path = os.environ.get(ENV_BLAME_FILE)
+        self.blame = BlameSlot(Path(blame_path)) if blame_path else None
 
     def _request_wake(self) -> None:
         if self._wake is not None:
@@ -105,6 +114,10 @@ class LoopRunner(TriggerRunner):
             raise RuntimeError("Supervisor connection lost")
 
     async def _sync_once(self) -> None:
+        for resp in self._inbox:
+            self.to_create.extend(resp.to_create)
+            self.to_cancel.extend(resp.to_cancel)
+        self._inbox.clear()
         finished = await self.cleanup_finished_triggers()
         if finished or self.events or self.failed_triggers:
             # Stock code path: builds TriggerStateChanges, sanitises unserialisable events.
@@ -112,6 +125,33 @@ class LoopRunner(TriggerRunner):
         await self.create_triggers()
         await self.cancel_triggers()
         self._watch_new_tasks()
+
+    async def create_triggers(self) -> None:
+        """Create triggers one workload at a time, under blame, each failure its own.
+
+        Stock ``create_triggers`` catches only ``TypeError`` from a trigger's constructor; any other
+        exception escapes and kills the whole runner (Airflow #72758). Here it fails that trigger.
+        """
+        while self.to_create:
+            workload = self.to_create.popleft()
+            queue, self.to_create = self.to_create, deque([workload])
+            self._blame(workload.id)
+            try:
+                await super().create_triggers()
+            except Exception as err:
+                self.log.error("Trigger failed to inflate", error=err, trigger_id=workload.id)
+                self.failed_triggers.append((workload.id, err))
+            finally:
+                self._blame(0)
+                self.to_create = queue
+
+    def run_trigger(self, trigger_id: int, *args: Any, **kwargs: Any) -> Coroutine:  # type: ignore[override]
+        coro = super().run_trigger(trigger_id, *args, **kwargs)
+        return BlamedCoroutine(coro, trigger_id, self.blame) if self.blame else coro
+
+    def _blame(self, trigger_id: int) -> None:
+        if self.blame is not None:
+            self.blame.set(trigger_id)
 
     def _watch_new_tasks(self) -> None:
         """Wake the main loop when any trigger task ends, so 'finished' is reported at once."""
@@ -126,8 +166,7 @@ class LoopRunner(TriggerRunner):
             resp = await self.asend(messages.TriggerStateChanges())
             if resp is None:
                 return
-            self.to_create.extend(resp.to_create)
-            self.to_cancel.extend(resp.to_cancel)
+            self._inbox.append(resp)
             if resp.events_persisted:
                 self._shared_streams.confirm_persisted(resp.events_persisted)
             if resp.to_create or resp.to_cancel:

@@ -79,6 +79,8 @@ class Supervisor:
                 on_log_line=self._log_sink.send,
             ),
             hang_threshold=self.settings.runner_health_check_threshold,
+            blame_file=home / "blame",
+            poison_threshold=r.poison_threshold,
         )
 
     def _install_signals(self) -> None:

@@ -17,6 +17,7 @@ import selectors
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -25,7 +26,8 @@ from pydantic import TypeAdapter
 from airflow.executors import workloads
 from airflow.jobs.triggerer_job_runner import ToTriggerSupervisor, TriggerEventEntry, messages
 from airflow.sdk.execution_time.comms import _RequestFrame
-from multitrigger.protocol import POLL_HOLD_SECONDS
+from multitrigger.loop.blame import read_blame, reset_blame
+from multitrigger.protocol import ENV_BLAME_FILE, POLL_HOLD_SECONDS
 from multitrigger.restart import RestartPolicy
 from multitrigger.supervisor import requests
 from multitrigger.supervisor.loop_process import LoopCallbacks, LoopProcess, describe_exit
@@ -66,6 +68,8 @@ class LoopSlot:
     policy: RestartPolicy
     sinks: SlotSinks
     hang_threshold: float
+    blame_file: Path
+    poison_threshold: int = 3
     process: LoopProcess | None = None
     start_at: float = 0.0
     stats: LoopStats = field(default_factory=LoopStats)
@@ -75,6 +79,7 @@ class LoopSlot:
     _cancel_sent: set[int] = field(default_factory=set)
     _persisted_seqs: list[int] = field(default_factory=list)
     _kill_reason: str | None = None
+    strikes: dict[int, list[str]] = field(default_factory=dict)
     _held_poll: int | None = None
     _held_until: float = 0.0
     last_heard: float = math.inf
@@ -97,7 +102,9 @@ class LoopSlot:
     # -- process lifecycle --------------------------------------------------------------------
 
     def start(self, selector: selectors.BaseSelector) -> None:
-        self.process = LoopProcess.spawn(self.name, self.argv, self.env, self.cwd)
+        reset_blame(self.blame_file)
+        env = {**self.env, ENV_BLAME_FILE: str(self.blame_file)}
+        self.process = LoopProcess.spawn(self.name, self.argv, env, self.cwd)
         self.process.register(
             selector,
             LoopCallbacks(
@@ -133,6 +140,7 @@ class LoopSlot:
         self.process.close(selector)
         self.process = None
         self.stats.last_exit = reason
+        self._blame(read_blame(self.blame_file), reason)
         # Triggers we were cancelling are done with; the rest are re-delivered to the next process.
         for trigger_id in self._cancel_wanted:
             self.assigned.pop(trigger_id, None)
@@ -142,9 +150,27 @@ class LoopSlot:
         self.stats.restarts += 1
         return reason
 
+    def _blame(self, trigger_id: int, reason: str) -> None:
+        """Count a death against the trigger whose code was running; fail it at the threshold.
+
+        Failing it (with the reason on its task instance) lets the rest of the bundle run: without
+        this a trigger that crashes its loop would crash every restart, forever.
+        """
+        if trigger_id not in self.assigned:
+            return
+        strikes = self.strikes.setdefault(trigger_id, [])
+        strikes.append(reason)
+        log.warning("loop death blamed on trigger", loop=self.name, trigger_id=trigger_id, strikes=len(strikes), reason=reason)
+        if len(strikes) >= self.poison_threshold:
+            verdict = f"trigger crashed its loop {self.name!r} {len(strikes)} times: {reason}"
+            log.error("failing poison trigger", loop=self.name, trigger_id=trigger_id, reason=verdict)
+            self.sinks.on_failure(self.name, trigger_id, [verdict + "\n", *(f"  crash {i + 1}: {r}\n" for i, r in enumerate(strikes))])
+            self.stats.failures += 1
+            self._forget(trigger_id)
+
     def check_hang(self, now: float) -> None:
         if self.process is not None and now - self.last_heard > self.hang_threshold:
-            self.kill(f"no check-in for {now - self.last_heard:.1f}s (threshold {self.hang_threshold:.0f}s)")
+            self.kill(f"event loop blocked: no check-in for {now - self.last_heard:.1f}s (threshold {self.hang_threshold:g}s)")
 
     # -- frames from the loop -----------------------------------------------------------------
 
@@ -182,6 +208,7 @@ class LoopSlot:
             self.answer_poll(selector, time.monotonic())
 
     def _forget(self, trigger_id: int) -> None:
+        self.strikes.pop(trigger_id, None)
         if self.assigned.pop(trigger_id, None) is not None:
             self.sinks.on_finished(self.name, trigger_id)
         self._undelivered.pop(trigger_id, None)

@@ -1,0 +1,112 @@
+"""Triggers that misbehave on purpose, for crash-containment tests and benchmarks.
+
+Each takes ``after`` (seconds to wait before misbehaving, default 0) so a test can start healthy
+neighbours first. All are real ``BaseTrigger`` subclasses; what they do is real (a real
+``os._exit``, a real SIGSEGV through ctypes, a really blocked event loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+_PREFIX = "multitrigger.sandbox.crash_triggers"
+
+
+class _Misbehaving(BaseTrigger):
+    def __init__(self, after: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.after = after
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return f"{_PREFIX}.{type(self).__name__}", {"after": self.after}
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        if self.after:
+            await asyncio.sleep(self.after)
+        self.misbehave()
+        await asyncio.Event().wait()
+        yield TriggerEvent(None)  # pragma: no cover
+
+    def misbehave(self) -> None:
+        raise NotImplementedError
+
+
+class ExitTrigger(_Misbehaving):
+    """``os._exit(1)``: the whole loop process ends, no cleanup."""
+
+    def misbehave(self) -> None:
+        os._exit(1)
+
+
+class KillLoopTrigger(_Misbehaving):
+    """SIGKILL to its own loop process (what the OOM killer does)."""
+
+    def misbehave(self) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SegfaultTrigger(_Misbehaving):
+    """A real segmentation fault: read address 0 through ctypes."""
+
+    def misbehave(self) -> None:
+        ctypes.string_at(0)
+
+
+class SleepForeverTrigger(_Misbehaving):
+    """``time.sleep`` inside ``async run()``: the event loop is blocked for good."""
+
+    def misbehave(self) -> None:
+        while True:
+            time.sleep(3600)
+
+
+class BusyLoopTrigger(_Misbehaving):
+    """An endless CPU loop inside ``async run()``."""
+
+    def misbehave(self) -> None:
+        n = 0
+        while True:
+            n += 1
+
+
+class BadInitTrigger(BaseTrigger):
+    """A constructor that raises ``ValueError`` (Airflow #72758 crash-loops the stock triggerer)."""
+
+    def __init__(self, after: float = 0.0, **kwargs: Any) -> None:
+        raise ValueError("BadInitTrigger refuses to be constructed")
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:  # pragma: no cover - never constructed
+        return f"{_PREFIX}.BadInitTrigger", {}
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:  # pragma: no cover
+        yield TriggerEvent(None)
+
+
+class PrintTrigger(_Misbehaving):
+    """``print()`` from a trigger, then fire normally: output must not break the loop."""
+
+    def misbehave(self) -> None:
+        print("hello from PrintTrigger", flush=True)
+        print("x" * 100_000, flush=True)  # one very long line
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        if self.after:
+            await asyncio.sleep(self.after)
+        self.misbehave()
+        yield TriggerEvent({"printed": True, "pid": os.getpid()})
+
+
+class GarbageTrigger(_Misbehaving):
+    """Writes bytes that are not a frame onto the loop's request socket (fd 0), then blocks."""
+
+    def misbehave(self) -> None:
+        os.write(0, b"\xff\xff\xff\xf0 this is not a frame")
+        time.sleep(3600)

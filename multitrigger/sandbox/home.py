@@ -1,0 +1,883 @@
+"""A REAL, isolated Airflow 3.3 environment (AIRFLOW_HOME + metadata DB) for tests, demos, benchmarks.
+
+Nothing here is mocked: the metadata DB is migrated by Airflow, DAG bundles are parsed and
+serialized by Airflow (``airflow dags reserialize`` steps), DagRuns/TaskInstances/Triggers are
+created with Airflow's models the way the scheduler + execution API would.
+
+The calling process never imports Airflow through this module: everything that needs Airflow's
+(process-global) configuration runs in a subprocess with :meth:`AirflowHome.env`
+(``python -m multitrigger.sandbox._worker``), and state is read back with plain SQL through
+SQLAlchemy Core on the home's DB URL.  One pytest process can therefore juggle several homes.
+
+Typical use::
+
+    home = AirflowHome.create(tmp_path / "home", {"b1": deferring_bundle("d1")})
+    ref = home.defer("d1", "t0", FIRE_AT, {"moment": iso_in(3)})
+    proc = home.popen_airflow("triggerer", "--skip-serve-logs")
+    home.wait_for(lambda: home.ti_states([ref])[ref].state == "scheduled", timeout=30)
+    home.event(ref)  # -> {"fired_at": ..., "pid": ..., ...}
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import contextlib
+import dataclasses
+import datetime as _dt
+import fcntl
+import json
+import os
+import secrets
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from importlib import metadata as _metadata
+from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
+
+from multitrigger.sandbox.dag_sources import (
+    asset_watcher_dag_source,
+    broken_dag_source,
+    deferring_bundle,
+    deferring_dag_source,
+)
+
+__all__ = [
+    "AirflowHome",
+    "DeferSpec",
+    "SandboxError",
+    "TaskRef",
+    "TIState",
+    "TriggerRow",
+    "FIRE_AT",
+    "RAISE",
+    "WAIT_FOREVER",
+    "IMPORT_VERSION",
+    "LOCAL_BUNDLE_CLASSPATH",
+    "DEFAULT_RUN_ID",
+    "airflow_version",
+    "ensure_pg_database",
+    "ensure_template_db",
+    "prestart_zygote",
+    "template_db_path",
+    "decode_serde",
+    "iso_in",
+    "asset_watcher_dag_source",
+    "broken_dag_source",
+    "FIRE_AT_EVENT",
+    "deferring_bundle",
+    "deferring_dag_source",
+]
+
+FIRE_AT = "multitrigger.sandbox.triggers.FireAtTrigger"
+FIRE_AT_EVENT = "multitrigger.sandbox.triggers.FireAtEventTrigger"
+RAISE = "multitrigger.sandbox.triggers.RaiseTrigger"
+WAIT_FOREVER = "multitrigger.sandbox.triggers.WaitForeverTrigger"
+IMPORT_VERSION = "multitrigger.sandbox.triggers.ImportVersionTrigger"
+LOCAL_BUNDLE_CLASSPATH = "airflow.dag_processing.bundles.local.LocalDagBundle"
+DEFAULT_RUN_ID = "manual__sandbox"  # keep in sync with _worker.DEFAULT_RUN_ID
+
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # directory containing the ``multitrigger`` package
+T = TypeVar("T")
+
+
+class SandboxError(RuntimeError):
+    """A sandbox subprocess failed; the message carries its error, traceback and log tail."""
+
+
+# --------------------------------------------------------------------------------------- small API
+def airflow_version() -> str:
+    """Installed apache-airflow-core version, read from package metadata (does not import Airflow)."""
+    try:
+        return _metadata.version("apache-airflow-core")
+    except _metadata.PackageNotFoundError:  # pragma: no cover
+        return _metadata.version("apache-airflow")
+
+
+def template_db_path(version: str | None = None) -> Path:
+    """Where the migrated SQLite template DB for this Airflow version lives (shared by all homes)."""
+    base = Path(os.environ.get("MULTITRIGGER_TEMPLATE_DIR") or tempfile.gettempdir())
+    return base / f"multitrigger-airflow-template-{version or airflow_version()}.db"
+
+
+def iso_in(seconds: float) -> str:
+    """ISO timestamp (UTC) ``seconds`` from now -- handy for ``FireAtTrigger(moment=...)``."""
+    return (_dt.datetime.now(_dt.timezone.utc) + _dt.timedelta(seconds=seconds)).isoformat()
+
+
+def decode_serde(value: Any) -> Any:
+    """Decode ``airflow.sdk.serde`` output (as stored in ``task_instance.next_kwargs``) without Airflow.
+
+    Plain JSON passes through; ``{"__classname__", "__version__", "__data__"}`` envelopes for
+    tuple/set/frozenset/datetime/date/timedelta are decoded, unknown envelopes are returned as-is.
+    """
+    if isinstance(value, list):
+        return [decode_serde(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "__classname__" in value and "__data__" in value:
+        cls, data = value["__classname__"], value["__data__"]
+        if cls == "builtins.tuple":
+            return tuple(decode_serde(v) for v in data)
+        if cls in ("builtins.set", "builtins.frozenset"):
+            items = [decode_serde(v) for v in data]
+            try:
+                return set(items) if cls == "builtins.set" else frozenset(items)
+            except TypeError:
+                return items
+        if cls in ("datetime.datetime", "pendulum.datetime.DateTime") and isinstance(data, dict):
+            tz = _dt.timezone.utc
+            return _dt.datetime.fromtimestamp(float(data["timestamp"]), tz=tz)
+        if cls == "datetime.date" and isinstance(data, str):
+            return _dt.date.fromisoformat(data)
+        if cls == "datetime.timedelta" and isinstance(data, (int, float)):
+            return _dt.timedelta(seconds=float(data))
+        return value
+    return {k: decode_serde(v) for k, v in value.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskRef:
+    """Identifies a task instance created by :meth:`AirflowHome.defer` (hashable; usable as dict key)."""
+
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int = -1
+    ti_id: str | None = dataclasses.field(default=None, compare=False)
+    trigger_id: int | None = dataclasses.field(default=None, compare=False)
+
+    def key(self) -> dict[str, Any]:
+        return {"dag_id": self.dag_id, "run_id": self.run_id, "task_id": self.task_id, "map_index": self.map_index}
+
+
+class _TIStateTuple(NamedTuple):
+    state: str | None
+    next_kwargs: Any  # JSON as stored (serde-encoded dict, already json-decoded), None if NULL
+    trigger_id: int | None
+
+
+class TIState(_TIStateTuple):
+    """``(state, next_kwargs, trigger_id)`` of one task instance, plus ``.next_method`` and ``.event``.
+
+    Unpacks as the 3-tuple; ``next_method`` is an extra attribute (not part of equality).
+    """
+
+    def __new__(cls, state: str | None, next_kwargs: Any, trigger_id: int | None, next_method: str | None = None):
+        self = super().__new__(cls, state, next_kwargs, trigger_id)
+        self.next_method = next_method
+        return self
+
+    def __repr__(self) -> str:
+        return (
+            f"TIState(state={self.state!r}, next_kwargs={self.next_kwargs!r}, trigger_id={self.trigger_id!r}, "
+            f"next_method={self.next_method!r})"
+        )
+
+    @property
+    def event(self) -> Any:
+        """Decoded payload of the TriggerEvent that resumed the task (``next_kwargs["event"]``), or None."""
+        if not isinstance(self.next_kwargs, dict):
+            return None
+        return decode_serde(self.next_kwargs.get("event"))
+
+
+class _TriggerRowTuple(NamedTuple):
+    id: int
+    classpath: str
+    triggerer_id: int | None
+
+
+class TriggerRow(_TriggerRowTuple):
+    """``(id, classpath, triggerer_id)`` of one ``trigger`` row, plus ``.queue`` (not part of equality)."""
+
+    def __new__(cls, id: int, classpath: str, triggerer_id: int | None, queue: str | None = None):  # noqa: A002
+        self = super().__new__(cls, id, classpath, triggerer_id)
+        self.queue = queue
+        return self
+
+    def __repr__(self) -> str:
+        return (
+            f"TriggerRow(id={self.id!r}, classpath={self.classpath!r}, triggerer_id={self.triggerer_id!r}, "
+            f"queue={self.queue!r})"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class DeferSpec:
+    """One deferral for :meth:`AirflowHome.defer_many` (plain dicts with the same keys work too)."""
+
+    dag_id: str
+    task_id: str
+    classpath: str
+    kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    run_id: str | None = None
+    map_index: int = -1
+    timeout_seconds: float | None = None
+    next_method: str = "execute_complete"
+    next_kwargs: Mapping[str, Any] | None = None
+    queue: str | None = None
+    encrypt_kwargs: bool = False
+    validate: bool = True
+
+
+# ------------------------------------------------------------------------------------- AirflowHome
+@dataclasses.dataclass
+class AirflowHome:
+    path: Path
+    db_url: str
+    bundles: dict[str, Path]
+    python: str = sys.executable
+    dags: dict[str, str] = dataclasses.field(default_factory=dict)  # dag_id -> bundle name
+    import_errors: dict[str, str] = dataclasses.field(default_factory=dict)  # "bundle:file" -> traceback
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    _engine: Any = dataclasses.field(default=None, repr=False, compare=False)
+
+    # ---------------------------------------------------------------------------------- creation
+    @classmethod
+    def create(
+        cls,
+        path: Path | str,
+        bundles: Mapping[str, Mapping[str, str]],
+        db_url: str | None = None,
+        extra_config: Mapping[str, Mapping[str, Any]] | None = None,
+        *,
+        python: str | None = None,
+        timeout: float = 600,
+    ) -> AirflowHome:
+        """Build a home at ``path`` with one ``LocalDagBundle`` per entry of ``bundles``.
+
+        ``bundles`` maps bundle name -> {relative file name: python source}.  ``db_url`` defaults to a
+        SQLite file in the home (copied from a cached, migrated template); a PostgreSQL URL is
+        RESET (Airflow's own tables in it are dropped -- ``airflow db reset`` -- and re-created).
+        ``extra_config`` is merged into the generated ``airflow.cfg`` (``{section: {key: value}}``).
+        All DAGs are parsed and serialized (with Airflow's code, in a subprocess) before this
+        returns; ``home.dags`` maps dag_id -> bundle, ``home.import_errors`` lists broken files.
+        ``python`` is the interpreter for the subprocesses (default: ``sys.executable``).
+        """
+        t_start = time.monotonic()
+        path = Path(path).resolve()
+        path.mkdir(parents=True, exist_ok=True)
+        for sub in ("dags", "logs", "plugins", "bundle-storage", ".sandbox"):
+            (path / sub).mkdir(exist_ok=True)
+        bundle_paths: dict[str, Path] = {}
+        for name, files in bundles.items():
+            bdir = path / "bundles" / name
+            bdir.mkdir(parents=True, exist_ok=True)
+            for rel, source in files.items():
+                target = bdir / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(source)
+            bundle_paths[name] = bdir
+
+        sqlite_file = path / "airflow.db"
+        url = db_url or f"sqlite:///{sqlite_file}"
+        home = cls(path=path, db_url=url, bundles=bundle_paths, python=python or sys.executable)
+        home._write_config(extra_config or {})
+
+        is_sqlite = url.startswith("sqlite")
+        if db_url is None:
+            t0 = time.monotonic()
+            template = ensure_template_db(python=home.python, timeout=timeout)
+            for stale in (sqlite_file, Path(f"{sqlite_file}-wal"), Path(f"{sqlite_file}-shm")):
+                stale.unlink(missing_ok=True)  # a leftover WAL would be replayed into the fresh copy
+            shutil.copyfile(template, sqlite_file)
+            home.timings["template_copy"] = time.monotonic() - t0
+        t0 = time.monotonic()
+        result = home._run_worker(
+            "setup",
+            {"migrate": not (db_url is None), "reset": not is_sqlite},
+            timeout=timeout,
+        )
+        home.timings["setup_subprocess"] = time.monotonic() - t0
+        home.dags = {dag_id: info["bundle"] for dag_id, info in result["serialize"]["dags"].items()}
+        home.import_errors = result["serialize"]["import_errors"]
+        home.timings["create"] = time.monotonic() - t_start
+        return home
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "airflow.cfg"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.path / "logs"
+
+    def bundle_path(self, name: str) -> Path:
+        return self.bundles[name]
+
+    def _write_config(self, extra_config: Mapping[str, Mapping[str, Any]]) -> None:
+        fernet_key = base64.urlsafe_b64encode(os.urandom(32)).decode()
+        bundle_list = [
+            {"name": name, "classpath": LOCAL_BUNDLE_CLASSPATH, "kwargs": {"path": str(bpath)}}
+            for name, bpath in self.bundles.items()
+        ]
+        sections: dict[str, dict[str, Any]] = {
+            "core": {
+                "load_examples": "False",
+                "dags_folder": str(self.path / "dags"),
+                "plugins_folder": str(self.path / "plugins"),
+                "executor": "LocalExecutor",
+                "fernet_key": fernet_key,
+                "dags_are_paused_at_creation": "False",
+                "unit_test_mode": "False",
+            },
+            "database": {"sql_alchemy_conn": self.db_url},
+            "dag_processor": {
+                "dag_bundle_config_list": json.dumps(bundle_list),
+                "dag_bundle_storage_path": str(self.path / "bundle-storage"),
+            },
+            "logging": {"base_log_folder": str(self.logs_dir), "remote_logging": "False"},
+            "triggerer": {"capacity": "1000"},
+            "api_auth": {"jwt_secret": secrets.token_urlsafe(32)},
+            "api": {"secret_key": secrets.token_urlsafe(32)},
+        }
+        for section, values in extra_config.items():
+            sections.setdefault(section, {}).update({k: v for k, v in values.items()})
+        lines = ["# Written by multitrigger.sandbox.home.AirflowHome -- do not edit by hand.", ""]
+        for section, values in sections.items():
+            lines.append(f"[{section}]")
+            for key, value in values.items():
+                if isinstance(value, bool):
+                    value = "True" if value else "False"
+                # AirflowConfigParser uses BasicInterpolation: escape '%'; keep one physical line.
+                text = str(value).replace("%", "%%").replace("\n", " ")
+                lines.append(f"{key} = {text}")
+            lines.append("")
+        self.config_path.write_text("\n".join(lines))
+
+    # -------------------------------------------------------------------------------- environment
+    def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Environment for running Airflow against this home.
+
+        ``os.environ`` minus every ``AIRFLOW*`` / ``_AIRFLOW*`` variable, plus ``AIRFLOW_HOME``,
+        ``AIRFLOW_CONFIG`` and ``PYTHONPATH`` prefixed with the directory of the ``multitrigger``
+        package the caller imported (so subprocesses run the same code).
+        """
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "_AIRFLOW"))}
+        env["AIRFLOW_HOME"] = str(self.path)
+        env["AIRFLOW_CONFIG"] = str(self.config_path)
+        pp = env.get("PYTHONPATH")
+        env["PYTHONPATH"] = str(_PACKAGE_ROOT) + (os.pathsep + pp if pp else "")
+        if extra:
+            env.update(extra)
+        return env
+
+    def airflow_cmd(self, *args: str) -> list[str]:
+        return [self.python, "-m", "airflow", *args]
+
+    def run_airflow(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+        """Run the stock ``airflow`` CLI against this home and return the completed process."""
+        proc = subprocess.run(
+            self.airflow_cmd(*args), env=self.env(), cwd=self.path, capture_output=True, text=True, timeout=timeout
+        )
+        if check and proc.returncode != 0:
+            raise SandboxError(f"airflow {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def popen_airflow(self, *args: str, log_name: str | None = None, **kwargs: Any) -> subprocess.Popen:
+        """Start a long-running stock ``airflow`` command (e.g. ``triggerer``); output goes to ``logs/<log_name>``."""
+        log_path = self.logs_dir / (log_name or f"{args[0] if args else 'airflow'}.out")
+        log_fh = open(log_path, "ab")  # noqa: SIM115 - owned by the child; closed below
+        try:
+            return subprocess.Popen(
+                self.airflow_cmd(*args),
+                env=kwargs.pop("env", None) or self.env(),
+                cwd=kwargs.pop("cwd", self.path),
+                stdout=log_fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=kwargs.pop("start_new_session", False),
+                **kwargs,
+            )
+        finally:
+            log_fh.close()
+
+    # ------------------------------------------------------------------------- subprocess worker
+    def _run_worker(self, command: str, request: Mapping[str, Any], *, timeout: float = 600) -> Any:
+        return run_worker(command, request, env=self.env(), python=self.python, workdir=self.path / ".sandbox",
+                          timeout=timeout)
+
+    def serialize(self, bundles: Iterable[str] | None = None) -> dict[str, str]:
+        """Re-parse and serialize bundles (after editing their files); returns dag_id -> bundle."""
+        result = self._run_worker("serialize", {"bundles": list(bundles) if bundles else None})
+        self.dags = {dag_id: info["bundle"] for dag_id, info in result["dags"].items()}
+        self.import_errors = result["import_errors"]
+        return self.dags
+
+    def write_dag_file(self, bundle: str, filename: str, source: str, *, serialize: bool = True) -> Path:
+        """Add/replace a file in a bundle (and re-serialize that bundle unless told not to)."""
+        target = self.bundles[bundle] / filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(source)
+        if serialize:
+            self.serialize([bundle])
+        return target
+
+    # ------------------------------------------------------------------------------------ deferral
+    def defer(
+        self,
+        dag_id: str,
+        task_id: str,
+        trigger_classpath: str,
+        trigger_kwargs: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+        map_index: int = -1,
+        timeout_seconds: float | None = None,
+        **extra: Any,
+    ) -> TaskRef:
+        """Defer one task instance (see :meth:`defer_many`; prefer that for more than a handful)."""
+        spec = DeferSpec(
+            dag_id=dag_id,
+            task_id=task_id,
+            classpath=trigger_classpath,
+            kwargs=dict(trigger_kwargs or {}),
+            run_id=run_id,
+            map_index=map_index,
+            timeout_seconds=timeout_seconds,
+            **extra,
+        )
+        return self.defer_many([spec])[0]
+
+    def defer_many(self, specs: Sequence[DeferSpec | Mapping[str, Any]], *, timeout: float = 600) -> list[TaskRef]:
+        """Put many task instances into DEFERRED in ONE subprocess / DB transaction.
+
+        Per spec: get/create DagRun ``run_id`` (default ``manual__sandbox``; manual, running, with the
+        latest dag_version), get/create the TI (``map_index`` >= 0 creates extra TIs for the task),
+        then write what Airflow 3.3's execution API writes for ``TIDeferredStatePayload``.  Trigger
+        kwargs are stored like the execution API does (serde JSON, not encrypted) unless
+        ``encrypt_kwargs`` (then ``Trigger(classpath, kwargs)`` Fernet-encrypts them).  With
+        ``validate`` (default) the trigger class is imported, instantiated and ``serialize()``-d.
+        """
+        payload = []
+        for spec in specs:
+            d = dataclasses.asdict(spec) if isinstance(spec, DeferSpec) else dict(spec)
+            if "trigger_classpath" in d:
+                d["classpath"] = d.pop("trigger_classpath")
+            if "trigger_kwargs" in d:
+                d["kwargs"] = d.pop("trigger_kwargs")
+            d["kwargs"] = dict(d.get("kwargs") or {})
+            if d.get("next_kwargs") is not None:
+                d["next_kwargs"] = dict(d["next_kwargs"])
+            payload.append(d)
+        if not payload:
+            return []
+        result = self._run_worker("defer", {"specs": payload}, timeout=timeout)
+        self.timings["last_defer_worker"] = result["seconds"]
+        return [
+            TaskRef(
+                dag_id=r["dag_id"],
+                run_id=r["run_id"],
+                task_id=r["task_id"],
+                map_index=r["map_index"],
+                ti_id=r["ti_id"],
+                trigger_id=r["trigger_id"],
+            )
+            for r in result["refs"]
+        ]
+
+    def clear_ti(self, ref: TaskRef, *, schedule: bool = True) -> dict[str, Any]:
+        """What the UI "Clear" does to a (deferred) task: Airflow's ``clear_task_instances``.
+
+        Stock 3.3.2 keeps ``trigger_id`` on the cleared (state NULL) TI and only orphans the trigger
+        once the scheduler moves the TI to SCHEDULED; ``schedule=True`` (default) runs that scheduler
+        step too (``task_instance_scheduling_decisions`` + ``schedule_tis``), so a running triggerer
+        sees the trigger row disappear and must cancel it (``on_kill``).  Note: clearing gives the TI
+        a new ``id`` (``prepare_db_for_next_try``); refs are keyed by dag/run/task/map_index.
+        Returns ``{dag_id, run_id, task_id, map_index, ti_id, state, trigger_id}`` after the clear.
+        """
+        return self.clear_tis([ref], schedule=schedule)[0]
+
+    def clear_tis(self, refs: Iterable[TaskRef], *, schedule: bool = True) -> list[dict[str, Any]]:
+        return self._run_worker("clear", {"refs": [r.key() for r in refs], "schedule": schedule})["cleared"]
+
+    def add_asset_watcher(
+        self,
+        dag_id: str,
+        asset_name: str,
+        trigger_classpath: str,
+        trigger_kwargs: Mapping[str, Any] | None = None,
+        *,
+        bundle: str | None = None,
+    ) -> int:
+        """Add a DAG scheduled on an asset with a watcher trigger (file ``<dag_id>.py`` in ``bundle``,
+        default: the first bundle), serialize it, and return the watcher's trigger id.
+
+        The rows are created by Airflow's own DAG-parsing code; the trigger class must be a
+        ``BaseEventTrigger`` (see ``FIRE_AT_EVENT``)."""
+        bundle = bundle or next(iter(self.bundles))
+        self.write_dag_file(bundle, f"{dag_id}.py", asset_watcher_dag_source(dag_id, asset_name, trigger_classpath,
+                                                                             trigger_kwargs))
+        rows = self.sql(
+            "SELECT aw.trigger_id FROM asset_watcher aw JOIN asset a ON a.id = aw.asset_id WHERE a.name = :name",
+            {"name": asset_name},
+        )
+        if not rows:
+            raise SandboxError(f"no asset watcher trigger was created for asset {asset_name!r}: {self.import_errors}")
+        return int(rows[0][0])
+
+    # --------------------------------------------------------------------------- reading state
+    @property
+    def engine(self):
+        if self._engine is None:
+            from sqlalchemy import create_engine
+            from sqlalchemy.pool import NullPool
+
+            is_sqlite = self.db_url.startswith("sqlite")
+            connect_args = {"timeout": 30} if is_sqlite else {}
+            engine = create_engine(self.db_url, poolclass=NullPool, connect_args=connect_args)
+            if is_sqlite:
+                from sqlalchemy import event
+
+                @event.listens_for(engine, "connect")
+                def _pragmas(dbapi_connection, _record):  # same as Airflow's own SQLite connections
+                    cursor = dbapi_connection.cursor()
+                    cursor.execute("PRAGMA foreign_keys=ON")
+                    cursor.close()
+
+            self._engine = engine
+        return self._engine
+
+    def sql(self, query: str, params: Mapping[str, Any] | None = None) -> list[tuple]:
+        """Run one SQL statement on the home's DB (autocommitted); returns rows for SELECTs."""
+        from sqlalchemy import text
+
+        with self.engine.begin() as conn:
+            result = conn.execute(text(query), dict(params or {}))
+            return [tuple(row) for row in result] if result.returns_rows else []
+
+    def ti_states(self, refs: Iterable[TaskRef]) -> dict[TaskRef, TIState]:
+        """``{ref: TIState(state, next_kwargs, trigger_id, next_method)}`` read with one query per run."""
+        refs = list(refs)
+        by_run: dict[tuple[str, str], list[TaskRef]] = {}
+        for ref in refs:
+            by_run.setdefault((ref.dag_id, ref.run_id), []).append(ref)
+        out: dict[TaskRef, TIState] = {}
+        for (dag_id, run_id), group in by_run.items():
+            rows = self.sql(
+                "SELECT task_id, map_index, state, next_kwargs, trigger_id, next_method FROM task_instance "
+                "WHERE dag_id = :dag_id AND run_id = :run_id",
+                {"dag_id": dag_id, "run_id": run_id},
+            )
+            found = {(r[0], r[1]): r for r in rows}
+            for ref in group:
+                row = found.get((ref.task_id, ref.map_index))
+                if row is None:
+                    raise LookupError(f"no task instance for {ref}")
+                nk = row[3]
+                if isinstance(nk, (str, bytes)):
+                    nk = json.loads(nk)
+                out[ref] = TIState(row[2], nk, row[4], row[5])
+        return out
+
+    def ti_state(self, ref: TaskRef) -> TIState:
+        return self.ti_states([ref])[ref]
+
+    def event(self, ref: TaskRef) -> Any:
+        """Decoded TriggerEvent payload written into the TI's ``next_kwargs`` (None if not fired yet)."""
+        return self.ti_state(ref).event
+
+    def trigger_rows(self) -> list[TriggerRow]:
+        rows = self.sql("SELECT id, classpath, triggerer_id, queue FROM trigger ORDER BY id")
+        return [TriggerRow(*r) for r in rows]
+
+    def dag_bundles(self) -> dict[str, str]:
+        """``dag_id -> DagModel.bundle_name`` straight from the DB."""
+        return dict(self.sql("SELECT dag_id, bundle_name FROM dag ORDER BY dag_id"))
+
+    def wait_for(
+        self,
+        predicate: Callable[[], T],
+        timeout: float = 30,
+        interval: float = 0.2,
+        message: str | Callable[[], str] | None = None,
+    ) -> T:
+        """Poll ``predicate`` until it returns something truthy (returned) or raise ``TimeoutError``."""
+        deadline = time.monotonic() + timeout
+        last_exc: BaseException | None = None
+        while True:
+            try:
+                value = predicate()
+                if value:
+                    return value
+                last_exc = None
+            except Exception as exc:  # DB busy etc. -- keep polling until the deadline
+                last_exc = exc
+            if time.monotonic() >= deadline:
+                detail = message() if callable(message) else message
+                raise TimeoutError(
+                    f"condition not met within {timeout}s" + (f": {detail}" if detail else "")
+                ) from last_exc
+            time.sleep(interval)
+
+    def wait_for_states(
+        self, refs: Iterable[TaskRef], states: str | Iterable[str | None], timeout: float = 30
+    ) -> dict[TaskRef, TIState]:
+        """Wait until every ref is in one of ``states``; returns the final states."""
+        refs = list(refs)
+        wanted = {states} if isinstance(states, str) or states is None else set(states)
+        last: dict[TaskRef, TIState] = {}
+
+        def check():
+            nonlocal last
+            last = self.ti_states(refs)
+            return last if all(s.state in wanted for s in last.values()) else None
+
+        return self.wait_for(
+            check, timeout, message=lambda: f"wanted {wanted}, have {[s.state for s in last.values()]}"
+        )
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+
+# -------------------------------------------------------------------------------- subprocess glue
+def _zygote_enabled() -> bool:
+    return os.environ.get("MULTITRIGGER_SANDBOX_ZYGOTE", "1").lower() not in ("0", "false", "no", "off")
+
+
+class _Zygote:
+    """Client for :mod:`multitrigger.sandbox._zygote` (one server per interpreter path, started lazily)."""
+
+    _instances: dict[str, _Zygote] = {}
+    _broken: set[str] = set()
+    _class_lock = threading.Lock()
+
+    def __init__(self, python: str) -> None:
+        self.python = python
+        self.owner_pid = os.getpid()
+        self.lock = threading.Lock()
+        self._buf = b""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "_AIRFLOW"))}
+        pp = env.get("PYTHONPATH")
+        env["PYTHONPATH"] = str(_PACKAGE_ROOT) + (os.pathsep + pp if pp else "")
+        self.proc = subprocess.Popen(
+            [python, "-m", "multitrigger.sandbox._zygote"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            cwd=tempfile.gettempdir(),
+            bufsize=0,
+            start_new_session=True,
+        )
+
+    @classmethod
+    def get(cls, python: str) -> _Zygote | None:
+        if not _zygote_enabled():
+            return None
+        with cls._class_lock:
+            if python in cls._broken:
+                return None
+            inst = cls._instances.get(python)
+            if inst is not None and inst.owner_pid != os.getpid():  # we are a fork of the owner
+                cls._instances.clear()
+                inst = None
+            if inst is None or inst.proc.poll() is not None:
+                if inst is not None:  # died once: do not keep paying for restarts
+                    cls._broken.add(python)
+                    return None
+                try:
+                    inst = cls._instances[python] = cls(python)
+                except OSError:
+                    return None
+            return inst
+
+    @classmethod
+    def shutdown_all(cls) -> None:
+        with cls._class_lock:
+            for inst in cls._instances.values():
+                if inst.owner_pid == os.getpid():
+                    inst.close()
+            cls._instances.clear()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def _readline(self, deadline: float | None) -> dict[str, Any]:
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._buf:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([fd], [], [], wait)
+            if not ready:
+                raise subprocess.TimeoutExpired("sandbox zygote", wait or 0)
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise EOFError("sandbox zygote exited")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def run(self, argv: list[str], env: Mapping[str, str], cwd: Path, log: Path, timeout: float) -> int:
+        """Run the worker in a forked child; returns its exit code (kills it on timeout)."""
+        with self.lock:
+            request = {"argv": argv, "env": dict(env), "cwd": str(cwd), "log": str(log)}
+            self.proc.stdin.write((json.dumps(request) + "\n").encode())
+            started = self._readline(time.monotonic() + 600)  # includes the one-time warm-up
+            pid = int(started["pid"])
+            try:
+                return int(self._readline(time.monotonic() + timeout)["rc"])
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)  # the child we asked the zygote to fork
+                self._readline(time.monotonic() + 30)
+                raise
+
+
+atexit.register(_Zygote.shutdown_all)
+
+
+def prestart_zygote(python: str = sys.executable, *, wait: bool = False) -> bool:
+    """Start the fork server early (e.g. from a session fixture) so its ~3-4 s warm-up overlaps
+    other work; with ``wait`` block until it is warm.  Returns False if it is disabled/unusable."""
+    zyg = _Zygote.get(python)
+    if zyg is None:
+        return False
+    if not wait:
+        return True
+    try:
+        with zyg.lock:
+            zyg.proc.stdin.write(b'{"op": "ping"}\n')
+            return bool(zyg._readline(time.monotonic() + 600).get("pong"))
+    except Exception:
+        return False
+
+
+def run_worker(
+    command: str,
+    request: Mapping[str, Any],
+    *,
+    env: Mapping[str, str],
+    python: str = sys.executable,
+    workdir: Path,
+    timeout: float = 600,
+) -> Any:
+    """Run ``multitrigger.sandbox._worker <command>`` with ``env`` in a fresh process; return its result.
+
+    The process is forked from the warm fork server (:mod:`._zygote`) when possible, else started
+    as ``python -m multitrigger.sandbox._worker`` (``MULTITRIGGER_SANDBOX_ZYGOTE=0`` forces that).
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    token = f"{command}-{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}"
+    req_path = workdir / f"{token}.request.json"
+    res_path = workdir / f"{token}.result.json"
+    log_path = workdir / f"{token}.log"
+    req_path.write_text(json.dumps(request, default=str))
+    argv = [command, str(req_path), str(res_path)]
+    try:
+        rc: int | None = None
+        zyg = _Zygote.get(python)
+        if zyg is not None:
+            try:
+                rc = zyg.run(argv, env, workdir, log_path, timeout)
+            except (EOFError, OSError, ValueError):
+                rc = None  # server died (or refused to warm up): fall back to a plain subprocess
+        if rc is None:
+            with open(log_path, "ab") as log_fh:
+                rc = subprocess.run(
+                    [python, "-m", "multitrigger.sandbox._worker", *argv],
+                    env=dict(env),
+                    cwd=str(workdir),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_fh,
+                    stderr=subprocess.STDOUT,
+                    timeout=timeout,
+                ).returncode
+        log_tail = log_path.read_text(errors="replace")[-6000:] if log_path.exists() else ""
+        if not res_path.exists():
+            raise SandboxError(f"sandbox worker {command!r} died (rc={rc}):\n{log_tail}")
+        result = json.loads(res_path.read_text())
+        if not result["ok"]:
+            raise SandboxError(
+                f"sandbox worker {command!r} failed: {result['error']}\n{result['traceback']}\n--- log ---\n{log_tail}"
+            )
+        log_path.unlink(missing_ok=True)
+        return result["result"]
+    finally:
+        req_path.unlink(missing_ok=True)
+        res_path.unlink(missing_ok=True)
+
+
+def ensure_pg_database(server_url: str, name: str) -> str:
+    """Create PostgreSQL database ``name`` on the server of ``server_url`` if missing; return its URL.
+
+    Handy to give a home a database of its own instead of resetting a shared one.
+    """
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import NullPool
+
+    if not name.replace("_", "").isalnum():
+        raise ValueError(f"unsafe database name {name!r}")
+    url = make_url(server_url)
+    engine = create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            if not conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first():
+                with contextlib.suppress(Exception):  # lost a race with another creator: fine
+                    conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        engine.dispose()
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
+def _sqlite_snapshot(source: Path, target: Path) -> None:
+    """Consistent single-file copy of a (possibly WAL-mode) SQLite DB, in rollback-journal mode."""
+    import sqlite3
+
+    src = sqlite3.connect(str(source))
+    dst = sqlite3.connect(str(target))
+    try:
+        src.backup(dst)
+        dst.execute("PRAGMA journal_mode=DELETE")
+        dst.commit()
+        (tables,) = dst.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()
+        (revisions,) = dst.execute("SELECT count(*) FROM alembic_version").fetchone()
+        if tables < 50 or revisions != 1:
+            raise SandboxError(f"migrated template DB looks incomplete ({tables} tables, {revisions} revisions)")
+    finally:
+        dst.close()
+        src.close()
+
+
+def ensure_template_db(*, python: str = sys.executable, timeout: float = 900) -> Path:
+    """Return the migrated SQLite template DB, building it once (under a file lock) if missing."""
+    template = template_db_path()
+    if template.exists() and template.stat().st_size > 65536:
+        return template
+    template.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = template.with_suffix(".lock")
+    with open(lock_path, "a") as lock_fh:
+        fcntl.flock(lock_fh, fcntl.LOCK_EX)
+        try:
+            if template.exists() and template.stat().st_size > 65536:  # built while we waited
+                return template
+            with tempfile.TemporaryDirectory(prefix="multitrigger-template-") as tmp:
+                tmp_path = Path(tmp)
+                db_file = tmp_path / "airflow.db"
+                builder = AirflowHome(path=tmp_path, db_url=f"sqlite:///{db_file}", bundles={}, python=python)
+                for sub in ("dags", "logs", "plugins", "bundle-storage", ".sandbox"):
+                    (tmp_path / sub).mkdir(exist_ok=True)
+                builder._write_config({})
+                builder._run_worker("migrate", {"reset": False}, timeout=timeout)
+                partial = template.with_name(f"{template.name}.{os.getpid()}.partial")
+                partial.unlink(missing_ok=True)
+                _sqlite_snapshot(db_file, partial)
+                os.replace(partial, template)
+            return template
+        finally:
+            fcntl.flock(lock_fh, fcntl.LOCK_UN)

@@ -1,0 +1,164 @@
+"""Test triggers for the sandbox (real ``BaseTrigger`` subclasses, no mocks).
+
+Every trigger serializes to ``("multitrigger.sandbox.triggers.<Name>", kwargs)`` so it can be
+re-hydrated by any triggerer (stock Airflow or multitrigger) whose interpreter can import the
+``multitrigger`` package.
+
+Events carry ``pid`` / ``executable`` / ``loop`` so tests can tell which process (and which
+multitrigger loop, via the ``MULTITRIGGER_LOOP`` environment variable) ran the trigger.
+
+Note: importing this module imports Airflow (and therefore reads the Airflow configuration of the
+current process).  Test code that only needs a class path should use the ``*_CLASSPATH``
+constants from :mod:`multitrigger.sandbox.home` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import importlib
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from airflow.triggers.base import BaseEventTrigger, BaseTrigger, TriggerEvent
+
+_PREFIX = "multitrigger.sandbox.triggers"
+
+
+def _utcnow() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
+def _parse_moment(moment: str | _dt.datetime) -> _dt.datetime:
+    if isinstance(moment, _dt.datetime):
+        value = moment
+    else:
+        value = _dt.datetime.fromisoformat(str(moment).replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=_dt.timezone.utc)
+    return value
+
+
+def process_info() -> dict[str, Any]:
+    """Identify the process running a trigger (part of every event payload)."""
+    return {
+        "pid": os.getpid(),
+        "executable": sys.executable,
+        "loop": os.environ.get("MULTITRIGGER_LOOP"),
+    }
+
+
+class FireAtTrigger(BaseTrigger):
+    """Sleep (one ``asyncio.sleep``) until ``moment`` (ISO datetime, naive = UTC), then fire once."""
+
+    def __init__(self, moment: str, payload: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if isinstance(moment, _dt.datetime):
+            moment = _parse_moment(moment).isoformat()
+        self.moment = moment
+        self.payload = payload
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return f"{_PREFIX}.FireAtTrigger", {"moment": self.moment, "payload": self.payload}
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        delay = (_parse_moment(self.moment) - _utcnow()).total_seconds()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        yield TriggerEvent({"fired_at": _utcnow().isoformat(), **process_info(), **(self.payload or {})})
+
+
+class FireAtEventTrigger(BaseEventTrigger):
+    """Asset-watcher flavour of :class:`FireAtTrigger`: fires once at ``moment``, then waits forever.
+
+    (An asset trigger that *returned* would be restarted by the triggerer and fire again at once.)
+    Every (re)start after ``moment`` fires immediately once more.
+    """
+
+    def __init__(self, moment: str, payload: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if isinstance(moment, _dt.datetime):
+            moment = _parse_moment(moment).isoformat()
+        self.moment = moment
+        self.payload = payload
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return f"{_PREFIX}.FireAtEventTrigger", {"moment": self.moment, "payload": self.payload}
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        delay = (_parse_moment(self.moment) - _utcnow()).total_seconds()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        yield TriggerEvent({"fired_at": _utcnow().isoformat(), **process_info(), **(self.payload or {})})
+        await asyncio.Event().wait()
+
+
+class RaiseTrigger(BaseTrigger):
+    """Fail immediately with ``RuntimeError(message)``."""
+
+    def __init__(self, message: str = "RaiseTrigger failed", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.message = message
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return f"{_PREFIX}.RaiseTrigger", {"message": self.message}
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        raise RuntimeError(self.message)
+        yield  # pragma: no cover - makes this an async generator
+
+
+class WaitForeverTrigger(BaseTrigger):
+    """Never fire.  ``on_kill()`` appends a line ``on_kill`` to ``marker_path``, ``cleanup()`` a line ``cleanup``.
+
+    ``on_kill`` only runs when a user acts on the task (clear / mark failed / mark success);
+    ``cleanup`` runs on every exit of the trigger (including triggerer shutdown).
+    """
+
+    def __init__(self, marker_path: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.marker_path = str(marker_path)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return f"{_PREFIX}.WaitForeverTrigger", {"marker_path": self.marker_path}
+
+    def _mark(self, word: str) -> None:
+        path = Path(self.marker_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as fh:
+            fh.write(word + "\n")
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        await asyncio.Event().wait()
+        yield TriggerEvent(None)  # pragma: no cover - unreachable
+
+    async def on_kill(self) -> None:
+        self._mark("on_kill")
+
+    async def cleanup(self) -> None:
+        self._mark("cleanup")
+
+
+class ImportVersionTrigger(BaseTrigger):
+    """Import ``module`` inside ``run()`` and fire with its ``__version__`` (tests per-loop environments)."""
+
+    def __init__(self, module: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.module = module
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return f"{_PREFIX}.ImportVersionTrigger", {"module": self.module}
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        mod = importlib.import_module(self.module)
+        yield TriggerEvent(
+            {
+                "module": self.module,
+                "version": getattr(mod, "__version__", None),
+                "file": getattr(mod, "__file__", None),
+                **process_info(),
+            }
+        )
