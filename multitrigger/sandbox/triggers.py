@@ -52,22 +52,40 @@ def process_info() -> dict[str, Any]:
 
 
 class FireAtTrigger(BaseTrigger):
-    """Sleep (one ``asyncio.sleep``) until ``moment`` (ISO datetime, naive = UTC), then fire once."""
+    """Sleep (one ``asyncio.sleep``) until ``moment`` (ISO datetime, naive = UTC), then fire once.
 
-    def __init__(self, moment: str, payload: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    With ``record_path``, appends ``start <pid> <loop>`` when it starts running and
+    ``fire <pid> <loop>`` when it fires, so tests can prove a trigger ran (and fired) exactly once.
+    """
+
+    def __init__(
+        self, moment: str, payload: dict[str, Any] | None = None, record_path: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         if isinstance(moment, _dt.datetime):
             moment = _parse_moment(moment).isoformat()
         self.moment = moment
         self.payload = payload
+        self.record_path = record_path
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return f"{_PREFIX}.FireAtTrigger", {"moment": self.moment, "payload": self.payload}
+        kwargs: dict[str, Any] = {"moment": self.moment, "payload": self.payload}
+        if self.record_path:
+            kwargs["record_path"] = self.record_path
+        return f"{_PREFIX}.FireAtTrigger", kwargs
+
+    def _record(self, what: str) -> None:
+        if self.record_path:
+            info = process_info()
+            with open(self.record_path, "a") as fh:
+                fh.write(f"{what} {info['pid']} {info['loop']}\n")
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        self._record("start")
         delay = (_parse_moment(self.moment) - _utcnow()).total_seconds()
         if delay > 0:
             await asyncio.sleep(delay)
+        self._record("fire")
         yield TriggerEvent({"fired_at": _utcnow().isoformat(), **process_info(), **(self.payload or {})})
 
 
