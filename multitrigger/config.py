@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -39,10 +39,11 @@ from multitrigger import interpreter_probe
 
 __all__ = [
     "DEFAULT_LOOP", "Config", "ConfigError", "LoopConfig", "Problem", "RestartSettings",
-    "default_config", "load_config",
+    "SupervisorSettings", "default_config", "load_config",
 ]
 
 DEFAULT_LOOP = "default"
+_T = TypeVar("_T")
 #: Loop names become process and cgroup names.
 LOOP_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
 ISOLATIONS = ("process", "venv")
@@ -61,6 +62,13 @@ class RestartSettings:
     jitter: float = 0.1  # fraction of the delay
     stable_after: float = 60.0  # seconds of uptime that reset the backoff
     poison_threshold: int = 3  # crashes blamed on one trigger before it is failed
+
+
+@dataclass(frozen=True)
+class SupervisorSettings:
+    """Supervisor-wide settings that Airflow's own ``[triggerer]`` section has no key for."""
+
+    db_retry_limit: float = 120.0  # seconds the metadata DB may stay unreachable before exiting 1
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,7 @@ class Config:
 
     source: Path | None
     loops: Mapping[str, LoopConfig]
+    supervisor: SupervisorSettings = SupervisorSettings()
     _by_bundle: Mapping[str, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -185,7 +194,10 @@ class _Parser:
                          f"remove it or use one of: {', '.join(allowed)}")
 
     def parse(self, data: dict[str, Any]) -> Config:
-        self.unknown("", data, ("loops",))
+        self.unknown("", data, ("loops", "supervisor"))
+        supervisor = self.numbers("supervisor", data.get("supervisor", {}), SupervisorSettings)
+        if supervisor.db_retry_limit <= 0:
+            self.add("supervisor.db_retry_limit", f"must be > 0, got {supervisor.db_retry_limit}", "change the value")
         raw_loops = data.get("loops", {})
         if not isinstance(raw_loops, dict):
             self.add("loops", f"must be a table, not {_type(raw_loops)}", "write [loops.<name>] sections")
@@ -204,7 +216,7 @@ class _Parser:
                 owner.setdefault(bundle, name)
         if self.problems:
             raise ConfigError(self.source, self.problems)
-        return Config(self.source, loops)
+        return Config(self.source, loops, supervisor)
 
     def loop(self, name: str, table: Any) -> tuple[LoopConfig | None, frozenset[str]]:
         key = f"loops.{name}"
@@ -326,25 +338,29 @@ class _Parser:
                          "use a dotted path like pkg.mod.MyTrigger, or a prefix ending in '.*'")
         return tuple(value)
 
-    def restart(self, key: str, table: Any) -> RestartSettings:
+    def numbers(self, key: str, table: Any, cls: type[_T]) -> _T:
+        """A table of numeric settings into the dataclass ``cls`` (defaults for what is missing)."""
         if not isinstance(table, dict):
             self.add(key, f"must be a table, not {_type(table)}", f"write a [{key}] section")
-            return RestartSettings()
-        allowed = tuple(f.name for f in fields(RestartSettings))
+            return cls()
+        allowed = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
         self.unknown(f"{key}.", table, allowed)
         values: dict[str, Any] = {}
         for name in allowed:
             if name not in table:
                 continue
             v = table[name]
-            want_int = name == "poison_threshold"
+            want_int = isinstance(getattr(cls, name), int)
             ok = isinstance(v, int) if want_int else isinstance(v, (int, float))
             if not ok or isinstance(v, bool):
                 self.add(f"{key}.{name}", f"must be {'an integer' if want_int else 'a number'}, "
-                         f"not {_type(v)}", f"write e.g. {name} = {getattr(RestartSettings, name)}")
+                         f"not {_type(v)}", f"write e.g. {name} = {getattr(cls, name)}")
             else:
                 values[name] = v if want_int else float(v)
-        s = RestartSettings(**values)
+        return cls(**values)
+
+    def restart(self, key: str, table: Any) -> RestartSettings:
+        s = self.numbers(key, table, RestartSettings)
         checks = [
             ("backoff_initial", s.backoff_initial > 0, "must be > 0"),
             ("backoff_max", s.backoff_max >= s.backoff_initial, "must be >= backoff_initial"),

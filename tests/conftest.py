@@ -41,7 +41,10 @@ def start_triggerer() -> Iterator[Callable[..., Triggerer]]:
     """Start triggerer processes against a home; every one is stopped at teardown."""
     started: list[Triggerer] = []
 
-    def start(home: AirflowHome, *args: str, config: str | None = None, stock: bool = False, name: str = "mt") -> Triggerer:
+    def start(
+        home: AirflowHome, *args: str, config: str | None = None, stock: bool = False, name: str = "mt",
+        env: dict[str, str] | None = None,
+    ) -> Triggerer:
         log = home.path / f"{name}-{len(started)}.log"
         if stock:
             cmd = [str(Path(sys.executable).parent / "airflow"), "triggerer", *args]
@@ -52,7 +55,7 @@ def start_triggerer() -> Iterator[Callable[..., Triggerer]]:
                 cfg.write_text(textwrap.dedent(config))
                 cmd += ["--config", str(cfg)]
         with log.open("wb") as fh:
-            popen = subprocess.Popen(cmd, env=home.env(), stdout=fh, stderr=subprocess.STDOUT, cwd=home.path)
+            popen = subprocess.Popen(cmd, env=home.env(env), stdout=fh, stderr=subprocess.STDOUT, cwd=home.path)
         started.append(proc := Triggerer(popen, log))
         return proc
 

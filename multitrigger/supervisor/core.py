@@ -26,7 +26,7 @@ from multitrigger.restart import BackoffSettings, RestartPolicy
 from multitrigger.interpreter_probe import loop_bootstrap_args
 from multitrigger.supervisor.launch import loop_env
 from multitrigger.supervisor.slot import LoopSlot, SlotSinks
-from multitrigger.supervisor.store import TriggerStore
+from multitrigger.supervisor.store import DatabaseUnavailable, TriggerStore, raise_if_unreachable
 
 log = structlog.get_logger(__name__)
 
@@ -39,6 +39,7 @@ class RunSettings:
     runner_health_check_threshold: float = 30.0
     claim_interval: float = 1.0
     shutdown_grace: float = 10.0
+    db_retry_limit: float = 120.0
 
 
 class Supervisor:
@@ -55,6 +56,9 @@ class Supervisor:
         self._log_sink = store.log_line_consumer()
         self._signals: list[int] = []
         self._next_tick = 0.0
+        self._db_down_since: float | None = None
+        self._db_failures = 0
+        self._exit_code = 0
         self.slots = {name: self._make_slot(loop) for name, loop in config.loops.items()}
         self.routes: dict[int, str] = {}  # trigger id → loop name, decided once
 
@@ -98,7 +102,7 @@ class Supervisor:
     def run(self) -> int:
         self._install_signals()
         log.info("multitrigger supervisor starting", loops=sorted(self.slots), job_id=self.store.job.id)
-        while not self._signals:
+        while not self._signals and not self._exit_code:
             self._service(self._next_wakeup())
             self._reconcile()
         return self.shutdown()
@@ -118,7 +122,8 @@ class Supervisor:
                 proc.flush(self.selector)
             if mask & selectors.EVENT_READ:
                 proc.service(self.selector, sock, reader)
-        self._persist_outcomes()
+        if (self._events or self._failures) and (self._db_down_since is None or self.clock() >= self._next_tick):
+            self._with_db(self._persist_outcomes)
 
     def _reconcile(self) -> None:
         now = self.clock()
@@ -130,7 +135,7 @@ class Supervisor:
                 slot.start(self.selector)
         if now >= self._next_tick:
             self._next_tick = now + self.settings.claim_interval
-            self._tick()
+            self._with_db(self._tick)
 
     def _tick(self) -> None:
         """Once per claim interval: clean, claim, route new triggers, cancel dropped ones, heartbeat."""
@@ -159,15 +164,44 @@ class Supervisor:
     # -- outcomes -----------------------------------------------------------------------------
 
     def _persist_outcomes(self) -> None:
+        """Persist events, then failures. On a DB outage they stay queued for the next try."""
         if self._events:
+            persisted = set(self.store.submit_events([(e.trigger_id, e.event) for _, e in self._events]))
             events, self._events = self._events, []
-            persisted = set(self.store.submit_events([(e.trigger_id, e.event) for _, e in events]))
             for loop, entry in events:
                 if entry.persist_seq is not None and entry.trigger_id in persisted:
                     self.slots[loop].persisted(entry.persist_seq)
         if self._failures:
-            failures, self._failures = self._failures, []
-            self.store.submit_failures(failures)
+            self.store.submit_failures(self._failures)
+            self._failures = []
+
+    def _with_db(self, step: Callable[[], None]) -> None:
+        """Run a DB step; on an outage retry with backoff, loops untouched, and give up past the limit.
+
+        Giving up exits 1 so a service manager restarts the supervisor and, meanwhile, other
+        triggerers take its triggers over (Airflow's HA).
+        """
+        now = self.clock()
+        try:
+            step()
+        except Exception as err:
+            try:
+                raise_if_unreachable(err)
+                raise
+            except DatabaseUnavailable as down:
+                self._db_down_since = self._db_down_since or now
+                self._db_failures += 1
+                self._next_tick = now + min(10.0, 0.5 * 2 ** min(self._db_failures, 5))
+                outage = now - self._db_down_since
+                log.error("metadata DB unreachable; retrying", error=str(down), outage=round(outage, 1),
+                          queued_events=len(self._events), queued_failures=len(self._failures))
+                if outage > self.settings.db_retry_limit:
+                    log.critical("metadata DB unreachable for too long; exiting", limit=self.settings.db_retry_limit)
+                    self._exit_code = 1
+                return
+        if self._db_down_since is not None:
+            log.info("metadata DB reachable again", outage=round(now - self._db_down_since, 1))
+        self._db_down_since, self._db_failures = None, 0
 
     def _on_finished(self, loop: str, trigger_id: int) -> None:
         self.routes.pop(trigger_id, None)
@@ -200,8 +234,11 @@ class Supervisor:
                 if slot.reap(self.selector, self.clock()) is not None:
                     slot.start_at = math.inf
             self._service(0.05)
-        self.store.release(self.routes)
-        return 0
+        try:
+            self.store.release(self.routes)
+        except Exception:
+            log.exception("could not hand triggers back; other triggerers take them after the health threshold")
+        return self._exit_code
 
 
 def _drain(sock) -> None:

@@ -55,5 +55,6 @@ class MultiTriggerJobRunner(BaseJobRunner):
         settings = RunSettings(
             state_dir=Path(get_airflow_home()) / "multitrigger",
             runner_health_check_threshold=conf.getfloat("triggerer", "runner_health_check_threshold"),
+            db_retry_limit=self.config.supervisor.db_retry_limit,
         )
         return Supervisor(self.config, settings, TriggerStore(self.job, claim)).run()

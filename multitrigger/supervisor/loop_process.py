@@ -1,9 +1,16 @@
 """
-One loop OS process: exec it, read its three sockets, write responses, kill it.
+One loop OS process: start it, read its three sockets, write responses, kill it.
 
-The process is exec'd with its loop's interpreter (``<venv>/bin/python``), never merely forked, so
-a bundle's loop really runs that bundle's environment. It asks the kernel to SIGKILL it when the
-supervisor dies (``PR_SET_PDEATHSIG``), so not even a SIGKILL of the supervisor leaves it behind.
+The process runs its loop's interpreter (``<venv>/bin/python``), so a bundle's loop really runs
+that bundle's environment. It is started one of two ways, behind one ``ProcessHandle``:
+
+* ``spawn``: exec'd cold (a ``subprocess.Popen``; ~5 s to import Airflow). It asks the kernel to
+  SIGKILL it when the supervisor dies (``PR_SET_PDEATHSIG``).
+* ``spawn_forked``: forked by that interpreter's warm zygote (``multitrigger.loop.zygote``; ~40 ms,
+  shares the zygote's memory). Its exit status comes from the zygote's reports; it has PDEATHSIG
+  towards the zygote, which has it towards the supervisor.
+
+Either way not even a SIGKILL of the supervisor leaves a loop behind.
 
 This class knows nothing about triggers: it turns bytes into frames and lines and hands them to
 callbacks; ``LoopSlot`` gives them meaning.
@@ -12,7 +19,6 @@ callbacks; ``LoopSlot`` gives them meaning.
 from __future__ import annotations
 
 import ctypes
-import os
 import selectors
 import signal
 import socket
@@ -21,11 +27,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 
 from airflow.sdk.execution_time.comms import _RequestFrame
 from multitrigger.protocol import ENV_LOG_FD, ENV_LOOP_NAME, FrameError, FrameReader, encode_response
+from multitrigger.supervisor.zygote_client import ForkedProcess, Zygote, ZygoteError
 
 log = structlog.get_logger(__name__)
 
@@ -35,6 +43,19 @@ _PR_SET_PDEATHSIG = 1
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class ProcessHandle(Protocol):
+    """What ``LoopProcess`` needs of a process; ``subprocess.Popen`` and ``ForkedProcess`` have it."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def poll(self) -> int | None:
+        """The exit status once ended (negative = killed by that signal), else None."""
+
+    def send_signal(self, signum: int) -> None:
+        """Signal the process unless it has already been reaped."""
 
 
 @dataclass
@@ -52,7 +73,7 @@ class LoopProcess:
     """A running loop child and the supervisor ends of its sockets."""
 
     name: str
-    popen: subprocess.Popen
+    handle: ProcessHandle
     requests: socket.socket
     output: socket.socket
     logs: socket.socket
@@ -65,11 +86,29 @@ class LoopProcess:
 
     @property
     def pid(self) -> int:
-        return self.popen.pid
+        return self.handle.pid
+
+    @property
+    def popen(self) -> subprocess.Popen | None:
+        """The ``Popen`` of a cold-started loop; None for a forked one."""
+        return self.handle if isinstance(self.handle, subprocess.Popen) else None
+
+    @property
+    def forked(self) -> bool:
+        return isinstance(self.handle, ForkedProcess)
 
     @classmethod
-    def spawn(cls, name: str, argv: Sequence[str], env: dict[str, str], cwd: Path) -> LoopProcess:
-        """Exec ``argv`` with fd 0 = request socket, fd 1/2 = output socket, a JSON log socket."""
+    def spawn(cls, name: str, argv: Sequence[str], env: dict[str, str], cwd: Path, zygote: Zygote | None = None) -> LoopProcess:
+        """Exec ``argv`` with fd 0 = request socket, fd 1/2 = output socket, a JSON log socket.
+
+        With a ``zygote`` of the same interpreter (``argv[0]``) that is ready, fork from it instead;
+        if it cannot fork (starting, dead, slow to answer), exec as before. Never waits for it.
+        """
+        if zygote is not None and zygote.ready and str(zygote.python) == str(argv[0]):
+            try:
+                return cls.spawn_forked(name, zygote, env, cwd)
+            except ZygoteError as err:
+                log.warning("zygote could not fork; exec'ing the loop", loop=name, error=str(err))
         req_parent, req_child = socket.socketpair()
         out_parent, out_child = socket.socketpair()
         log_parent, log_child = socket.socketpair()
@@ -90,10 +129,34 @@ class LoopProcess:
         finally:
             for sock in (req_child, out_child, log_child):
                 sock.close()
-        for sock in (req_parent, out_parent, log_parent):
+        return cls._wrap(name, popen, req_parent, out_parent, log_parent)
+
+    @classmethod
+    def spawn_forked(cls, name: str, zygote: Zygote, env: dict[str, str], cwd: Path) -> LoopProcess:
+        """Fork the loop from ``zygote``: same sockets, env and cwd as ``spawn`` would give it.
+
+        Raises ``ZygoteError`` (nothing left open) if the zygote cannot fork now; exec instead.
+        """
+        req_parent, req_child = socket.socketpair()
+        out_parent, out_child = socket.socketpair()
+        log_parent, log_child = socket.socketpair()
+        try:
+            pid = zygote.fork(name, {**env, ENV_LOOP_NAME: name}, cwd, req_child, out_child, log_child)
+        except BaseException:
+            for sock in (req_parent, out_parent, log_parent):
+                sock.close()
+            raise
+        finally:
+            for sock in (req_child, out_child, log_child):
+                sock.close()
+        return cls._wrap(name, zygote.handle(pid), req_parent, out_parent, log_parent)
+
+    @classmethod
+    def _wrap(cls, name: str, handle: ProcessHandle, req: socket.socket, out: socket.socket, logs: socket.socket) -> LoopProcess:
+        for sock in (req, out, logs):
             sock.setblocking(False)
-        proc = cls(name=name, popen=popen, requests=req_parent, output=out_parent, logs=log_parent)
-        proc._open = {req_parent, out_parent, log_parent}
+        proc = cls(name=name, handle=handle, requests=req, output=out, logs=logs)
+        proc._open = {req, out, logs}
         return proc
 
     def register(self, selector: selectors.BaseSelector, callbacks: LoopCallbacks) -> None:
@@ -184,13 +247,19 @@ class LoopProcess:
 
     def poll_exit(self) -> int | None:
         """The exit status if the process has ended (negative = killed by that signal)."""
-        return self.popen.poll()
+        return self.handle.poll()
 
     def signal(self, signum: int) -> None:
+        """Signal the process; a no-op once it has been reaped (never hits a recycled pid)."""
         try:
-            os.kill(self.pid, signum)
+            self.handle.send_signal(signum)
         except ProcessLookupError:
             pass
+
+    def exit_reason(self, returncode: int) -> str:
+        """``describe_exit`` plus how the loop was lost, e.g. 'killed by SIGKILL with its zygote'."""
+        note = getattr(self.handle, "exit_note", None)
+        return f"{describe_exit(returncode)} {note}" if note else describe_exit(returncode)
 
 
 def describe_exit(returncode: int) -> str:

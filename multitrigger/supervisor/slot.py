@@ -125,7 +125,7 @@ class LoopSlot:
 
     def kill(self, reason: str) -> None:
         """Kill the process for ``reason``; ``reap`` records it when the exit is seen."""
-        if self.process is not None and self.process.poll_exit() is None:
+        if self.process is not None and self._kill_reason is None and self.process.poll_exit() is None:
             log.error("killing loop", loop=self.name, pid=self.process.pid, reason=reason)
             self._kill_reason = reason
             self.process.signal(9)

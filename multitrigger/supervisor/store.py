@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import structlog
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from airflow.executors import workloads
 from airflow.jobs.job import Job, perform_heartbeat
@@ -45,6 +46,18 @@ class _StockWorkloads:
         self.job = job
         self.id = job.id
         self.logger_cache: dict[int, TriggerLoggingFactory] = {}
+
+
+class DatabaseUnavailable(Exception):
+    """The metadata database cannot be reached right now (connection refused, reset, timed out)."""
+
+
+def raise_if_unreachable(err: BaseException) -> None:
+    """Re-raise connectivity failures as ``DatabaseUnavailable``; let the caller handle the rest."""
+    if isinstance(err, (OperationalError, InterfaceError)) or (
+        isinstance(err, DBAPIError) and err.connection_invalidated
+    ):
+        raise DatabaseUnavailable(str(err).splitlines()[0]) from err
 
 
 def plain_kwargs(encrypted_kwargs: str) -> str:
@@ -107,21 +120,27 @@ class TriggerStore:
         return result
 
     def submit_events(self, entries: Iterable[tuple[int, TriggerEvent]]) -> list[int]:
-        """Persist events in one transaction (one per event if the batch fails); return persisted ids."""
+        """Persist events in one transaction (one per event if the batch fails); return persisted ids.
+
+        Raises ``DatabaseUnavailable`` if the database cannot be reached: the caller keeps the
+        events and retries. An event that fails for any other reason is logged and dropped, alone.
+        """
         entries = list(entries)
         try:
             with create_session() as session:
                 for trigger_id, event in entries:
                     Trigger.submit_event(trigger_id=trigger_id, event=event, session=session)
             return [tid for tid, _ in entries]
-        except Exception:
+        except Exception as err:
+            raise_if_unreachable(err)
             log.exception("batch event submit failed; retrying one by one", count=len(entries))
         done = []
         for trigger_id, event in entries:
             try:
                 Trigger.submit_event(trigger_id=trigger_id, event=event)
                 done.append(trigger_id)
-            except Exception:
+            except Exception as err:
+                raise_if_unreachable(err)
                 log.exception("could not persist trigger event", trigger_id=trigger_id)
         return done
 

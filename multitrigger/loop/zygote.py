@@ -1,0 +1,277 @@
+r"""
+The zygote: one warm interpreter per loop interpreter that forks ready loop processes.
+
+Why: exec'ing a loop means a fresh interpreter plus ``import airflow`` — about 5 s and 120 MB of
+private memory per loop. A crashed loop must run its triggers again within about a second, and N
+loops on one interpreter should share most of their memory. So the supervisor starts, per distinct
+interpreter, ``<python> -c <bootstrap_code("multitrigger.loop.zygote")>`` (works in bundle venvs
+without multitrigger installed). It imports everything a loop needs, runs ``gc.collect();
+gc.freeze()`` (without the freeze a child's first full collection writes to every object header and
+un-shares most pages), stays single-threaded, and then only forks. A forked loop is the same as an
+exec'd one from ``multitrigger.loop.__main__.main`` on: same fds, environment, cwd and signals.
+
+Checked against Airflow 3.3.2: Airflow's configuration is read once, at import, in the zygote. The
+zygote's environment is a loop environment (``supervisor.launch.loop_env``), so every loop of an
+interpreter gets the same ``[triggerer]``/``[logging]`` settings and no secrets either way; only
+``AIRFLOW_HOME`` (an empty private directory) differs from what the loop's own env says.
+
+Control socket (fd 0): an ``AF_UNIX``/``SOCK_SEQPACKET`` socketpair end. Framing is one UTF-8 JSON
+object per record: SEQPACKET keeps record boundaries and delivers ``SCM_RIGHTS`` fds with the record
+they were sent with, so there is no length prefix and no reassembly. Records::
+
+    supervisor → zygote
+      {"fork": <name>, "id": <int>, "env": {...}, "cwd": <str>}   + 3 fds: requests, output, logs
+    zygote → supervisor
+      {"ready": <zygote pid>, "python": <sys.executable>, "warmup_s": <float>, "modules": <int>}
+      {"failed": <reason>}                       warm-up failed; the zygote then exits 1
+      {"forked": <child pid>, "id": <int>}       reply to a fork request
+      {"fork_failed": <reason>, "id": <int>}
+      {"exited": <child pid>, "returncode": <int>}  negative = killed by that signal (subprocess)
+
+In the child: fd 0 = requests, fd 1 and 2 = output, the log socket keeps its number, which goes
+into ``MULTITRIGGER_LOG_FD``. The zygote exits when the control socket closes; its children have
+``PR_SET_PDEATHSIG=SIGKILL`` and die with it, and it has the same towards the supervisor.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import importlib
+import json
+import os
+import random
+import selectors
+import signal
+import socket
+import sys
+import time
+import traceback
+from typing import Any, NoReturn
+
+#: The control socket: the zygote's fd 0.
+CONTROL_FD = 0
+#: Largest record either side sends or accepts (a fork request carries a whole environment).
+MAX_RECORD = 1024 * 1024
+#: Env var with extra, comma-separated modules to import before ``ready`` (e.g. trigger modules).
+ENV_PRELOAD = "MULTITRIGGER_ZYGOTE_PRELOAD"
+#: Modules imported when the zygote became ready (set in the zygote; its children inherit it).
+PRELOADED: frozenset[str] = frozenset()
+_ENV_LOG_FD = "MULTITRIGGER_LOG_FD"  # = multitrigger.protocol.ENV_LOG_FD (not imported: see warm())
+_PR_SET_PDEATHSIG = 1
+
+#: A loop cannot run without these; failing to import one fails the zygote (the supervisor then
+#: exec's loops cold and they report the same error themselves).
+REQUIRED_MODULES = (
+    "airflow",
+    "airflow.jobs.triggerer_job_runner",
+    "airflow.sdk.execution_time.supervisor",
+    "airflow.sdk.execution_time.task_runner",
+    "airflow.sdk.log",
+    "multitrigger.protocol",
+    "multitrigger.loop.blame",
+    "multitrigger.loop.runner",
+    "multitrigger.loop.__main__",
+    "greenback",
+    "anyio",
+    "anyio._backends._asyncio",
+    "msgspec",
+    "structlog",
+    "pendulum",
+)
+#: What a loop still imported after start-up, by its first trigger and first event, measured on
+#: Airflow 3.3.2 (tests/test_zygote.py::test_preload_covers_first_trigger). Best effort.
+LAZY_MODULES = (
+    "airflow.triggers.base",
+    "airflow.sdk._shared.logging.factory",
+    "airflow.sdk._shared.logging.remote",
+    "setproctitle",
+)
+
+
+def set_pdeathsig(signum: int = signal.SIGKILL) -> None:
+    """Ask the kernel to send ``signum`` to this process when its parent (thread) exits."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
+def _send(ctl: socket.socket, record: dict[str, Any], fds: list[int] | None = None) -> None:
+    data = json.dumps(record).encode()
+    if fds:
+        socket.send_fds(ctl, [data], fds)
+    else:
+        ctl.send(data)
+
+
+def warm() -> int:
+    """Import what a loop imports, so a forked loop starts without importing anything big."""
+    extra = [m for m in os.environ.get(ENV_PRELOAD, "").split(",") if m.strip()]
+    for name in REQUIRED_MODULES:
+        importlib.import_module(name)
+    for name in (*LAZY_MODULES, *extra):
+        try:
+            importlib.import_module(name.strip())
+        except Exception:  # noqa: BLE001 - the loop reports it itself if it needs the module
+            pass
+    return len(sys.modules)
+
+
+class Zygote:
+    """The serving side: waits on the control socket and on SIGCHLD; never starts a thread."""
+
+    def __init__(self, ctl: socket.socket) -> None:
+        self.ctl = ctl
+        self.pid = os.getpid()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(ctl, selectors.EVENT_READ)
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        self._children: set[int] = set()
+
+    def serve(self) -> NoReturn:
+        # A Python-level handler is needed for SIGCHLD to reach the wake-up fd (SIG_DFL ignores it).
+        signal.signal(signal.SIGCHLD, lambda _s, _f: None)
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        while True:
+            for key, _mask in self._selector.select():
+                if key.fileobj is self._wake_r:
+                    try:
+                        while self._wake_r.recv(4096):
+                            pass
+                    except (BlockingIOError, InterruptedError):
+                        pass
+                else:
+                    self._read_request()
+            self._reap()
+
+    def _read_request(self) -> None:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(self.ctl, MAX_RECORD, 3)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data, fds = b"", []
+        if not data:  # the supervisor is gone or closed us: so are our children (PDEATHSIG)
+            os._exit(0)
+        try:
+            request = json.loads(data)
+            if len(fds) != 3 or "fork" not in request:
+                raise ValueError(f"bad request: keys {sorted(request)}, {len(fds)} fds")
+        except ValueError as err:
+            for fd in fds:
+                os.close(fd)
+            _send(self.ctl, {"fork_failed": str(err), "id": -1})
+            return
+        self._fork(request, fds)
+
+    def _fork(self, request: dict[str, Any], fds: list[int]) -> None:
+        for stream in (sys.stdout, sys.stderr):  # or the child would print our buffer again
+            try:
+                stream.flush()
+            except (AttributeError, OSError, ValueError):
+                pass
+        try:
+            pid = os.fork()
+        except OSError as err:
+            pid = -1
+            _send(self.ctl, {"fork_failed": f"fork: {err}", "id": request["id"]})
+        if pid == 0:
+            self._child(request, fds)  # never returns
+        for fd in fds:
+            os.close(fd)
+        if pid > 0:
+            self._children.add(pid)
+            _send(self.ctl, {"forked": pid, "id": request["id"]})
+
+    def _reap(self) -> None:
+        while self._children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self._children.discard(pid)
+            _send(self.ctl, {"exited": pid, "returncode": os.waitstatus_to_exitcode(status)})
+
+    def _child(self, request: dict[str, Any], fds: list[int]) -> NoReturn:
+        """Become a loop process; see the module docstring. Never returns into the zygote."""
+        code = 1
+        try:
+            os.setsid()
+            set_pdeathsig(signal.SIGKILL)
+            if os.getppid() != self.pid:  # the zygote died before prctl: nobody would kill us
+                os._exit(1)
+            signal.set_wakeup_fd(-1)
+            for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+                signal.signal(signum, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # as a fresh interpreter has
+            self._selector.close()
+            for sock in (self._wake_r, self._wake_w, self.ctl):
+                sock.close()  # ctl is fd 0: free now, and never the loop's request socket
+            requests_fd, output_fd, log_fd = fds  # all > 2: received while 0-2 were open
+            os.dup2(requests_fd, 0)
+            os.dup2(output_fd, 1)
+            os.dup2(output_fd, 2)
+            os.closerange(3, log_fd)  # fds the zygote inherited; Python objects own none (checked)
+            os.closerange(log_fd + 1, os.sysconf("SC_OPEN_MAX"))
+            env = {str(k): str(v) for k, v in request["env"].items()}
+            env[_ENV_LOG_FD] = str(log_fd)
+            os.environ.clear()
+            os.environ.update(env)
+            os.chdir(request["cwd"])
+            random.seed()
+            from multitrigger.loop import __main__ as loop_main
+
+            sys.argv = [loop_main.__file__ or "multitrigger.loop"]
+            _set_title(f"multitrigger loop {request['fork']} (forked)")
+            loop_main.main()  # ends in os._exit
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:  # noqa: BLE001 - the child must never return into the zygote
+            try:
+                traceback.print_exc()
+                sys.stderr.flush()
+            except BaseException:  # noqa: BLE001
+                pass
+        os._exit(code)
+
+
+def _set_title(title: str) -> None:
+    try:
+        import setproctitle  # Airflow 3.3.2 depends on it; optional here
+
+        setproctitle.setproctitle(title)
+    except Exception:  # noqa: BLE001 - cosmetic
+        pass
+
+
+def main() -> NoReturn:
+    ctl = socket.socket(fileno=CONTROL_FD)  # SOCK_SEQPACKET, detected from the fd
+    started = time.monotonic()
+    try:
+        modules = warm()
+        # Airflow 3.3.2 starts no thread at import; a thread here would make fork() unsafe.
+        threads = len(os.listdir("/proc/self/task"))
+        if threads != 1:
+            raise RuntimeError(f"zygote has {threads} threads after imports; fork would be unsafe")
+    except BaseException as err:  # noqa: BLE001
+        _send(ctl, {"failed": "".join(traceback.format_exception_only(type(err), err)).strip()})
+        traceback.print_exc()
+        os._exit(1)
+    _set_title(f"multitrigger zygote {sys.executable}")
+    global PRELOADED
+    PRELOADED = frozenset(sys.modules)
+    gc.collect()
+    gc.freeze()
+    _send(ctl, {"ready": os.getpid(), "python": sys.executable, "modules": modules,
+                "warmup_s": round(time.monotonic() - started, 3)})
+    Zygote(ctl).serve()
+
+
+if __name__ == "__main__":
+    main()
