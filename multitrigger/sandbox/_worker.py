@@ -338,7 +338,22 @@ def cmd_clear(req: dict[str, Any]) -> dict[str, Any]:
     return {"cleared": out}
 
 
+def cmd_seed(req: dict[str, Any]) -> dict[str, Any]:
+    """Connections and variables, written with Airflow's own models (what the CLI/UI would do)."""
+    from airflow.models.connection import Connection
+    from airflow.models.variable import Variable
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        for conn in req.get("connections", []):
+            session.add(Connection(**conn))
+    for key, value in req.get("variables", {}).items():
+        Variable.set(key, value)
+    return {"connections": len(req.get("connections", [])), "variables": len(req.get("variables", {}))}
+
+
 COMMANDS = {
+    "seed": cmd_seed,
     "setup": cmd_setup,
     "migrate": cmd_migrate,
     "serialize": cmd_serialize,

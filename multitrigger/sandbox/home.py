@@ -494,6 +494,10 @@ class AirflowHome:
         """
         return self.clear_tis([ref], schedule=schedule)[0]
 
+    def seed(self, connections: Sequence[Mapping[str, Any]] = (), variables: Mapping[str, str] | None = None) -> None:
+        """Add connections (``Connection(**kwargs)``, e.g. ``conn_id``, ``conn_type``, ``host``) and variables."""
+        self._run_worker("seed", {"connections": [dict(c) for c in connections], "variables": dict(variables or {})})
+
     def clear_tis(self, refs: Iterable[TaskRef], *, schedule: bool = True) -> list[dict[str, Any]]:
         return self._run_worker("clear", {"refs": [r.key() for r in refs], "schedule": schedule})["cleared"]
 

@@ -180,3 +180,34 @@ class ImportVersionTrigger(BaseTrigger):
                 **process_info(),
             }
         )
+
+
+class SdkCallsTrigger(BaseTrigger):
+    """Calls the Task SDK from trigger code, sync and async, and fires with what it got back.
+
+    Sync calls from ``async def run()`` go through greenback (stock ``TriggerRunner`` semantics);
+    every answer comes from the supervisor over the loop's socket — the loop has no DB access.
+    """
+
+    def __init__(self, conn_id: str, variable: str, dag_id: str, run_id: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.conn_id, self.variable, self.dag_id, self.run_id = conn_id, variable, dag_id, run_id
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return f"{_PREFIX}.SdkCallsTrigger", {
+            "conn_id": self.conn_id, "variable": self.variable, "dag_id": self.dag_id, "run_id": self.run_id,
+        }
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        from airflow.sdk import BaseHook, Variable
+        from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+        sync_conn = BaseHook.get_connection(self.conn_id)  # sync SDK call from async code
+        async_conn = await BaseHook.aget_connection(self.conn_id)
+        yield TriggerEvent({
+            "sync_host": sync_conn.host,
+            "async_host": async_conn.host,
+            "variable": Variable.get(self.variable),
+            "dag_run_state": RuntimeTaskInstance.get_dagrun_state(self.dag_id, self.run_id),
+            **process_info(),
+        })

@@ -1,0 +1,36 @@
+"""What trigger code can ask for (connections, variables, DAG-run state — sync and async), and
+routing of asset-watcher triggers to the bundle of the DAG that declares the watcher."""
+
+from __future__ import annotations
+
+import pytest
+
+from multitrigger.sandbox.home import AirflowHome, DeferSpec, deferring_bundle, iso_in
+
+pytestmark = pytest.mark.timeout(180)
+SDK = "multitrigger.sandbox.triggers.SdkCallsTrigger"
+FIRE_AT_EVENT = "multitrigger.sandbox.triggers.FireAtEventTrigger"
+
+
+def test_sdk_calls_are_answered_by_the_supervisor_and_asset_watchers_run_in_their_bundle(tmp_path, start_triggerer):
+    home = AirflowHome.create(tmp_path / "home", {"team_a": deferring_bundle("dag_a"), "team_b": deferring_bundle("dag_b")})
+    home.seed(connections=[{"conn_id": "sdk_conn", "conn_type": "http", "host": "api.example.internal"}],
+              variables={"sdk_var": "from-the-metastore"})
+    watcher_trigger = home.add_asset_watcher("watching_b", "asset_b", FIRE_AT_EVENT, {"moment": iso_in(12)}, bundle="team_b")
+    (ref,) = home.defer_many([
+        DeferSpec("dag_a", "t0", SDK, {"conn_id": "sdk_conn", "variable": "sdk_var", "dag_id": "dag_a",
+                                        "run_id": "manual__sandbox"}, encrypt_kwargs=True),
+    ])
+    mt = start_triggerer(home, "--skip-serve-logs", config='[loops.team_a]\nbundles = ["team_a"]\n[loops.team_b]\nbundles = ["team_b"]\n')
+
+    event = home.wait_for_states([ref], "scheduled", timeout=90)[ref].event
+    assert event["sync_host"] == event["async_host"] == "api.example.internal"
+    assert event["variable"] == "from-the-metastore"
+    assert event["dag_run_state"] == "running"
+    assert event["loop"] == "team_a"
+
+    # The watcher lives in a DAG of bundle team_b: its trigger is routed to team_b's loop,
+    # and its event becomes an asset event.
+    home.wait_for(lambda: f"loop=team_b trigger_id={watcher_trigger}" in mt.text(), timeout=60)
+    rows = home.wait_for(lambda: home.sql("SELECT extra FROM asset_event"), timeout=60)
+    assert "team_b" in str(rows[0][0])
