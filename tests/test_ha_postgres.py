@@ -178,13 +178,13 @@ def test_two_supervisors_and_a_stock_triggerer_share_triggers_and_take_over_a_ki
 
     # All three are up and heartbeating before there is anything to claim, so the claims interleave.
     home.wait_for(lambda: len(_alive_triggerer_jobs(home)) == 3 and all(p.popen.poll() is None for p in procs.values()),
-                  timeout=60, message=logs_tail)
+                  timeout=90, message=logs_tail)
     job_ids = {name: home.wait_for(lambda p=p: _job_id_of(p.text()), timeout=10, message=logs_tail)
                for name, p in (("mt1", mt1), ("mt2", mt2))}
     (job_ids["stock"],) = _alive_triggerer_jobs(home) - set(job_ids.values())
     name_of_job = {job: name for name, job in job_ids.items()}
     t_up = time.monotonic()
-    home.wait_for(_settled([p.popen.pid for p in procs.values()]), timeout=60, interval=1.0,
+    home.wait_for(_settled([p.popen.pid for p in procs.values()]), timeout=90, interval=1.0,
                   message="the triggerers did not settle after start-up")
     t_settled = time.monotonic()
 
@@ -221,7 +221,8 @@ def test_two_supervisors_and_a_stock_triggerer_share_triggers_and_take_over_a_ki
                           message=lambda: f"{home.trigger_rows()}\n{logs_tail()}")
     t_claimed = time.monotonic()
     distribution = Counter(name_of_job[j] for j in owner.values())
-    print(f"\n[ha] triggerers up {t_up - t_begin:.1f}s after start, idle {t_settled - t_begin:.1f}s; defer_many {t_deferred - t_moment:.1f}s; "
+    print(f"\n[ha] triggerers up {t_up - t_begin:.1f}s after start, idle {t_settled - t_begin:.1f}s; "
+          f"defer_many {t_deferred - t_moment:.1f}s; "
           f"claims: {dict(distribution)}, all claimed and started {t_claimed - t_deferred:.1f}s after deferral",
           flush=True)
     for tid in owner:  # nothing has run twice yet
@@ -250,7 +251,9 @@ def test_two_supervisors_and_a_stock_triggerer_share_triggers_and_take_over_a_ki
 
     home.wait_for(taken_over, timeout=60, message=lambda: f"{home.trigger_rows()}\n{logs_tail()}")
     t_taken = time.monotonic()
+    heirs = Counter(name_of_job[row.triggerer_id] for row in home.trigger_rows() if row.id in victim_triggers)
     print(f"[ha] {len(victim_triggers)} triggers of {victim_name} taken over {t_taken - t_killed:.1f}s after SIGKILL "
+          f"by {dict(heirs)} "
           f"(threshold {HEALTH_CHECK_THRESHOLD}s); triggers due {due - t_taken:.1f}s later", flush=True)
 
     # Every TI resumes.
@@ -286,4 +289,4 @@ def test_two_supervisors_and_a_stock_triggerer_share_triggers_and_take_over_a_ki
             assert event["loop"] == LOOP_OF_BUNDLE[bundle_by_trigger[tid]], (tid, event)
     assert fired_by["stock"] > 0 and fired_by["mt2"] > 0, fired_by
     print(f"[ha] fired by: {dict(fired_by)}; all resumed {t_fired - t_killed:.1f}s after the kill; "
-          f"test body {t_fired - t_begin:.1f}s", flush=True)
+          f"test body {t_fired - t_begin:.1f}s; load average {os.getloadavg()[0]:.1f}", flush=True)

@@ -135,11 +135,12 @@ class LoopSlot:
         if self.process is None or (code := self.process.poll_exit()) is None:
             return None
         reason = self._kill_reason or describe_exit(code)
-        self._kill_reason = None
-        log.error("loop process ended", loop=self.name, pid=self.process.pid, reason=reason, triggers=len(self.assigned))
+        level = log.info if code == 0 and self._kill_reason is None else log.error
+        level("loop process ended", loop=self.name, pid=self.process.pid, reason=reason, triggers=len(self.assigned))
         self.process.close(selector)
         self.process = None
         self.stats.last_exit = reason
+        self._kill_reason = None
         self._blame(read_blame(self.blame_file), reason)
         # Triggers we were cancelling are done with; the rest are re-delivered to the next process.
         for trigger_id in self._cancel_wanted:
