@@ -28,7 +28,7 @@ MISBEHAVIOURS = {
     "x_badinit": ("BadInitTrigger", "refuses to be constructed"),
 }
 NEIGHBOURS = ("team_a", "shared")
-START = 30.0  # seconds until the first healthy trigger is due: every loop is up by then
+START = 20.0  # seconds until the first healthy trigger is due: every loop is up by then
 LATE_BOUND = 1.5  # a neighbour's trigger fires at most this late (generous: 2 shared cores)
 
 
@@ -60,7 +60,7 @@ def test_every_misbehaviour_stays_in_its_own_loop(home, start_triggerer, tmp_pat
     records = tmp_path / "records"
     records.mkdir()
     neighbour_specs = [_fire_at(b, f"t{i}", iso_in(START + 4 * i), records) for b in NEIGHBOURS for i in range(6)]
-    victim_specs = [_fire_at(b, f"t{i}", iso_in(START + 20 * i), records) for b in MISBEHAVIOURS for i in (1, 2)]
+    victim_specs = [_fire_at(b, f"t{i}", iso_in(START + 12 * i), records) for b in MISBEHAVIOURS for i in (1, 2)]
     poison_specs = [DeferSpec(f"dag_{b}", "t0", CRASH + cls, {"after": 0.5}, validate=False)
                     for b, (cls, _) in MISBEHAVIOURS.items()]
     print_spec = DeferSpec("dag_x_print", "t0", CRASH + "PrintTrigger", {"after": 1.0}, validate=False)
@@ -101,7 +101,8 @@ def test_every_misbehaviour_stays_in_its_own_loop(home, start_triggerer, tmp_pat
     restarted = set(re.findall(r"loop process ended.*?loop=(\S+)", log))
     assert restarted == set(MISBEHAVIOURS) - {"x_badinit"}, restarted
     assert "hello from PrintTrigger" in log
-    # The supervisor kept heartbeating throughout: its job is fresh now.
+    # The supervisor kept heartbeating throughout: its job is still alive by Airflow's own test
+    # (heartbeat newer than [triggerer] triggerer_health_check_threshold, 30 s), with margin.
     ((beat,),) = home.sql("SELECT latest_heartbeat FROM job WHERE job_type = 'TriggererJob' AND end_date IS NULL")
     beat = dt.datetime.fromisoformat(str(beat)).replace(tzinfo=dt.timezone.utc)
-    assert (dt.datetime.now(dt.timezone.utc) - beat).total_seconds() < 10
+    assert (dt.datetime.now(dt.timezone.utc) - beat).total_seconds() < 20

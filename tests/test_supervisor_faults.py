@@ -53,7 +53,7 @@ def test_loop_killed_from_outside_restarts_alone_then_sigterm_hands_back_and_kil
     home, start_triggerer, tmp_path
 ):
     records = {f"{d}.{t}": tmp_path / f"{d}.{t}" for d in ("dag_a", "dag_s") for t in ("t0", "t1")}
-    due = {"t0": iso_in(30), "t1": iso_in(34)}
+    due = {"t0": iso_in(45), "t1": iso_in(49)}
     markers = [tmp_path / "w_a", tmp_path / "w_s"]
     refs = home.defer_many(
         [DeferSpec(d, t, FIRE_AT, {"moment": due[t], "record_path": str(records[f"{d}.{t}"])})
@@ -64,7 +64,8 @@ def test_loop_killed_from_outside_restarts_alone_then_sigterm_hands_back_and_kil
     first = start_triggerer(home, "--skip-serve-logs", config=CONFIG, name="first")
     home.wait_for(lambda: all(r.triggerer_id for r in home.trigger_rows()) and len(home.trigger_rows()) == 6, timeout=60)
     home.wait_for(lambda: "trigger routed" in first.text() and {"team_a", "default"} <= set(loop_pids(first.text())), timeout=60)
-    time.sleep(8)  # let both loops finish importing Airflow and start their triggers
+    home.wait_for(lambda: {"team_a", "default"} <= set(re.findall(r"loop ready .*?loop=(\S+)", first.text())), timeout=60)
+    time.sleep(1)  # and start their triggers
     (victim,) = loop_pids(first.text())["team_a"]
     (bystander,) = loop_pids(first.text())["default"]
 

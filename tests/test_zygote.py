@@ -373,11 +373,15 @@ def test_supervisor_sigkill_takes_zygote_and_loops(tmp_path: Path) -> None:
         zygote = Zygote.start(Path(sys.executable), loop_env(home), home)
         assert zygote.wait_ready(100), zygote.error
         loop = LoopProcess.spawn_forked("chained", zygote, loop_env(home), home)
-        print(zygote.pid, loop.pid, flush=True)
+        print("PIDS", zygote.pid, loop.pid, flush=True)
         time.sleep(600)
         """)], stdout=subprocess.PIPE, text=True)
     try:
-        zygote_pid, loop_pid = map(int, supervisor.stdout.readline().split())
+        line = ""
+        while not line.startswith("PIDS "):  # its logs go to stdout too
+            line = supervisor.stdout.readline()
+            assert line, "the supervisor stand-in exited"
+        zygote_pid, loop_pid = map(int, line.split()[1:])
         assert ppid(loop_pid) == zygote_pid and ppid(zygote_pid) == supervisor.pid
         supervisor.kill()
         supervisor.wait(10)

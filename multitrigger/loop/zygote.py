@@ -80,7 +80,7 @@ REQUIRED_MODULES = (
     "pendulum",
 )
 #: What a loop still imported after start-up, by its first trigger and first event, measured on
-#: Airflow 3.3.2 (tests/test_zygote.py::test_preload_covers_first_trigger). Best effort.
+#: Airflow 3.3.2 (tests/test_zygote.py checks it after a first event). Best effort.
 LAZY_MODULES = (
     "airflow.triggers.base",
     "airflow.sdk._shared.logging.factory",

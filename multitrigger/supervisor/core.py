@@ -9,6 +9,7 @@ the signal; the loop acts on it. No thread per loop.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import selectors
 import signal
@@ -26,9 +27,15 @@ from multitrigger.restart import BackoffSettings, RestartPolicy
 from multitrigger.interpreter_probe import loop_bootstrap_args
 from multitrigger.supervisor.launch import loop_env
 from multitrigger.supervisor.slot import LoopSlot, SlotSinks
+from multitrigger.supervisor.zygote_client import Zygote
 from multitrigger.supervisor.store import DatabaseUnavailable, TriggerStore, raise_if_unreachable
 
 log = structlog.get_logger(__name__)
+
+#: At start-up a loop waits this long (never blocking) for its interpreter's zygote, then is exec'd.
+ZYGOTE_STARTUP_WAIT = 30.0
+#: A zygote that died after it was ready is replaced after this delay (loops exec meanwhile).
+ZYGOTE_RESTART_DELAY = 10.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,9 @@ class Supervisor:
         self._db_down_since: float | None = None
         self._db_failures = 0
         self._exit_code = 0
+        self.zygotes: dict[Path, Zygote] = {}  # one per distinct loop interpreter
+        self._zygote_retry: dict[Path, float] = {}
+        self._zygote_wait_until = 0.0
         self.slots = {name: self._make_slot(loop) for name, loop in config.loops.items()}
         self.routes: dict[int, str] = {}  # trigger id → loop name, decided once
 
@@ -97,10 +107,47 @@ class Supervisor:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda s, _f: self._signals.append(s))
 
+    # -- zygotes (multitrigger.loop.zygote): forked loops start in ~20 ms and share memory --------
+
+    def _start_zygotes(self) -> None:
+        for python in sorted({Path(loop.python) for loop in self.config.loops.values()}):
+            self._start_zygote(python)
+        self._zygote_wait_until = self.clock() + ZYGOTE_STARTUP_WAIT
+
+    def _start_zygote(self, python: Path) -> None:
+        home = self.settings.state_dir / "zygotes" / hashlib.sha1(str(python).encode()).hexdigest()[:12]
+        home.mkdir(parents=True, exist_ok=True)
+        try:
+            zygote = Zygote.start(python, loop_env(home), home)
+        except OSError as err:
+            log.error("cannot start a zygote; its loops will be exec'd", python=str(python), error=str(err))
+            return
+        zygote.register(self.selector)
+        self.zygotes[python] = zygote
+        for slot in self.slots.values():
+            if slot.argv[0] == str(python):
+                slot.zygote = zygote
+
+    def _tend_zygotes(self, now: float) -> None:
+        """Replace a zygote that died after it was ready; never one whose imports failed."""
+        for python, zygote in list(self.zygotes.items()):
+            if zygote.alive or zygote.ready_at is None:
+                continue
+            if now >= self._zygote_retry.setdefault(python, now + ZYGOTE_RESTART_DELAY):
+                del self._zygote_retry[python]
+                zygote.close()
+                self._start_zygote(python)
+
+    def _waiting_for_zygote(self, slot: LoopSlot, now: float) -> bool:
+        """A loop's first start waits (bounded) for its zygote: N exec'd loops cost N x 120 MB."""
+        return (slot.stats.restarts == 0 and slot.zygote is not None and slot.zygote.starting
+                and now < self._zygote_wait_until)
+
     # -- the loop -----------------------------------------------------------------------------
 
     def run(self) -> int:
         self._install_signals()
+        self._start_zygotes()
         log.info("multitrigger supervisor starting", loops=sorted(self.slots), job_id=self.store.job.id)
         while not self._signals and not self._exit_code:
             self._service(self._next_wakeup())
@@ -108,9 +155,13 @@ class Supervisor:
         return self.shutdown()
 
     def _next_wakeup(self) -> float:
+        now = self.clock()
         deadlines = [self._next_tick] + [s.poll_deadline() for s in self.slots.values()]
-        deadlines += [s.start_at for s in self.slots.values() if s.process is None]
-        return max(0.0, min(deadlines) - self.clock())
+        for s in self.slots.values():
+            if s.process is None:  # a zygote's "ready" record wakes the selector by itself
+                deadlines.append(self._zygote_wait_until if self._waiting_for_zygote(s, now) else s.start_at)
+        deadlines += self._zygote_retry.values()
+        return max(0.0, min(deadlines) - now)
 
     def _service(self, timeout: float) -> None:
         for key, mask in self.selector.select(min(timeout, 1.0)):
@@ -127,11 +178,12 @@ class Supervisor:
 
     def _reconcile(self) -> None:
         now = self.clock()
+        self._tend_zygotes(now)
         for slot in self.slots.values():
             slot.answer_poll(self.selector, now)
             slot.reap(self.selector, now)
             slot.check_hang(now)
-            if slot.process is None and now >= slot.start_at:
+            if slot.process is None and now >= slot.start_at and not self._waiting_for_zygote(slot, now):
                 slot.start(self.selector)
         if now >= self._next_tick:
             self._next_tick = now + self.settings.claim_interval
@@ -234,6 +286,8 @@ class Supervisor:
                 if slot.reap(self.selector, self.clock()) is not None:
                     slot.start_at = math.inf
             self._service(0.05)
+        for zygote in self.zygotes.values():
+            zygote.close()
         try:
             self.store.release(self.routes)
         except Exception:

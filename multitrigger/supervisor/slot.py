@@ -30,7 +30,8 @@ from multitrigger.loop.blame import read_blame, reset_blame
 from multitrigger.protocol import ENV_BLAME_FILE, POLL_HOLD_SECONDS
 from multitrigger.restart import RestartPolicy
 from multitrigger.supervisor import requests
-from multitrigger.supervisor.loop_process import LoopCallbacks, LoopProcess, describe_exit
+from multitrigger.supervisor.loop_process import LoopCallbacks, LoopProcess
+from multitrigger.supervisor.zygote_client import Zygote
 
 log = structlog.get_logger(__name__)
 _decoder: TypeAdapter[Any] = TypeAdapter(ToTriggerSupervisor)
@@ -71,6 +72,7 @@ class LoopSlot:
     blame_file: Path
     poison_threshold: int = 3
     process: LoopProcess | None = None
+    zygote: Zygote | None = None  # of this loop's interpreter; set by the supervisor
     start_at: float = 0.0
     stats: LoopStats = field(default_factory=LoopStats)
     assigned: dict[int, workloads.RunTrigger] = field(default_factory=dict)
@@ -104,7 +106,7 @@ class LoopSlot:
     def start(self, selector: selectors.BaseSelector) -> None:
         reset_blame(self.blame_file)
         env = {**self.env, ENV_BLAME_FILE: str(self.blame_file)}
-        self.process = LoopProcess.spawn(self.name, self.argv, env, self.cwd)
+        self.process = LoopProcess.spawn(self.name, self.argv, env, self.cwd, zygote=self.zygote)
         self.process.register(
             selector,
             LoopCallbacks(
@@ -121,7 +123,7 @@ class LoopSlot:
         self._cancel_sent.clear()
         # Stock handshake: the runner's first read must be a StartTriggerer frame (request id 0).
         self.process.respond(selector, 0, messages.StartTriggerer().model_dump())
-        log.info("loop started", loop=self.name, pid=self.process.pid, interpreter=self.argv[0])
+        log.info("loop started", loop=self.name, pid=self.process.pid, interpreter=self.argv[0], forked=self.process.forked)
 
     def kill(self, reason: str) -> None:
         """Kill the process for ``reason``; ``reap`` records it when the exit is seen."""
@@ -134,7 +136,7 @@ class LoopSlot:
         """If the process has exited: close it, schedule the restart, return the exit reason."""
         if self.process is None or (code := self.process.poll_exit()) is None:
             return None
-        reason = self._kill_reason or describe_exit(code)
+        reason = self._kill_reason or self.process.exit_reason(code)
         level = log.info if code == 0 and self._kill_reason is None else log.error
         level("loop process ended", loop=self.name, pid=self.process.pid, reason=reason, triggers=len(self.assigned))
         self.process.close(selector)
@@ -176,6 +178,9 @@ class LoopSlot:
     # -- frames from the loop -----------------------------------------------------------------
 
     def _on_frame(self, selector: selectors.BaseSelector, frame: _RequestFrame) -> None:
+        if self.last_heard == math.inf:  # its first frame: the process is up and talking
+            log.info("loop ready", loop=self.name, pid=self.process.pid, forked=self.process.forked,
+                     startup_s=round(time.monotonic() - self.process.started_at, 3))
         self.last_heard = time.monotonic()
         try:
             msg = _decoder.validate_python(frame.body)

@@ -191,7 +191,7 @@ class Zygote:
         self.sock.close()
         live = [pid for pid, child in self._children.items() if child.returncode is None]
         for pid in live:
-            self._kill(pid)
+            self.send_signal(pid, signal.SIGKILL)
         if expected:
             log.info("zygote stopped", python=str(self.python), pid=self.pid, children=live)
             return
@@ -230,7 +230,9 @@ class Zygote:
         if child.returncode is None:
             try:
                 child.pidfd = os.pidfd_open(pid)
-            except OSError:  # already exited and reaped: its exit report is on its way
+            except ProcessLookupError:  # already exited and reaped: its exit report is on its way
+                pass
+            except OSError:  # no pidfds (Linux < 5.3): plain pids, as for exec'd loops
                 pass
         return pid
 
@@ -244,36 +246,31 @@ class Zygote:
 
     # -- forked children -----------------------------------------------------------------------
 
-    def returncode(self, pid: int) -> int | None:
-        """The exit status of a forked loop, or None while it runs.
+    def exit_status(self, pid: int) -> tuple[int, bool] | None:
+        """(returncode, lost with the zygote) of a forked loop, None while it runs.
 
         Reads pending reports first, so it is current even between selector passes.
         """
         self._read_available()
         child = self._children.get(pid)
-        if child is None or child.returncode is not None:
-            return None if child is None else child.returncode
-        if self._eof and _pidfd_exited(child.pidfd):
+        if child is not None and child.returncode is None and self._eof and _exited(pid, child.pidfd):
             child.returncode, child.lost_with_zygote = ZYGOTE_DIED, True
-        return child.returncode
-
-    def lost_with_zygote(self, pid: int) -> bool:
-        """True if ``pid`` ended because its zygote died (no report; PDEATHSIG killed it)."""
-        child = self._children.get(pid)
-        return child is not None and child.lost_with_zygote
+        if child is None or child.returncode is None:
+            return None
+        return child.returncode, child.lost_with_zygote
 
     def send_signal(self, pid: int, signum: int) -> None:
         """Signal a forked loop through its pidfd: never a recycled pid."""
         child = self._children.get(pid)
-        if child is None or child.returncode is not None or child.pidfd is None:
+        if child is None or child.returncode is not None:
             return
         try:
-            signal.pidfd_send_signal(child.pidfd, signum)
+            if child.pidfd is not None:
+                signal.pidfd_send_signal(child.pidfd, signum)
+            else:
+                os.kill(pid, signum)
         except ProcessLookupError:
             pass
-
-    def _kill(self, pid: int) -> None:
-        self.send_signal(pid, signal.SIGKILL)
 
     def release(self, pid: int) -> None:
         """Forget an exited child (closes its pidfd)."""
@@ -284,6 +281,7 @@ class Zygote:
                 os.close(child.pidfd)
 
     def handle(self, pid: int) -> ForkedProcess:
+        """The ``ProcessHandle`` of forked child ``pid``."""
         return ForkedProcess(self, pid)
 
     # -- shutdown ------------------------------------------------------------------------------
@@ -301,10 +299,15 @@ class Zygote:
             self.popen.wait()
 
 
-def _pidfd_exited(pidfd: int | None) -> bool:
-    if pidfd is None:
-        return True  # never had one: it had exited before fork() returned
-    return bool(select.select([pidfd], [], [], 0)[0])
+def _exited(pid: int, pidfd: int | None) -> bool:
+    """Has ``pid`` (not our child: no waitpid) exited? A zombie has."""
+    if pidfd is not None:
+        return bool(select.select([pidfd], [], [], 0)[0])
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
 
 
 @dataclass
@@ -317,9 +320,8 @@ class ForkedProcess:
     lost_with_zygote: bool = False
 
     def poll(self) -> int | None:
-        if self.returncode is None and (code := self.zygote.returncode(self.pid)) is not None:
-            self.returncode = code
-            self.lost_with_zygote = self.zygote.lost_with_zygote(self.pid)
+        if self.returncode is None and (status := self.zygote.exit_status(self.pid)) is not None:
+            self.returncode, self.lost_with_zygote = status
             self.zygote.release(self.pid)
         return self.returncode
 
