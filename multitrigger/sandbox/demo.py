@@ -50,7 +50,7 @@ def _defer(home: AirflowHome, start: float) -> list:
 
 def run_demo(root: Path, seconds: float) -> int:
     home = _build(root.resolve())
-    refs = _defer(home, start=25)
+    refs = _defer(home, start=15)
     print(f"deferred {len(refs)} task instances; starting `multitrigger run` …\n", flush=True)
     log = home.path / "multitrigger.log"
     with log.open("wb") as fh:
