@@ -20,6 +20,8 @@ from airflow.executors import workloads
 from airflow.jobs.job import Job, perform_heartbeat
 from airflow.jobs.triggerer_job_runner import TriggerLoggingFactory, TriggerRunnerSupervisor
 from airflow.models.crypto import get_fernet
+from airflow.models.dagbag import DBDagBag
+from airflow.models.serialized_dag import SerializedDagModel
 from airflow.models.trigger import Trigger
 from airflow.triggers.base import TriggerEvent
 from airflow.utils.session import create_session
@@ -38,7 +40,6 @@ class _StockWorkloads:
 
     fetch_trigger_details = TriggerRunnerSupervisor.fetch_trigger_details
     fetch_non_task_trigger_ids = TriggerRunnerSupervisor.fetch_non_task_trigger_ids
-    _create_workload = TriggerRunnerSupervisor._create_workload
     build_trigger_workloads = TriggerRunnerSupervisor.build_trigger_workloads
     _process_log_messages_from_subprocess = TriggerRunnerSupervisor._process_log_messages_from_subprocess
 
@@ -46,6 +47,50 @@ class _StockWorkloads:
         self.job = job
         self.id = job.id
         self.logger_cache: dict[int, TriggerLoggingFactory] = {}
+        self._dag_bag = _BatchDagBag()
+
+    def build(self, trigger_ids: set[int]) -> list[workloads.RunTrigger]:
+        self._dag_bag = _BatchDagBag()  # fresh per pass: a DAG re-serialized later is seen next pass
+        return self.build_trigger_workloads(trigger_ids)
+
+    def _create_workload(self, trigger, dag_bag, render_log_fname, session):  # type: ignore[no-untyped-def]
+        """The stock per-trigger build, with this pass's memoizing dag bag in place of a fresh one."""
+        return TriggerRunnerSupervisor._create_workload(self, trigger, self._dag_bag, render_log_fname, session)
+
+
+class _Deserialized:
+    """A serialized DAG model's ``data`` with its DAG deserialized once (stock does it per trigger)."""
+
+    def __init__(self, model: SerializedDagModel) -> None:
+        self.data = model.data
+        self.dag = model.dag
+
+
+class _BatchDagBag(DBDagBag):
+    """Stock ``DBDagBag`` for one build pass, memoized per DAG version.
+
+    The stock triggerer looks up the latest DAG version, fetches the serialized DAG and
+    deserializes it once *per trigger*: 2000 triggers of 4 DAGs cost 6.6 s here, nearly all of it
+    repeated work. The same lookups, once per (dag, version) and pass, give the same workloads.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._memo: dict[tuple, _Deserialized | None] = {}
+
+    def get_serialized_dag_model_for_run(self, dag_run, *, session):  # type: ignore[no-untyped-def, override]
+        key = ("run", dag_run.dag_id, dag_run.created_dag_version_id, dag_run.bundle_version)
+        if key not in self._memo:
+            model = super().get_serialized_dag_model_for_run(dag_run, session=session)
+            self._memo[key] = _Deserialized(model) if model else None
+        return self._memo[key]
+
+    def get_serialized_dag_model(self, version_id, session):  # type: ignore[no-untyped-def, override]
+        key = ("version", version_id)
+        if key not in self._memo:
+            model = super().get_serialized_dag_model(version_id=version_id, session=session)
+            self._memo[key] = _Deserialized(model) if model else None
+        return self._memo[key]
 
 
 class DatabaseUnavailable(Exception):
@@ -106,7 +151,7 @@ class TriggerStore:
 
     def build(self, trigger_ids: set[int]) -> list[tuple[workloads.RunTrigger, str | None]]:
         """Stock workloads for new trigger ids, each with its bundle (``None`` if unknown)."""
-        built = self._stock.build_trigger_workloads(trigger_ids)
+        built = self._stock.build(trigger_ids)
         with create_session() as session:
             bundles = bundles_for([w.id for w in built], session)
         result = []
