@@ -74,7 +74,7 @@ def _config(venvs: dict[str, Path]) -> str:
 
 
 def test_each_bundle_runs_in_its_own_process_and_interpreter_with_its_own_packages(home, venvs, start_triggerer):
-    moment = iso_in(25)
+    moment = iso_in(18)
     specs = [
         DeferSpec("dag_a", "t0", IMPORT_VERSION, {"module": "confpkg"}, run_id="iso", encrypt_kwargs=True),
         DeferSpec("dag_b", "t0", IMPORT_VERSION, {"module": "confpkg"}, run_id="iso", encrypt_kwargs=True),
@@ -109,7 +109,7 @@ def test_failures_fail_only_their_own_task(home, venvs, start_triggerer, tmp_pat
         DeferSpec("dag_a", "t2", RAISE, {"message": "boom from team_a"}, run_id="fail"),
         # confpkg.triggers exists only in bundle venvs: in the default loop it cannot be imported.
         DeferSpec("dag_s", "t2", "confpkg.triggers.OwnTrigger", {"module": "confpkg"}, run_id="fail", validate=False),
-        DeferSpec("dag_s", "t3", FIRE_AT, {"moment": iso_in(20)}, run_id="fail"),
+        DeferSpec("dag_s", "t3", FIRE_AT, {"moment": iso_in(15)}, run_id="fail"),
         DeferSpec("dag_b", "t2", WAIT_FOREVER, {"marker_path": str(marker)}, run_id="fail"),
     ])
     start_triggerer(home, "--skip-serve-logs", config=_config(venvs))

@@ -53,7 +53,7 @@ def test_loop_killed_from_outside_restarts_alone_then_sigterm_hands_back_and_kil
     home, start_triggerer, tmp_path
 ):
     records = {f"{d}.{t}": tmp_path / f"{d}.{t}" for d in ("dag_a", "dag_s") for t in ("t0", "t1")}
-    due = {"t0": iso_in(45), "t1": iso_in(49)}
+    due = {"t0": iso_in(30), "t1": iso_in(34)}
     markers = [tmp_path / "w_a", tmp_path / "w_s"]
     refs = home.defer_many(
         [DeferSpec(d, t, FIRE_AT, {"moment": due[t], "record_path": str(records[f"{d}.{t}"])})
@@ -118,7 +118,7 @@ def test_db_outage_keeps_loops_running_loses_no_event_and_gives_up_after_the_bou
     proxy.start()
     via_proxy = home.db_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
     records = [tmp_path / f"r{i}" for i in range(4)]
-    due = iso_in(35)
+    due = iso_in(28)
     refs = home.defer_many([
         DeferSpec(d, t, FIRE_AT, {"moment": due, "record_path": str(records[i])})
         for i, (d, t) in enumerate([("dag_a", "t0"), ("dag_a", "t1"), ("dag_s", "t0"), ("dag_s", "t1")])
