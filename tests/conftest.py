@@ -43,7 +43,7 @@ def start_triggerer() -> Iterator[Callable[..., Triggerer]]:
 
     def start(
         home: AirflowHome, *args: str, config: str | None = None, stock: bool = False, name: str = "mt",
-        env: dict[str, str] | None = None,
+        env: dict[str, str] | None = None, prefix: list[str] | None = None,
     ) -> Triggerer:
         log = home.path / f"{name}-{len(started)}.log"
         if stock:
@@ -54,6 +54,7 @@ def start_triggerer() -> Iterator[Callable[..., Triggerer]]:
                 cfg = home.path / f"{name}-{len(started)}.toml"
                 cfg.write_text(textwrap.dedent(config))
                 cmd += ["--config", str(cfg)]
+        cmd = [*(prefix or []), *cmd]
         with log.open("wb") as fh:
             popen = subprocess.Popen(cmd, env=home.env(env), stdout=fh, stderr=subprocess.STDOUT, cwd=home.path)
         started.append(proc := Triggerer(popen, log))

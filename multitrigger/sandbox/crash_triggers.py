@@ -110,3 +110,18 @@ class GarbageTrigger(_Misbehaving):
     def misbehave(self) -> None:
         os.write(0, b"\xff\xff\xff\xf0 this is not a frame")
         time.sleep(3600)
+
+
+class MemoryHogTrigger(_Misbehaving):
+    """Allocates (and touches) memory until the kernel's OOM killer ends its loop.
+
+    It raises its own ``oom_score_adj`` so that, in a memory-limited cgroup, the OOM killer picks
+    its loop rather than a neighbour.
+    """
+
+    def misbehave(self) -> None:
+        with open("/proc/self/oom_score_adj", "w") as fh:
+            fh.write("1000")
+        hoard = []
+        while True:
+            hoard.append(b"\x01" * (32 * 1024 * 1024))

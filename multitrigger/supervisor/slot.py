@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import selectors
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from pydantic import TypeAdapter
 from airflow.executors import workloads
 from airflow.jobs.triggerer_job_runner import ToTriggerSupervisor, TriggerEventEntry, messages
 from airflow.sdk.execution_time.comms import _RequestFrame
+from multitrigger import oom
 from multitrigger.loop.blame import read_blame, reset_blame
 from multitrigger.protocol import ENV_BLAME_FILE, POLL_HOLD_SECONDS
 from multitrigger.restart import RestartPolicy
@@ -81,6 +83,7 @@ class LoopSlot:
     _cancel_sent: set[int] = field(default_factory=set)
     _persisted_seqs: list[int] = field(default_factory=list)
     _kill_reason: str | None = None
+    _oom: oom.OomWatch | None = None
     strikes: dict[int, list[str]] = field(default_factory=dict)
     _held_poll: int | None = None
     _held_until: float = 0.0
@@ -117,6 +120,7 @@ class LoopSlot:
             ),
         )
         self.policy.started()
+        self._oom = oom.watch(self.process.pid)
         self.last_heard = math.inf  # a cold start is not a hang
         self._held_poll = None
         self._undelivered = dict(self.assigned)
@@ -137,6 +141,8 @@ class LoopSlot:
         if self.process is None or (code := self.process.poll_exit()) is None:
             return None
         reason = self._kill_reason or self.process.exit_reason(code)
+        if code == -signal.SIGKILL and self._kill_reason is None and self._oom is not None and self._oom.fired():
+            reason = self._oom.describe()
         level = log.info if code == 0 and self._kill_reason is None else log.error
         level("loop process ended", loop=self.name, pid=self.process.pid, reason=reason, triggers=len(self.assigned))
         self.process.close(selector)
