@@ -146,3 +146,21 @@ def test_db_outage_keeps_loops_running_loses_no_event_and_gives_up_after_the_bou
     code = mt.popen.wait(60)
     assert code != 0
     assert "unreachable for too long" in mt.text()
+
+
+def test_a_second_sigterm_forces_the_stop(home, start_triggerer, tmp_path):
+    marker = tmp_path / "running"
+    home.defer_many([DeferSpec("dag_a", "t0", "multitrigger.sandbox.crash_triggers.SlowCleanupTrigger",
+                               {"marker_path": str(marker)}, validate=False)])
+    mt = start_triggerer(home, "--skip-serve-logs", config=CONFIG)
+    home.wait_for(marker.exists, timeout=90)
+    pids = [p for ps in loop_pids(mt.text()).values() for p in ps]
+    mt.popen.send_signal(signal.SIGTERM)
+    home.wait_for(lambda: "shutting down" in mt.text(), timeout=10)
+    time.sleep(1.0)
+    assert mt.popen.poll() is None  # the first signal waits for the trigger's cleanup (graceful)
+    t0 = time.monotonic()
+    mt.popen.send_signal(signal.SIGTERM)
+    mt.popen.wait(10)
+    assert time.monotonic() - t0 < 5
+    home.wait_for(lambda: not any(alive(p) for p in pids), timeout=5)

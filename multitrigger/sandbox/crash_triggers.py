@@ -125,3 +125,26 @@ class MemoryHogTrigger(_Misbehaving):
         hoard = []
         while True:
             hoard.append(b"\x01" * (32 * 1024 * 1024))
+
+
+class SlowCleanupTrigger(BaseTrigger):
+    """Waits forever; its ``cleanup()`` takes ``cleanup_seconds`` — it holds up a graceful stop.
+
+    Writes ``running`` to ``marker_path`` once it runs.
+    """
+
+    def __init__(self, marker_path: str, cleanup_seconds: float = 120.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.marker_path, self.cleanup_seconds = marker_path, cleanup_seconds
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return f"{_PREFIX}.SlowCleanupTrigger", {"marker_path": self.marker_path, "cleanup_seconds": self.cleanup_seconds}
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        with open(self.marker_path, "w") as fh:
+            fh.write("running\n")
+        await asyncio.Event().wait()
+        yield TriggerEvent(None)  # pragma: no cover
+
+    async def cleanup(self) -> None:
+        await asyncio.sleep(self.cleanup_seconds)
