@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -14,6 +15,22 @@ import pytest
 from multitrigger.sandbox.home import AirflowHome
 
 MULTITRIGGER = str(Path(sys.executable).parent / "multitrigger")
+#: The PostgreSQL server the HA and outage tests use (this machine's, trust auth).
+PG_SERVER_URL = os.environ.get("MULTITRIGGER_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+
+
+def pg_url(name: str) -> str:
+    """A PostgreSQL database of the test's own on ``PG_SERVER_URL`` (created if missing).
+
+    It fails rather than skips when the server is down: the HA tests must not silently vanish.
+    """
+    from multitrigger.sandbox.home import ensure_pg_database
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    try:
+        return ensure_pg_database(PG_SERVER_URL, name + (f"_{worker}" if worker else ""))
+    except Exception as exc:
+        pytest.fail(f"PostgreSQL at {PG_SERVER_URL} is needed for this test and is not usable: {exc}")
 
 
 class Triggerer:

@@ -15,30 +15,22 @@ from multitrigger.sandbox.home import (
     FIRE_AT, IMPORT_VERSION, RAISE, WAIT_FOREVER, AirflowHome, DeferSpec, decode_serde, deferring_bundle, iso_in,
 )
 from multitrigger.venvs import create_bundle_venv
+from tests.pkgs import write_package
 
 pytestmark = pytest.mark.timeout(240)
 
 
+_OWN_TRIGGER = textwrap.dedent('''\
+    from multitrigger.sandbox.triggers import ImportVersionTrigger
+
+    class OwnTrigger(ImportVersionTrigger):
+        """A trigger class that exists only where confpkg is installed."""
+    ''')
+
+
 def _package(root: Path, version: str) -> Path:
     """A tiny local package, ``confpkg``, at ``version``, with a trigger only it can import."""
-    src = root / f"confpkg-{version}"
-    (src / "confpkg").mkdir(parents=True)
-    (src / "confpkg" / "__init__.py").write_text(f'__version__ = "{version}"\n')
-    (src / "confpkg" / "triggers.py").write_text(textwrap.dedent('''\
-        from multitrigger.sandbox.triggers import ImportVersionTrigger
-
-        class OwnTrigger(ImportVersionTrigger):
-            """A trigger class that exists only where confpkg is installed."""
-        '''))
-    (src / "pyproject.toml").write_text(textwrap.dedent(f"""\
-        [build-system]
-        requires = ["setuptools>=61"]
-        build-backend = "setuptools.build_meta"
-        [project]
-        name = "confpkg"
-        version = "{version}"
-        """))
-    return src
+    return write_package(root, "confpkg", version, [], modules={"triggers": _OWN_TRIGGER})
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +38,7 @@ def venvs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two bundle venvs layered on the project env, holding conflicting confpkg versions."""
     root = tmp_path_factory.mktemp("venvs")
     return {
-        name: create_bundle_venv(root / name, requirements=[str(_package(root, version))]).parent.parent
+        name: create_bundle_venv(root / name, requirements=[str(_package(root, version))], build_isolation=False).parent.parent
         for name, version in (("team_a", "1.0"), ("team_b", "2.0"))
     }
 

@@ -28,7 +28,7 @@ MISBEHAVIOURS = {
     "x_badinit": ("BadInitTrigger", "refuses to be constructed"),
 }
 NEIGHBOURS = ("team_a", "shared")
-START = 20.0  # seconds until the first healthy trigger is due: every loop is up by then
+START = 10.0  # seconds from deferral (all loops already up) until the first healthy trigger is due
 LATE_BOUND = 1.5  # a neighbour's trigger fires at most this late (generous: 2 shared cores)
 
 
@@ -59,6 +59,10 @@ def _lines(path: Path, word: str) -> list[str]:
 def test_every_misbehaviour_stays_in_its_own_loop(home, start_triggerer, tmp_path):
     records = tmp_path / "records"
     records.mkdir()
+    # Loops first, triggers second: lateness must measure isolation, not start-up on a busy host.
+    mt = start_triggerer(home, "--skip-serve-logs", config=_config())
+    loops = {*MISBEHAVIOURS, "x_print", "team_a", "default"}
+    home.wait_for(lambda: loops <= set(re.findall(r"loop ready .*?loop=(\S+)", mt.text())), timeout=120)
     neighbour_specs = [_fire_at(b, f"t{i}", iso_in(START + 4 * i), records) for b in NEIGHBOURS for i in range(6)]
     victim_specs = [_fire_at(b, f"t{i}", iso_in(START + 12 * i), records) for b in MISBEHAVIOURS for i in (1, 2)]
     poison_specs = [DeferSpec(f"dag_{b}", "t0", CRASH + cls, {"after": 0.5}, validate=False)
@@ -68,7 +72,6 @@ def test_every_misbehaviour_stays_in_its_own_loop(home, start_triggerer, tmp_pat
     neighbours, victims = refs[: len(neighbour_specs)], refs[len(neighbour_specs): len(neighbour_specs) + len(victim_specs)]
     poisons, printed = refs[len(neighbour_specs) + len(victim_specs): -1], refs[-1]
 
-    mt = start_triggerer(home, "--skip-serve-logs", config=_config())
     states = home.wait_for_states(refs, "scheduled", timeout=150)
 
     # Neighbours: every trigger ran once, in one unchanging process per loop, and fired on time.

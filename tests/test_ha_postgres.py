@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from multitrigger.sandbox.home import FIRE_AT, AirflowHome, DeferSpec, deferring_bundle, ensure_pg_database, iso_in
+from multitrigger.sandbox.home import FIRE_AT, AirflowHome, DeferSpec, deferring_bundle, iso_in
+from tests.conftest import pg_url
 
 pytestmark = pytest.mark.timeout(240)
 
-PG_SERVER_URL = os.environ.get("MULTITRIGGER_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 HEALTH_CHECK_THRESHOLD = 6  # seconds without a heartbeat before a triggerer's triggers are taken over
 N_TASKS = 5
 MAP_INDEXES = (0, 1)  # 5 tasks x 2 map indexes x 3 bundles = 30 triggers
@@ -43,22 +43,11 @@ MT_CONFIG = """
 TRIGGERER_ARGS = ("--capacity", "20", "--skip-serve-logs")
 
 
-def _pg_url() -> str:
-    sqlalchemy = pytest.importorskip("sqlalchemy")
-    try:
-        engine = sqlalchemy.create_engine(PG_SERVER_URL)
-        with engine.connect():
-            pass
-        engine.dispose()
-    except Exception as exc:  # pragma: no cover - environment without PostgreSQL
-        pytest.skip(f"PostgreSQL not reachable at {PG_SERVER_URL}: {exc}")
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    return ensure_pg_database(PG_SERVER_URL, "multitrigger_ha" + (f"_{worker}" if worker else ""))
 
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> AirflowHome:
-    url = _pg_url()
+    url = pg_url("multitrigger_ha")
     bundles = {bundle: deferring_bundle(dag_id, n_tasks=N_TASKS) for dag_id, bundle in DAGS.items()}
     extra = {
         "triggerer": {

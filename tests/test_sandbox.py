@@ -35,14 +35,13 @@ from multitrigger.sandbox.home import (
     decode_serde,
     deferring_bundle,
     deferring_dag_source,
-    ensure_pg_database,
     ensure_template_db,
     iso_in,
     prestart_zygote,
     template_db_path,
 )
+from tests.conftest import pg_url
 
-PG_SERVER_URL = os.environ.get("MULTITRIGGER_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 
 BUNDLES = {
     "alpha": deferring_bundle("alpha_1", "alpha_2", n_tasks=3),
@@ -206,25 +205,10 @@ def test_defer_many_batch_and_clear(home: AirflowHome):
     assert home.ti_state(refs[1]).state == "deferred"
 
 
-# ------------------------------------------------------------------------------------ PostgreSQL
-def _pg_url() -> str:
-    sqlalchemy = pytest.importorskip("sqlalchemy")
-    try:
-        engine = sqlalchemy.create_engine(PG_SERVER_URL)
-        with engine.connect():
-            pass
-        engine.dispose()
-    except Exception as exc:  # pragma: no cover - environment without PostgreSQL
-        pytest.skip(f"PostgreSQL not reachable at {PG_SERVER_URL}: {exc}")
-    name = "multitrigger_sandbox" + (f"_{os.environ['PYTEST_XDIST_WORKER']}" if "PYTEST_XDIST_WORKER" in os.environ else "")
-    try:
-        return ensure_pg_database(PG_SERVER_URL, name)
-    except Exception:  # no CREATE DATABASE rights: reset the shared database instead
-        return PG_SERVER_URL
 
 
 def test_postgres_home(tmp_path: Path, warm):
-    url = _pg_url()
+    url = pg_url("multitrigger_sandbox")
     home = AirflowHome.create(tmp_path / "pg-home", {"p1": deferring_bundle("pg_a"), "p2": deferring_bundle("pg_b")}, url)
     _timing("AirflowHome.create (PostgreSQL: reset + migrate + serialize)", home.timings["create"])
     try:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from multitrigger.sandbox.home import FIRE_AT, WAIT_FOREVER, AirflowHome, DeferSpec, deferring_bundle, iso_in
+from tests.conftest import pg_url
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.timeout(240)
@@ -105,9 +106,7 @@ def test_loop_killed_from_outside_restarts_alone_then_sigterm_hands_back_and_kil
 
 @pytest.fixture
 def pg_home(tmp_path: Path) -> AirflowHome:
-    from multitrigger.sandbox.home import ensure_pg_database
-
-    url = ensure_pg_database("postgresql+psycopg2://postgres@127.0.0.1:5432/test", "multitrigger_outage")
+    url = pg_url("multitrigger_outage")
     bundles = {"team_a": deferring_bundle("dag_a", n_tasks=4), "shared": deferring_bundle("dag_s", n_tasks=4)}
     return AirflowHome.create(tmp_path / "home", bundles, db_url=url)
 

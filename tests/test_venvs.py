@@ -14,13 +14,13 @@ import os
 import site
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 import multitrigger
 from multitrigger.interpreter_probe import clean_env
+from tests.pkgs import write_package as _write_pkg
 from multitrigger.venvs import (
     PTH_NAME,
     VenvError,
@@ -37,21 +37,6 @@ HAS_UV = _find_uv(Path(sys.executable)) is not None
 INSTALLERS = ["pip", pytest.param("uv", marks=pytest.mark.skipif(not HAS_UV, reason="no uv"))]
 
 
-def _write_pkg(root: Path, name: str, version: str, deps: list[str]) -> Path:
-    src = root / f"{name}-{version}"
-    (src / name).mkdir(parents=True)
-    (src / name / "__init__.py").write_text(f'__version__ = "{version}"\n')
-    (src / "pyproject.toml").write_text(textwrap.dedent(f"""\
-        [build-system]
-        requires = ["setuptools>=61"]
-        build-backend = "setuptools.build_meta"
-
-        [project]
-        name = "{name}"
-        version = "{version}"
-        dependencies = {json.dumps(deps)}
-        """))
-    return src
 
 
 def _can_build_offline() -> bool:
