@@ -352,6 +352,42 @@ def cmd_seed(req: dict[str, Any]) -> dict[str, Any]:
     return {"connections": len(req.get("connections", [])), "variables": len(req.get("variables", {}))}
 
 
+def cmd_check_trigger_timeouts(req: dict[str, Any]) -> dict[str, Any]:
+    """One scheduler pass of ``SchedulerJobRunner.check_trigger_timeouts`` -- Airflow's own code.
+
+    The method only uses ``self.log`` (and its own ``@provide_session`` session), so it is called
+    unbound on a minimal object instead of building a whole scheduler job.
+    """
+    import logging
+    import types
+
+    from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
+
+    runner = types.SimpleNamespace(log=logging.getLogger("airflow.jobs.scheduler_job_runner"))
+    SchedulerJobRunner.check_trigger_timeouts(runner)
+    return {}
+
+
+def cmd_triggerer_callback(req: dict[str, Any]) -> dict[str, Any]:
+    """A triggerer callback the way a missed deadline creates one (``Deadline.__init__`` +
+    ``handle_miss`` → ``callback.queue``): ``TriggererCallback(AsyncCallback(path, kwargs))`` with
+    ``bundle_name``, queued so ``TriggererCallback.queue`` creates its ``CallbackTrigger`` row."""
+    from airflow.models.callback import TriggererCallback
+    from airflow.sdk.definitions.callback import AsyncCallback
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        callback = TriggererCallback(
+            AsyncCallback(req.get("path", "asyncio.sleep"), kwargs=req.get("kwargs") or {}),
+            dag_id=req.get("dag_id"),
+        )
+        callback.bundle_name = req["bundle_name"]
+        session.add(callback)
+        callback.queue(session=session)
+        session.flush()
+        return {"callback_id": str(callback.id), "trigger_id": callback.trigger_id, "type": callback.type}
+
+
 COMMANDS = {
     "seed": cmd_seed,
     "setup": cmd_setup,
@@ -359,6 +395,8 @@ COMMANDS = {
     "serialize": cmd_serialize,
     "defer": cmd_defer,
     "clear": cmd_clear,
+    "check_trigger_timeouts": cmd_check_trigger_timeouts,
+    "triggerer_callback": cmd_triggerer_callback,
 }
 
 

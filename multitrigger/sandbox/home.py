@@ -501,6 +501,21 @@ class AirflowHome:
     def clear_tis(self, refs: Iterable[TaskRef], *, schedule: bool = True) -> list[dict[str, Any]]:
         return self._run_worker("clear", {"refs": [r.key() for r in refs], "schedule": schedule})["cleared"]
 
+    def check_trigger_timeouts(self) -> None:
+        """What the scheduler does for expired deferrals: one ``SchedulerJobRunner.check_trigger_timeouts``."""
+        self._run_worker("check_trigger_timeouts", {})
+
+    def add_triggerer_callback(
+        self, bundle_name: str, path: str = "asyncio.sleep", kwargs: Mapping[str, Any] | None = None,
+        dag_id: str | None = None,
+    ) -> dict[str, Any]:
+        """A queued ``TriggererCallback`` with ``bundle_name`` and its trigger row (Airflow's models).
+
+        Returns ``{callback_id, trigger_id, type}``."""
+        return self._run_worker(
+            "triggerer_callback", {"bundle_name": bundle_name, "path": path, "kwargs": dict(kwargs or {}), "dag_id": dag_id}
+        )
+
     def add_asset_watcher(
         self,
         dag_id: str,

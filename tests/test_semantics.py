@@ -1,0 +1,96 @@
+"""
+Stock-Airflow semantics that multitrigger must keep, on a real SQLite home with Airflow's own code:
+trigger timeouts (scheduler side: ``SchedulerJobRunner.check_trigger_timeouts``) and routing of
+triggerer callbacks by ``callback.bundle_name``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import textwrap
+import time
+
+import pytest
+
+from multitrigger.sandbox.home import WAIT_FOREVER, AirflowHome, DeferSpec, decode_serde, deferring_bundle
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def loop_pids(log: str) -> dict[str, list[int]]:
+    pids: dict[str, list[int]] = {}
+    for loop, pid in re.findall(r"loop started .*?loop=(\S+) pid=(\d+)", log):
+        pids.setdefault(loop, []).append(int(pid))
+    return pids
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> AirflowHome:
+    bundles = {"team_b": deferring_bundle("dag_b", n_tasks=2), "shared": deferring_bundle("dag_s", n_tasks=2)}
+    return AirflowHome.create(tmp_path_factory.mktemp("semantics") / "home", bundles)
+
+
+def test_trigger_timeout_fails_the_task_and_cancels_the_trigger_without_on_kill(home, start_triggerer, tmp_path):
+    marker = tmp_path / "marker.txt"
+    t_defer = time.monotonic()
+    (ref,) = home.defer_many([
+        DeferSpec("dag_b", "t0", WAIT_FOREVER, {"marker_path": str(marker)}, run_id="timeout", timeout_seconds=4),
+    ])
+    mt = start_triggerer(home, "--skip-serve-logs")
+
+    def trigger_log():
+        found = [p for p in home.logs_dir.rglob("*.trigger.*.log") if "starting" in p.read_text(errors="replace")]
+        return found[0] if found else None
+
+    log_path = home.wait_for(trigger_log, timeout=45, message=lambda: mt.text()[-3000:])
+    assert home.ti_state(ref).state == "deferred"
+    assert not marker.exists()
+    # Let the 4 s trigger_timeout pass (plus a margin), then run the scheduler's own timeout check.
+    time.sleep(max(0.0, t_defer + 5.5 - time.monotonic()))
+    home.check_trigger_timeouts()
+
+    state = home.ti_state(ref)
+    assert state.state == "scheduled"
+    assert state.next_method == "__fail__"
+    assert state.trigger_id is None
+    assert decode_serde(state.next_kwargs) == {"error": "Trigger timeout"}, state.next_kwargs
+
+    # The triggerer sees the trigger orphaned (clean_unused deletes the row) and cancels it in its
+    # loop; stock run_trigger re-raises without on_kill because the timeout has passed.
+    home.wait_for(lambda: marker.exists() and "cleanup" in marker.read_text(), timeout=30,
+                  message=lambda: mt.text()[-3000:])
+    home.wait_for(lambda: ref.trigger_id not in {r.id for r in home.trigger_rows()}, timeout=30)
+    time.sleep(1.0)  # on_kill would have been awaited before cleanup; give a stray write a moment anyway
+    assert marker.read_text().split() == ["cleanup"]
+    assert "Trigger cancelled due to timeout" in log_path.read_text(errors="replace")
+    assert mt.popen.poll() is None
+    pids = loop_pids(mt.text())
+    assert pids and all(len(p) == 1 for p in pids.values()), pids
+
+
+def test_callback_triggers_are_routed_by_callback_bundle_name(home):
+    made = home.add_triggerer_callback("team_b")
+    assert made["type"] == "triggerer"
+    trigger_id = int(made["trigger_id"])
+    assert home.sql("SELECT bundle_name, trigger_id FROM callback WHERE trigger_id = :t", {"t": trigger_id}) == [
+        ("team_b", trigger_id)
+    ]
+    # A trigger row nothing points at (no TI, callback or asset watcher).
+    home.sql("INSERT INTO trigger (classpath, kwargs, created_date) VALUES ('x.Y', '{}', CURRENT_TIMESTAMP)")
+    lone = int(home.sql("SELECT max(id) FROM trigger")[0][0])
+    assert lone != trigger_id
+
+    code = textwrap.dedent(f"""
+        import json
+        from airflow.utils.session import create_session
+        from multitrigger.routing import bundles_for
+        with create_session() as session:
+            print(json.dumps(bundles_for([{trigger_id}, {lone}], session)))
+        """)
+    proc = subprocess.run([home.python, "-c", code], env=home.env(), cwd=home.path, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = {int(k): v for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
+    assert result == {trigger_id: "team_b", lone: None}
