@@ -7,6 +7,7 @@ neighbours first. All are real ``BaseTrigger`` subclasses; what they do is real 
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import ctypes
 import os
@@ -35,8 +36,9 @@ class _Misbehaving(BaseTrigger):
         await asyncio.Event().wait()
         yield TriggerEvent(None)  # pragma: no cover
 
+    @abc.abstractmethod
     def misbehave(self) -> None:
-        raise NotImplementedError
+        """What each subclass does wrong."""
 
 
 class ExitTrigger(_Misbehaving):
