@@ -1,0 +1,132 @@
+"""Run the triggerer benchmarks: stock ``airflow triggerer`` vs ``multitrigger run``.
+
+    .venv/bin/python -m benchmarks.run [--scenarios light,throughput,noisy,crash,idle] [--out benchmarks/results]
+
+See benchmarks/README.md for what each scenario measures and how to read the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import report
+from benchmarks.harness import KINDS
+from benchmarks.scenarios import SCENARIOS, Ctx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _git_head() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or None
+    except Exception:
+        return None
+
+
+def _git_dirty() -> bool | None:
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=10).stdout
+        return bool(out.strip())
+    except Exception:
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="results directory")
+    parser.add_argument("--triggerers", default=",".join(KINDS), help="stock,multitrigger (default: both, in that order)")
+    parser.add_argument("--throughput-db", choices=("sqlite", "pg"), default="sqlite",
+                        help="metadata DB of the throughput scenario: SQLite file (default) or a dedicated "
+                             "PostgreSQL database on 127.0.0.1:5432 (mtbench_throughput_<triggerer>)")
+    parser.add_argument("--keep-db", action="store_true", help="keep each run's airflow.db (default: deleted)")
+    parser.add_argument("--quiet-wait", type=float, default=60.0,
+                        help="before each run wait up to this many seconds for other processes to leave the CPUs "
+                             "alone (0: do not wait); what was seen is recorded per run")
+    parser.add_argument("--quick", action="store_true", help="tiny workloads, for checking the harness only")
+    parser.add_argument("--report", metavar="JSON",
+                        help="do not run anything: re-print the table and redraw the plots of a results JSON")
+    args = parser.parse_args(argv)
+    if args.report:
+        return _report_only(Path(args.report))
+
+    names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = [n for n in names if n not in SCENARIOS]
+    kinds = tuple(k.strip() for k in args.triggerers.split(",") if k.strip())
+    if unknown or not names or any(k not in KINDS for k in kinds):
+        parser.error(f"unknown scenario(s) {unknown} or triggerer(s) {kinds}")
+
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out_root = Path(args.out).resolve()
+    out = out_root / stamp
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.monotonic()
+
+    def say(msg: str) -> None:
+        print(f"{time.monotonic() - t_start:7.1f}s  {msg}", flush=True)
+
+    ctx = Ctx(out=out, kinds=kinds, keep_db=args.keep_db, quick=args.quick, throughput_db=args.throughput_db,
+              quiet_wait=args.quiet_wait, say=say)
+    say(f"results -> {out}")
+    from multitrigger.sandbox.home import airflow_version, prestart_zygote
+
+    prestart_zygote(wait=True)  # the sandbox's warm fork server for seeding; not part of any measurement
+    doc: dict[str, Any] = {
+        "timestamp": stamp,
+        "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.run", *(argv or sys.argv[1:])]),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "airflow": airflow_version(),
+        "git_head": _git_head(),
+        "git_dirty": _git_dirty(),
+        "quick": args.quick,
+        "results_dir": str(out),
+        "scenarios": [],
+    }
+    for name in names:
+        say(f"== scenario {name}")
+        sc = SCENARIOS[name](ctx)
+        report.summarize(sc)
+        try:
+            png = report.plot(sc, out / f"{name}.png")
+            sc["plot"] = str(png) if png else None
+        except Exception as err:  # a plotting problem must not lose the numbers
+            sc["plot_error"] = f"{type(err).__name__}: {err}"
+        doc["scenarios"].append(sc)
+        report.write_json(doc, out_root, stamp)  # after every scenario: partial results survive an abort
+    doc["wall_s"] = round(time.monotonic() - t_start, 1)
+    path, latest = report.write_json(doc, out_root, stamp)
+    print()
+    print(report.table(doc))
+    print()
+    print(f"JSON: {path} (also {latest}); plots and logs: {out}; total {doc['wall_s']} s")
+    return 0
+
+
+def _report_only(path: Path) -> int:
+    doc = json.loads(path.read_text())
+    out = Path(doc["results_dir"])
+    for sc in doc["scenarios"]:
+        report.summarize(sc)
+        if out.is_dir():
+            png = report.plot(sc, out / f"{sc['name']}.png")
+            sc["plot"] = str(png) if png else None
+    print(report.table(doc))
+    print(f"\nplots: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
