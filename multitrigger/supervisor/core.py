@@ -32,6 +32,8 @@ from multitrigger.supervisor.store import DatabaseUnavailable, TriggerStore, rai
 
 log = structlog.get_logger(__name__)
 
+#: While new triggers keep arriving, claim again after this instead of a full claim interval.
+BACKLOG_CLAIM_DELAY = 0.05
 #: At start-up a loop waits this long (never blocking) for its interpreter's zygote, then is exec'd.
 ZYGOTE_STARTUP_WAIT = 30.0
 #: A zygote that died after it was ready is replaced after this delay (loops exec meanwhile).
@@ -197,8 +199,13 @@ class Supervisor:
         for trigger_id in tracked - held:
             self.slots[self.routes[trigger_id]].cancel(trigger_id)
         if new := held - tracked:
-            for workload, bundle in self.store.build(new):
+            built = self.store.build(new)
+            for workload, bundle in built:
                 self._route(workload, bundle)
+            if built:
+                # A backlog is claimed max_trigger_to_select_per_loop at a time: come back for the
+                # rest at once, not a claim interval later (nothing built: no hurry, no spinning).
+                self._next_tick = min(self._next_tick, self.clock() + BACKLOG_CLAIM_DELAY)
         self.store.heartbeat()
 
     def _route(self, workload, bundle: str | None) -> None:

@@ -83,6 +83,7 @@ class LoopProcess:
     _log_buffer: bytearray = field(default_factory=bytearray)
     _outbox: bytearray = field(default_factory=bytearray)
     _open: set[socket.socket] = field(default_factory=set)
+    _log_reader: Callable[[bytes], None] = field(default=lambda _data: None)
 
     @property
     def pid(self) -> int:
@@ -168,19 +169,31 @@ class LoopProcess:
         }
         for sock, reader in readers.items():
             selector.register(sock, selectors.EVENT_READ, (self, sock, reader))
+        self._log_reader = readers[self.logs]
 
-    def service(self, selector: selectors.BaseSelector, sock: socket.socket, reader: Callable[[bytes], None]) -> None:
-        """Read what is available on ``sock``; close it on EOF."""
+    def service(self, selector: selectors.BaseSelector, sock: socket.socket, reader: Callable[[bytes], None]) -> bool:
+        """Read what is available on ``sock``; close it on EOF. True if something was read."""
         try:
             data = sock.recv(256 * 1024)
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError:
             data = b""
         if not data:
             self._close(selector, sock)
-            return
+            return False
         reader(data)
+        return True
+
+    def drain_logs(self, selector: selectors.BaseSelector) -> None:
+        """Read every log line the loop has already sent.
+
+        A loop writes a trigger's last log lines before it reports the trigger finished, but on
+        another socket, so the report can overtake them; draining first keeps them in the
+        trigger's own log file.
+        """
+        while self.logs in self._open and self.service(selector, self.logs, self._log_reader):
+            pass
 
     def _read_frames(self, data: bytes, callbacks: LoopCallbacks) -> None:
         try:

@@ -203,6 +203,8 @@ class LoopSlot:
         for entry in msg.events or ():
             self.stats.events += 1
             self.sinks.on_event(self.name, entry)
+        if msg.failures or msg.finished:
+            self.process.drain_logs(selector)  # their last log lines first, then close their files
         for trigger_id, tb in msg.failures or ():
             self.stats.failures += 1
             self.sinks.on_failure(self.name, trigger_id, tb)
