@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from multitrigger.sandbox.home import AirflowHome, DeferSpec, decode_serde
+from multitrigger.sandbox.procs import process_tree
 
 BIN = Path(sys.executable).parent
 STOCK = "stock"
@@ -202,28 +203,6 @@ class Triggerer:
 
 
 # ------------------------------------------------------------------------------ process memory
-def _ppid_map() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    return children
-
-
-def process_tree(root: int) -> list[int]:
-    children = _ppid_map()
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
 
 
 def smaps_rollup_kb(pid: int) -> dict[str, int]:
@@ -252,7 +231,7 @@ def cmdline(pid: int) -> str:
 
 def tree_pss(root: int) -> dict[str, Any]:
     procs = []
-    for pid in process_tree(root):
+    for pid in sorted(process_tree(root)):
         roll = smaps_rollup_kb(pid)
         if "Pss" in roll:
             procs.append({"pid": pid, "pss_kb": roll["Pss"], "rss_kb": roll.get("Rss"),

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from multitrigger.sandbox.home import FIRE_AT, AirflowHome, DeferSpec, deferring_bundle, iso_in
+from multitrigger.sandbox.procs import process_tree
 from tests.conftest import pg_url
 
 pytestmark = pytest.mark.timeout(240)
@@ -92,27 +93,6 @@ def _alive(pid: int) -> bool:
     return bool(state) and state.group(1) not in ("Z", "X")
 
 
-def _descendants(root: int) -> set[int]:
-    """``root`` and every process below it, from /proc."""
-    children: dict[int, set[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, set()).add(int(entry))
-    found, todo = set(), [root]
-    while todo:
-        pid = todo.pop()
-        if pid not in found:
-            found.add(pid)
-            todo.extend(children.get(pid, ()))
-    return found
-
-
 def _cpu_seconds(pids: set[int]) -> float:
     """User + system CPU time used so far by ``pids`` (vanished ones count 0)."""
     total = 0
@@ -132,7 +112,7 @@ def _settled(roots: list[int]) -> Callable[[], bool]:
     last: list[tuple[float, float]] = []
 
     def check() -> bool:
-        now, used = time.monotonic(), _cpu_seconds(set().union(*(_descendants(r) for r in roots)))
+        now, used = time.monotonic(), _cpu_seconds(set().union(*(process_tree(r) for r in roots)))
         last.append((now, used))
         if len(last) < 2:
             return False
@@ -250,7 +230,7 @@ def test_two_supervisors_and_a_stock_triggerer_share_triggers_and_take_over_a_ki
     t_fired = time.monotonic()
     assert all(s.next_method == "execute_complete" for s in states.values()), states
 
-    survivors = {name: _descendants(p.popen.pid) for name, p in procs.items() if name != victim_name}
+    survivors = {name: process_tree(p.popen.pid) for name, p in procs.items() if name != victim_name}
     assert all(p.popen.poll() is None for name, p in procs.items() if name != victim_name), logs_tail()
     fired_by = Counter()
     for ref in refs:
