@@ -116,5 +116,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["run"]:  # before anything imports Airflow: see multitrigger.supervisor.prestart
+        from multitrigger.supervisor.prestart import prestart_for_argv
+
+        prestart_for_argv(argv[1:])
     args = build_parser().parse_args(argv)
     sys.exit(args.func(args) or 0)

@@ -32,7 +32,7 @@ from multitrigger.interpreter_probe import loop_bootstrap_args
 from multitrigger.loop.blame import reset_blame
 from multitrigger.protocol import ENV_BLAME_FILE
 from multitrigger.restart import BackoffSettings, RestartPolicy
-from multitrigger.supervisor.launch import loop_env
+from multitrigger.supervisor.launch import early_loop_env, loop_env
 from multitrigger.supervisor.loop_process import LoopCallbacks, LoopProcess
 from multitrigger.supervisor.slot import LoopSlot, SlotSinks
 from multitrigger.supervisor.zygote_client import ZYGOTE_DIED, Zygote
@@ -65,6 +65,15 @@ class ModulesTrigger(BaseTrigger):
         await asyncio.sleep(1.0)
         preloaded = getattr(sys.modules["__main__"], "PRELOADED", frozenset())
         yield TriggerEvent({"new": sorted(set(sys.modules) - preloaded), "preloaded": len(preloaded)})
+
+class SettingsTrigger(BaseTrigger):
+    """Fires with what Airflow's settings read from the environment at import (in the zygote)."""
+    def serialize(self):
+        return ("zygote_probe.SettingsTrigger", {})
+    async def run(self):
+        from airflow import settings
+        yield TriggerEvent({"dags_folder": settings.DAGS_FOLDER,
+                            "env_dags_folder": os.environ.get("AIRFLOW__CORE__DAGS_FOLDER")})
 '''
 
 
@@ -366,7 +375,7 @@ def test_supervisor_sigkill_takes_zygote_and_loops(tmp_path: Path) -> None:
     supervisor = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""\
         import sys, time
         from pathlib import Path
-        from multitrigger.supervisor.launch import loop_env
+        from multitrigger.supervisor.launch import early_loop_env, loop_env
         from multitrigger.supervisor.loop_process import LoopProcess
         from multitrigger.supervisor.zygote_client import Zygote
         home = Path({str(home)!r})

@@ -9,7 +9,6 @@ the signal; the loop acts on it. No thread per loop.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import selectors
 import signal
@@ -27,7 +26,8 @@ from multitrigger.restart import BackoffSettings, RestartPolicy
 from multitrigger.interpreter_probe import loop_bootstrap_args
 from multitrigger.supervisor.launch import loop_env
 from multitrigger.supervisor.slot import LoopSlot, SlotSinks
-from multitrigger.supervisor.zygote_client import Zygote
+from multitrigger.supervisor import prestart
+from multitrigger.supervisor.zygote_client import Zygote, ZygoteError
 from multitrigger.supervisor.store import DatabaseUnavailable, TriggerStore, raise_if_unreachable
 
 log = structlog.get_logger(__name__)
@@ -112,16 +112,19 @@ class Supervisor:
     # -- zygotes (multitrigger.loop.zygote): forked loops start in ~20 ms and share memory --------
 
     def _start_zygotes(self) -> None:
-        for python in sorted({Path(loop.python) for loop in self.config.loops.values()}):
-            self._start_zygote(python)
+        for python in prestart.interpreters(self.config):
+            self._start_zygote(python, prestart.adopt(python))
         self._zygote_wait_until = self.clock() + ZYGOTE_STARTUP_WAIT
 
-    def _start_zygote(self, python: Path) -> None:
-        home = self.settings.state_dir / "zygotes" / hashlib.sha1(str(python).encode()).hexdigest()[:12]
-        home.mkdir(parents=True, exist_ok=True)
+    def _start_zygote(self, python: Path, prestarted: Zygote | None = None) -> None:
+        home = prestart.zygote_home(self.settings.state_dir, python)
         try:
-            zygote = Zygote.start(python, loop_env(home), home)
-        except OSError as err:
+            if prestarted is not None:
+                prestarted.configure(loop_env(home))
+                zygote = prestarted
+            else:
+                zygote = Zygote.start(python, loop_env(home), home)
+        except (OSError, ZygoteError) as err:
             log.error("cannot start a zygote; its loops will be exec'd", python=str(python), error=str(err))
             return
         zygote.register(self.selector)

@@ -8,44 +8,63 @@ Airflow marks sensitive (and all of ``[database]``) is dropped, with its ``_CMD`
 variants. Its ``AIRFLOW_HOME`` is a private directory with no ``airflow.cfg``. Non-secret
 ``[triggerer]`` and ``[logging]`` settings are passed explicitly so trigger semantics (timeouts,
 ``on_kill_timeout``, blocked-loop threshold) match the supervisor's configuration.
+
+``early_loop_env`` is what a zygote is exec'd with before the supervisor has imported Airflow
+(``supervisor.prestart``): the same, minus *every* ``AIRFLOW__*`` variable — it needs no Airflow to
+compute and holds no secret whatever Airflow would call sensitive.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
-
-from airflow.configuration import conf
 
 _ENV_KEY = re.compile(r"^AIRFLOW__(?P<section>[A-Z0-9_]+?)__(?P<key>[A-Z0-9_]+?)(_CMD|_SECRET)?$")
 _PASSED_SECTIONS = ("triggerer", "logging")
 _NEVER_PASSED_SECTIONS = {"database"}
 _NEVER_PASSED_KEYS = {("core", "fernet_key"), ("api_auth", "jwt_secret"), ("api", "secret_key")}
+_NEVER_PASSED_NAMES = ("AIRFLOW_HOME", "AIRFLOW_CONFIG", "_AIRFLOW_PROCESS_CONTEXT", "PYTHONPATH")
 
 
 def _is_secret(section: str, key: str) -> bool:
+    from airflow.configuration import conf
+
     section, key = section.lower(), key.lower()
     if section in _NEVER_PASSED_SECTIONS or (section, key) in _NEVER_PASSED_KEYS:
         return True
     return (section, key) in conf.sensitive_config_values
 
 
-def loop_env(home: Path, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of a loop process whose private ``AIRFLOW_HOME`` is ``home``."""
+def _filtered(home: Path, base: Mapping[str, str] | None, drop: Callable[[str, str], bool]) -> dict[str, str]:
+    """``base`` (default ``os.environ``) without ``AIRFLOW__<S>__<K>`` variables ``drop`` rejects."""
     env: dict[str, str] = {}
     for name, value in (os.environ if base is None else base).items():
-        if name in ("AIRFLOW_HOME", "AIRFLOW_CONFIG", "_AIRFLOW_PROCESS_CONTEXT", "PYTHONPATH"):
+        if name in _NEVER_PASSED_NAMES:
             continue
         match = _ENV_KEY.match(name)
-        if match and _is_secret(match["section"], match["key"]):
+        if match and drop(match["section"], match["key"]):
             continue
         env[name] = value
+    env["AIRFLOW_HOME"] = str(home)
+    env["AIRFLOW__CORE__FERNET_KEY"] = ""  # kwargs arrive decrypted; see store.plain_kwargs
+    env["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+    return env
+
+
+def early_loop_env(home: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A loop environment with no ``AIRFLOW__*`` setting at all; computed without Airflow."""
+    return _filtered(home, base, lambda _section, _key: True)
+
+
+def loop_env(home: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a loop process whose private ``AIRFLOW_HOME`` is ``home``."""
+    from airflow.configuration import conf
+
+    env = _filtered(home, base, _is_secret)
     for section in _PASSED_SECTIONS:
         for key, value in conf.getsection(section).items():  # type: ignore[union-attr]
             if not _is_secret(section, key) and value is not None:
                 env[f"AIRFLOW__{section.upper()}__{key.upper()}"] = str(value)
-    env["AIRFLOW_HOME"] = str(home)
-    env["AIRFLOW__CORE__FERNET_KEY"] = ""  # kwargs arrive decrypted; see store.plain_kwargs
-    env["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
     return env

@@ -35,7 +35,7 @@ from typing import Any
 import structlog
 
 from multitrigger.interpreter_probe import bootstrap_code
-from multitrigger.loop.zygote import ENV_PRELOAD, MAX_RECORD, set_pdeathsig
+from multitrigger.loop.zygote import ENV_PRELOAD, ENV_STAGED, MAX_RECORD, set_pdeathsig
 
 log = structlog.get_logger(__name__)
 
@@ -75,18 +75,25 @@ class Zygote:
     _replies: dict[int, dict[str, Any]] = field(default_factory=dict)
     _next_id: int = 1
     _eof: bool = False
+    #: A staged zygote (``start(staged=True)``) waits for ``configure`` before it imports Airflow.
+    awaiting_env: bool = False
     _selector: selectors.BaseSelector | None = None
 
     @classmethod
-    def start(cls, python: Path, env: Mapping[str, str], cwd: Path, preload: tuple[str, ...] = ()) -> Zygote:
-        """Start a zygote for ``python``; it is ``ready`` once its imports are done (~5 s).
+    def start(cls, python: Path, env: Mapping[str, str], cwd: Path, preload: tuple[str, ...] = (),
+              staged: bool = False) -> Zygote:
+        """Start a zygote for ``python``; it is ``ready`` once its imports are done (~3-5 s).
 
         ``env`` must be a loop environment (no secrets: every child inherits the zygote's memory).
+        ``staged``: ``env`` is only an early one (``launch.early_loop_env``); the zygote imports
+        what needs no Airflow configuration, then waits for ``configure`` with the real one.
         """
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         child_env = dict(env)
         if preload:
             child_env[ENV_PRELOAD] = ",".join(preload)
+        if staged:
+            child_env[ENV_STAGED] = "1"
         try:
             popen = subprocess.Popen(
                 [str(python), "-c", bootstrap_code("multitrigger.loop.zygote")],
@@ -101,9 +108,16 @@ class Zygote:
         finally:
             theirs.close()
         ours.setblocking(False)
-        zygote = cls(python=Path(python), popen=popen, sock=ours)
-        log.info("zygote starting", python=str(python), pid=popen.pid)
+        zygote = cls(python=Path(python), popen=popen, sock=ours, awaiting_env=staged)
+        log.info("zygote starting", python=str(python), pid=popen.pid, staged=staged)
         return zygote
+
+    def configure(self, env: Mapping[str, str], timeout: float = FORK_TIMEOUT) -> None:
+        """Give a staged zygote its loop environment: it imports Airflow under it, then is ready."""
+        if not self.awaiting_env:
+            raise ZygoteError(f"zygote for {self.python} is not waiting for an environment")
+        self._send_record({"configure": dict(env)}, [], time.monotonic() + timeout)
+        self.awaiting_env = False
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -172,8 +186,9 @@ class Zygote:
             self._replies[int(record["id"])] = record
         elif "ready" in record:
             self.ready_at, self.info = time.monotonic(), record
-            log.info("zygote ready", python=str(self.python), pid=self.pid,
-                     warmup_s=record.get("warmup_s"), modules=record.get("modules"))
+            log.info("zygote ready", python=str(self.python), pid=self.pid, warmup_s=record.get("warmup_s"),
+                     modules=record.get("modules"), prewarm_s=record.get("prewarm_s"),
+                     configured_after_s=record.get("configured_after_s"))
         elif "failed" in record:
             self.error = str(record["failed"])
             log.error("zygote failed to start", python=str(self.python), pid=self.pid, error=self.error)
@@ -206,18 +221,9 @@ class Zygote:
         if not self.ready:
             raise ZygoteError(f"zygote for {self.python} is not ready ({self.error or 'starting'})")
         request_id, self._next_id = self._next_id, self._next_id + 1
-        record = json.dumps({"fork": name, "id": request_id, "env": dict(env), "cwd": str(cwd)}).encode()
         fds = [requests_sock.fileno(), output_sock.fileno(), log_sock.fileno()]
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                socket.send_fds(self.sock, [record], fds)
-                break
-            except (BlockingIOError, InterruptedError):
-                self._wait(select.POLLOUT, deadline)
-            except OSError as err:
-                self._on_death()
-                raise ZygoteError(f"zygote for {self.python} is gone: {err}") from err
+        self._send_record({"fork": name, "id": request_id, "env": dict(env), "cwd": str(cwd)}, fds, deadline)
         while (reply := self._replies.pop(request_id, None)) is None:
             self._wait(select.POLLIN, deadline)
             self._read_available()
@@ -235,6 +241,21 @@ class Zygote:
             except OSError:  # no pidfds (Linux < 5.3): plain pids, as for exec'd loops
                 pass
         return pid
+
+    def _send_record(self, record: dict[str, Any], fds: list[int], deadline: float) -> None:
+        data = json.dumps(record).encode()
+        while True:
+            try:
+                if fds:
+                    socket.send_fds(self.sock, [data], fds)
+                else:
+                    self.sock.send(data)
+                return
+            except (BlockingIOError, InterruptedError):
+                self._wait(select.POLLOUT, deadline)
+            except OSError as err:
+                self._on_death()
+                raise ZygoteError(f"zygote for {self.python} is gone: {err}") from err
 
     def _wait(self, events: int, deadline: float) -> None:
         remaining = deadline - time.monotonic()

@@ -1,0 +1,92 @@
+"""
+Start every loop interpreter's zygote before the supervisor imports Airflow.
+
+Why: ``multitrigger run`` spends ~3-4 s importing Airflow before it can compute a loop's
+environment (``launch.loop_env`` needs Airflow's configuration), and a zygote then spends another
+~3.5 s importing what a loop imports. In series that put start-up ~3 s behind stock ``airflow
+triggerer`` (which forks its runner from its own warm process — no trust boundary between them).
+
+So ``cli.main`` calls ``prestart`` first, with only the TOML config read: each zygote is exec'd
+with ``launch.early_loop_env`` (no ``AIRFLOW__*`` setting at all, so no secret), imports the
+third-party part of a loop's imports while the supervisor imports Airflow, and waits. The
+supervisor later ``adopt``s it and sends the real loop environment (``Zygote.configure``) before
+the zygote imports any Airflow module, so loops see exactly what an unstaged zygote would give them.
+
+Best effort: any problem here (bad config, bad interpreter) is left for the normal start-up path
+to report, and a zygote nobody adopts exits when this process does (its control socket closes;
+``PR_SET_PDEATHSIG`` as well). Not with ``--daemon``: daemonizing forks, and the parent's exit would
+kill the zygotes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+from pathlib import Path
+
+from multitrigger.config import Config
+from multitrigger.supervisor.launch import early_loop_env
+from multitrigger.supervisor.zygote_client import Zygote
+
+_PRESTARTED: dict[Path, Zygote] = {}
+
+
+def state_dir() -> Path:
+    """``$AIRFLOW_HOME/multitrigger``, as Airflow 3.3.2's ``get_airflow_home`` resolves the home."""
+    return Path(os.path.expanduser(os.path.expandvars(os.environ.get("AIRFLOW_HOME", "~/airflow")))) / "multitrigger"
+
+
+def zygote_home(state: Path, python: Path) -> Path:
+    """The private ``AIRFLOW_HOME`` and working directory of ``python``'s zygote."""
+    home = state / "zygotes" / hashlib.sha1(str(python).encode()).hexdigest()[:12]
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def interpreters(config: Config) -> list[Path]:
+    return sorted({Path(loop.python) for loop in config.loops.values()})
+
+
+def prestart(config: Config, state: Path) -> None:
+    """Start a staged zygote per distinct loop interpreter (see the module docstring)."""
+    for python in interpreters(config):
+        if python in _PRESTARTED:
+            continue
+        try:
+            _PRESTARTED[python] = Zygote.start(python, early_loop_env(zygote_home(state, python)),
+                                               zygote_home(state, python), staged=True)
+        except OSError:
+            pass  # the supervisor starts it the normal way and reports the error
+
+
+def adopt(python: Path) -> Zygote | None:
+    """The prestarted zygote for ``python`` if it is still waiting for its environment."""
+    zygote = _PRESTARTED.pop(python, None)
+    if zygote is not None and not (zygote.alive and zygote.awaiting_env):
+        zygote.close()
+        return None
+    return zygote
+
+
+def prestart_for_argv(argv: list[str]) -> None:
+    """``multitrigger run`` arguments → ``prestart``; silent on anything the real parser rejects."""
+    from multitrigger.config import ConfigError, load_config
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--config", type=Path, default=None)
+    parser.add_argument("-D", "--daemon", action="store_true")
+    try:
+        args, _rest = parser.parse_known_args(argv)
+    except SystemExit:
+        return
+    if args.daemon:
+        return
+    from multitrigger.cli import default_config_path
+
+    path = args.config if args.config is not None else default_config_path()
+    try:
+        config = load_config(path, must_exist=args.config is not None)
+    except (ConfigError, OSError):
+        return
+    prestart(config, state_dir())
