@@ -122,14 +122,17 @@ def spread(start: float, width: float, n: int) -> list[float]:
 class Triggerer:
     """``airflow triggerer`` or ``multitrigger run`` against a home; every (re)start gets its own log."""
 
-    def __init__(self, kind: str, home: AirflowHome, workdir: Path, loops: Iterable[str] = ()) -> None:
+    def __init__(self, kind: str, home: AirflowHome, workdir: Path, loops: Iterable[str] = (),
+                 loop_settings: dict[str, str] | None = None) -> None:
+        """``loops``: one loop per bundle (multitrigger); ``loop_settings``: extra TOML lines per loop."""
         self.kind = kind
         self.home = home
         self.workdir = workdir
         self.config: Path | None = None
         if kind == MULTI:
             self.config = workdir / "multitrigger.toml"
-            self.config.write_text("".join(f'[loops.{b}]\nbundles = ["{b}"]\n\n' for b in loops))
+            extra = loop_settings or {}
+            self.config.write_text("".join(f'[loops.{b}]\nbundles = ["{b}"]\n{extra.get(b, "")}\n\n' for b in loops))
         self.popen: subprocess.Popen | None = None
         self.logs: list[Path] = []
         self.launches: list[float] = []

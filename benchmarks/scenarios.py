@@ -41,6 +41,8 @@ PARAMS: dict[str, dict[str, Any]] = {
     "crash": {"others": 3, "per_bundle": 20, "window": 20.0, "crashed_healthy": 10, "kill_offset": 3.0,
               "margin": 30.0, "restart_delay": 2.0, "grace": 60.0},
     "idle": {"bundles": 4, "per_bundle": 3, "idle": 15.0, "start_timeout": 120.0, "pss_samples": 3},
+    "storm": {"others": 3, "per_bundle": 20, "window": 30.0, "crashed_healthy": 8, "kill_offset": 3.0,
+              "kill_every": 3.0, "stagger": 0.7, "margin": 40.0, "restart_delay": 2.0, "grace": 60.0},
 }
 
 QUICK: dict[str, dict[str, Any]] = {  # smoke-test sizes (--quick); numbers are not comparable
@@ -49,6 +51,7 @@ QUICK: dict[str, dict[str, Any]] = {  # smoke-test sizes (--quick); numbers are 
     "noisy": {"per_bundle": 5, "window": 8.0, "margin": 30.0},
     "crash": {"per_bundle": 5, "window": 10.0, "crashed_healthy": 4, "margin": 30.0},
     "idle": {"idle": 5.0},
+    "storm": {"per_bundle": 5, "window": 15.0, "crashed_healthy": 3, "grace": 30.0},
 }
 
 
@@ -121,14 +124,14 @@ def _seed(run: Run, items: list[Item]) -> None:
 
 
 def _start(run: Run, loops: list[str], expect_started: list[Item] | None = None,
-           record_files: list[Path] | None = None) -> None:
+           record_files: list[Path] | None = None, loop_settings: dict[str, str] | None = None) -> None:
     if expect_started is not None:
         run.scanner = h.TriggerLogScanner(run.home.logs_dir, {(i.dag_id, i.map_index) for i in expect_started})
         run.scanner.start()
     if record_files:
         run.tail = h.RecordTail(record_files)
         run.tail.start()
-    run.triggerer = Triggerer(run.kind, run.home, run.workdir, loops if run.kind == MULTI else ())
+    run.triggerer = Triggerer(run.kind, run.home, run.workdir, loops if run.kind == MULTI else (), loop_settings)
     run.triggerer.start()
     run.load.mark("launch", run.triggerer.pid)
 
@@ -394,17 +397,7 @@ def crash(ctx: Ctx) -> dict[str, Any]:
             _start(run, bundles, expect_started=items + healthy,
                    record_files=[*other_records.values(), *healthy_records])
 
-            def tick() -> None:  # stock: an outside restart (systemd, k8s) 2 s after the triggerer exits
-                tr = run.triggerer
-                if run.kind != STOCK or tr.poll() is None:
-                    return
-                if tr_holder["restart_at"] is None:
-                    tr_holder["restart_at"] = tr.exits[-1][0] + p["restart_delay"]
-                elif h.now() >= tr_holder["restart_at"]:
-                    tr.start()
-                    tr_holder["restarts"].append(tr.launches[-1])
-                    tr_holder["restart_at"] = None
-
+            tick = _outside_restarter(run, p["restart_delay"], tr_holder)
             _wait_startup(run, len(items) + len(healthy), due0 - 0.2, tick=tick)
             _mark_due(run, due0)
             # The poison arrives once everything runs: KillLoopTrigger(after) is timed to SIGKILL its loop
@@ -431,6 +424,23 @@ def crash(ctx: Ctx) -> dict[str, Any]:
         p, runs, ["others", "crashed_bundle_healthy"])
 
 
+def _outside_restarter(run: Run, delay: float, holder: dict[str, Any]) -> Callable[[], None]:
+    """A tick for stock: an outside restart (systemd, k8s) ``delay`` s after the triggerer exits."""
+
+    def tick() -> None:
+        tr = run.triggerer
+        if run.kind != STOCK or tr.poll() is None:
+            return
+        if holder["restart_at"] is None:
+            holder["restart_at"] = tr.exits[-1][0] + delay
+        elif h.now() >= holder["restart_at"]:
+            tr.start()
+            holder["restarts"].append(tr.launches[-1])
+            holder["restart_at"] = None
+
+    return tick
+
+
 def _crash_analysis(run: Run, crashed: str, healthy_records: list[Path], due0: float) -> dict[str, Any]:
     """Kill moments from the triggerer's log; per kill, the time until every healthy trigger of the
     crashed bundle that was still pending runs again (a new ``start`` line in its record file)."""
@@ -441,11 +451,13 @@ def _crash_analysis(run: Run, crashed: str, healthy_records: list[Path], due0: f
         shutdown = min([t for t, _ in h.grep_times(text, "shutting down")] or [float("inf")])
         kills = [t for t, _ in h.grep_times(text, "loop process ended", f"loop={crashed}") if t < shutdown]
         restarts = [t for t, _ in h.grep_times(text, "loop started", f"loop={crashed}") if t < shutdown]
+        readies = [t for t, _ in h.grep_times(text, "loop ready", f"loop={crashed}") if t < shutdown]
     else:
         kills = [t for t, _ in h.grep_times(text, "Trigger runner process has died")]
         if not kills:  # no timestamped line: use the moments the process was seen to exit on its own
             kills = [t for t, _, ours in tr.exits if not ours] if tr else []
         restarts = list(tr.launches[1:]) if tr else []
+        readies = []
     lines = run.tail.snapshot() if run.tail else []
     per_kill = []
     for k in kills:
@@ -461,9 +473,12 @@ def _crash_analysis(run: Run, crashed: str, healthy_records: list[Path], due0: f
                 if again:
                     pending_recovered.append(again[0] - k)
         restart_after = [r - k for r in restarts if r >= k]
+        ready_after = [r - k for r in readies if r >= k]
         per_kill.append({
             "at_s_after_due0": round(k - due0, 2),
             "process_restart_s": round(restart_after[0], 2) if restart_after else None,
+            # multitrigger: the restart policy's delay (0 for a first crash, then backoff) is in here
+            "process_ready_s": round(ready_after[0], 3) if ready_after else None,
             "pending_healthy": pending,
             "recovered": len(pending_recovered),
             "kill_to_running_again_s": round(max(pending_recovered), 2) if pending_recovered and
@@ -523,10 +538,82 @@ def idle(ctx: Ctx) -> dict[str, Any]:
         p, runs, [])
 
 
+# ------------------------------------------------------------------------------- 6. crash storm
+#: The crashing bundles of the storm, one per way a loop (re)starts, with their loop settings.
+STORM_KINDS = {"x_fork": "", "x_venv": None, "x_exec": 'start_method = "exec"'}
+
+
+def _storm_venv(ctx: Ctx) -> Path:
+    """A layered bundle venv (``multitrigger venv create``) for the ``x_venv`` loop, made once."""
+    from multitrigger.venvs import create_bundle_venv
+
+    venv = ctx.out / "storm" / "bundle-venv"
+    if not (venv / "bin" / "python").exists():
+        create_bundle_venv(venv)
+    return venv
+
+
+def storm(ctx: Ctx) -> dict[str, Any]:
+    p = ctx.params("storm")
+    others = [f"calm{i}" for i in range(p["others"])]
+    crashing = list(STORM_KINDS)
+    bundles = [*crashing, *others]
+    settings = {b: v for b, v in STORM_KINDS.items() if v}
+    settings["x_venv"] = f'venv = "{_storm_venv(ctx)}"'
+
+    def one(kind: str) -> dict[str, Any]:
+        run = _new_run(ctx, "storm", kind, bundles)
+        holder: dict[str, Any] = {"restart_at": None, "restarts": []}
+        try:
+            n = p["others"] * p["per_bundle"]
+            due0 = _base(n + len(crashing) * p["crashed_healthy"], p["margin"])
+            dues = h.spread(due0, p["window"], n)
+            items = [h.fire_at("others", others[i % len(others)], i, d) for i, d in enumerate(dues)]
+            healthy: dict[str, list[Item]] = {}
+            records: dict[str, list[Path]] = {}
+            for c, b in enumerate(crashing):
+                records[b] = [run.records / f"{b}.t{j}.rec" for j in range(p["crashed_healthy"])]
+                healthy[b] = [h.fire_at(f"{b}_healthy", b, 100 * (c + 1) + j, d, records[b][j])
+                              for j, d in enumerate(h.spread(due0 + 1.0, p["window"] - 1.0, p["crashed_healthy"]))]
+            every = items + [i for b in crashing for i in healthy[b]]
+            _seed(run, every)
+            _start(run, bundles, expect_started=every, record_files=[r for b in crashing for r in records[b]],
+                   loop_settings=settings)
+            tick = _outside_restarter(run, p["restart_delay"], holder)
+            _wait_startup(run, len(every), due0 - 0.2, tick=tick)
+            _mark_due(run, due0)
+            # One KillLoopTrigger per crashing bundle, staggered; it kills its loop ``kill_every`` s after
+            # each (re)start, until it is failed as a poison trigger (multitrigger) — or forever (stock).
+            h.sleep_until(due0 + p["kill_offset"] - p["kill_every"] - 1.5, tick=tick)
+            poison = [Item("poison", b, 999, h.KILL_LOOP, {"after": round(p["kill_every"] + c * p["stagger"], 2)},
+                           None, validate=False) for c, b in enumerate(crashing)]
+            _seed(run, poison)
+            _wait_done(run, every, due0, dues[-1] + p["grace"], tick=tick)
+            run.result["due0"] = due0
+            run.result["outside_restarts"] = [round(t - run.triggerer.launched_at, 2) for t in holder["restarts"]]
+        finally:
+            _finish(run)
+        run.result["storm"] = {b: _crash_analysis(run, b, records[b], due0) for b in crashing}
+        return run.result
+
+    runs = {kind: _guard(ctx, "storm", kind, lambda k=kind: one(k)) for kind in ctx.kinds}
+    return _scenario(
+        "storm", "6. Crash storm",
+        f"{len(crashing)} bundles crash their loops repeatedly at once: each gets a KillLoopTrigger that SIGKILLs its "
+        f"loop {p['kill_every']:g} s (+{p['stagger']:g} s per bundle) after every (re)start, first ~{p['kill_offset']:g} s "
+        f"into the window. multitrigger runs the three in loops of three kinds: x_fork (forked from the supervisor "
+        f"interpreter's zygote), x_venv (forked from a bundle venv's zygote), x_exec (start_method = \"exec\": a fresh "
+        f"interpreter per start). Each has {p['crashed_healthy']} healthy FireAtTriggers; {p['others'] * p['per_bundle']} FireAtTriggers "
+        f"in {p['others']} OTHER bundles; all due spread over {p['window']:g} s. Stock: one triggerer, restarted from "
+        f"outside {p['restart_delay']:g} s after each exit",
+        p, runs, ["others", *(f"{b}_healthy" for b in crashing)])
+
+
 SCENARIOS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "light": light,
     "throughput": throughput,
     "noisy": noisy,
     "crash": crash,
     "idle": idle,
+    "storm": storm,
 }

@@ -317,3 +317,11 @@ def test_bootstrap_appends_the_source_dir(plain_venv: Path, tmp_path: Path) -> N
     assert path.index(str(plain_venv / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
                           / "site-packages")) < len(path) - 1
     assert mt_file == multitrigger.__file__
+
+
+def test_start_method(tmp_path: Path) -> None:
+    path = write(tmp_path, '[loops.a]\nbundles = ["a"]\nstart_method = "exec"\n[loops.b]\nbundles = ["b"]\n')
+    config = load_config(path)
+    assert config.loops["a"].start_method == "exec" and config.loops["b"].start_method == "fork"
+    assert_problem(problems(path, '[loops.a]\nbundles = ["a"]\nstart_method = "spawn"\n'), path,
+                   "loops.a.start_method", "unknown start method 'spawn'", '"fork"', '"exec"')

@@ -250,6 +250,39 @@ def test_forked_loop_runs_a_trigger_through_the_slot(zygote: Zygote, harness: Ha
     assert slot.process.poll_exit() == 0
 
 
+@pytest.mark.timeout(90)
+def test_staged_zygote_imports_airflow_only_under_its_loop_env(harness: Harness, tmp_path: Path) -> None:
+    """A prestarted zygote (supervisor.prestart) holds no AIRFLOW__* setting, secret or not, until
+    ``configure``; Airflow is imported after it, so import-time settings come from the loop env."""
+    home = _home(tmp_path, "staged")
+    base = {**os.environ, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql://u:secret@db/x",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(tmp_path / "marker-dags")}
+    early = early_loop_env(home, base)
+    assert not [k for k in early if k.startswith("AIRFLOW__") and k not in
+                ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__CORE__LOAD_EXAMPLES")]
+    staged = Zygote.start(PYTHON, early, home, staged=True)
+    try:
+        assert not staged.wait_ready(3.0) and staged.starting and staged.awaiting_env, "waits for its env"
+        exec_env = Path(f"/proc/{staged.pid}/environ").read_bytes().split(b"\0")
+        assert not [v for v in exec_env if b"secret" in v or v.startswith(b"AIRFLOW__DATABASE")]
+        full = loop_env(home, base)
+        assert "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in full
+        assert full["AIRFLOW__CORE__DAGS_FOLDER"] == str(tmp_path / "marker-dags")
+        staged.configure(full)
+        assert staged.wait_ready(120), staged.error
+        assert staged.info["prewarm_s"] <= staged.info["configured_after_s"] <= staged.info["warmup_s"]
+        slot = harness.slot("staged-loop")
+        slot.env = {k: v for k, v in slot.env.items() if k != "AIRFLOW__CORE__DAGS_FOLDER"}
+        slot.add(workloads.RunTrigger(id=1, classpath="zygote_probe.SettingsTrigger", encrypted_kwargs="{}"))
+        start_forked(slot, staged, harness.sel)
+        harness.until(lambda: harness.event(1), 30, "settings event")
+        # The loop's own env lacks the setting: the value was read when the zygote imported Airflow.
+        assert harness.event(1) == {"dags_folder": str(tmp_path / "marker-dags"), "env_dags_folder": None}
+        harness.close()
+    finally:
+        staged.close()
+
+
 @pytest.mark.timeout(120)
 def test_fork_to_ready_time(zygote: Zygote, tmp_path: Path) -> None:
     """Fork → first frame from the loop (its first poll, after the StartTriggerer handshake)."""

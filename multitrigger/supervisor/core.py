@@ -9,6 +9,7 @@ the signal; the loop acts on it. No thread per loop.
 
 from __future__ import annotations
 
+import gc
 import math
 import selectors
 import signal
@@ -129,8 +130,8 @@ class Supervisor:
             return
         zygote.register(self.selector)
         self.zygotes[python] = zygote
-        for slot in self.slots.values():
-            if slot.argv[0] == str(python):
+        for name, slot in self.slots.items():
+            if slot.argv[0] == str(python) and self.config.loops[name].start_method == "fork":
                 slot.zygote = zygote
 
     def _tend_zygotes(self, now: float) -> None:
@@ -153,6 +154,11 @@ class Supervisor:
     def run(self) -> int:
         self._install_signals()
         self._start_zygotes()
+        # Everything imported so far lives as long as the process: out of the collector's sight, a
+        # full collection no longer walks Airflow's ~1600 modules (~0.25 s here, paid by whichever
+        # event burst triggered it: measured on a 200-event batch, 0.29 s → 0.015 s).
+        gc.collect()
+        gc.freeze()
         log.info("multitrigger supervisor starting", loops=sorted(self.slots), job_id=self.store.job.id)
         while not self._signals and not self._exit_code:
             self._service(self._next_wakeup())

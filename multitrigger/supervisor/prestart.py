@@ -45,7 +45,8 @@ def zygote_home(state: Path, python: Path) -> Path:
 
 
 def interpreters(config: Config) -> list[Path]:
-    return sorted({Path(loop.python) for loop in config.loops.values()})
+    """The interpreters that need a zygote: those of loops with ``start_method = "fork"``."""
+    return sorted({Path(loop.python) for loop in config.loops.values() if loop.start_method == "fork"})
 
 
 def prestart(config: Config, state: Path) -> None:

@@ -30,7 +30,7 @@ from airflow.models.callback import Callback
 from airflow.models.taskinstance import TaskInstance
 from airflow.models.trigger import Trigger, handle_event_submit
 from airflow.utils.state import TaskInstanceState
-from airflow.triggers.base import TriggerEvent
+from airflow.triggers.base import BaseTaskEndEvent, TriggerEvent
 from airflow.utils.session import create_session
 from multitrigger.routing import bundles_for
 
@@ -112,13 +112,34 @@ def raise_if_unreachable(err: BaseException) -> None:
         raise DatabaseUnavailable(str(err).splitlines()[0]) from err
 
 
+class _FlushOnce:
+    """A session whose ``flush`` is left to the end of the batch; everything else is the session's.
+
+    Stock ``handle_event_submit`` for a plain ``TriggerEvent`` (Airflow 3.3.2) sets the task
+    instance's fields and flushes: one UPDATE round trip per task instance, ~1.5 ms on SQLite, and
+    it stamps ``scheduled_dttm`` before each. The batch flushes once at its end instead (one
+    executemany), inside the same transaction, so the outcome is the same rows.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def flush(self, objects: object = None) -> None:
+        pass
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._session, name)
+
+
 def _submit_batch(entries: list[tuple[int, TriggerEvent]], session: Session) -> None:
     """``Trigger.submit_event`` for a burst of events, with the queries batched (Airflow 3.3.2).
 
     Stock runs two eager-loading SELECTs per event (5.5 ms each on SQLite, so the 200th event of a
     burst waits a second). Here the deferred task instances of every plain task trigger are loaded
-    in one query and each is resumed by stock ``handle_event_submit``; a trigger that feeds assets
-    or a callback, or that sent several events in this batch, goes through stock ``submit_event``.
+    in one query and each is resumed by stock ``handle_event_submit``, with one flush for all of
+    them (``_FlushOnce``); a task-end event (``BaseTaskEndEvent``: callbacks, XComs) keeps its own
+    flush. A trigger that feeds assets or a callback, or that sent several events in this batch,
+    goes through stock ``submit_event``.
     """
     ids = [tid for tid, _ in entries]
     repeated = {tid for tid, n in Counter(ids).items() if n > 1}
@@ -128,8 +149,11 @@ def _submit_batch(entries: list[tuple[int, TriggerEvent]], session: Session) -> 
     waiting = session.scalars(
         select(TaskInstance).where(TaskInstance.trigger_id.in_(list(events)), TaskInstance.state == TaskInstanceState.DEFERRED)
     )
+    flush_once = _FlushOnce(session)
     for ti in waiting:
-        handle_event_submit(events[ti.trigger_id], task_instance=ti, session=session)
+        event = events[ti.trigger_id]
+        handle_event_submit(event, task_instance=ti, session=session if isinstance(event, BaseTaskEndEvent) else flush_once)
+    session.flush()
     for trigger_id, event in entries:
         if trigger_id in special:
             Trigger.submit_event(trigger_id=trigger_id, event=event, session=session)
