@@ -73,7 +73,8 @@ def write_json(doc: dict[str, Any], out_root: Path, stamp: str) -> tuple[Path, P
     return path, latest
 
 
-COLORS = {"fireat": "tab:blue", "datetime": "tab:orange", "others": "tab:green", "crashed_bundle_healthy": "tab:red"}
+COLORS = {"fireat": "tab:blue", "datetime": "tab:orange", "others": "tab:green", "crashed_bundle_healthy": "tab:red",
+          "x_fork_healthy": "tab:red", "x_venv_healthy": "tab:purple", "x_exec_healthy": "tab:brown"}
 STYLE = {STOCK: "-", MULTI: "--"}
 
 
@@ -150,6 +151,38 @@ def _short(line: str) -> str:
     return re.split(r"\s{2,}| \[[\w.]+\]", msg)[0][:70]
 
 
+def _kill_bits(cr: dict[str, Any], what: str, limit: int) -> list[str]:
+    bits = []
+    for i, k in enumerate(cr.get("per_kill", [])[:limit]):
+        if k["process_restart_s"] is None and not k["pending_healthy"]:
+            bits.append(f"kill {i + 1} at due0{k['at_s_after_due0']:+.1f}s (nothing pending; the run "
+                        f"ended before the restart)")
+            continue
+        bits.append(f"kill {i + 1} at due0{k['at_s_after_due0']:+.1f}s: process back "
+                    f"{_f(k['process_restart_s'], 's')}, {k['recovered']}/{k['pending_healthy']} healthy "
+                    f"triggers of {what} running again after {_f(k['kill_to_running_again_s'], 's')}")
+    if not cr.get("kills"):
+        bits.append("no kill seen")
+    return bits
+
+
+def storm_summary(cr: dict[str, Any]) -> str:
+    """One crashing bundle of the storm: kills, and kill → its pending healthy triggers running again."""
+    kills = cr.get("per_kill", [])
+    if not kills:
+        return "no kill seen"
+    again = [k["kill_to_running_again_s"] for k in kills if k.get("kill_to_running_again_s") is not None]
+    ready = [k["process_ready_s"] for k in kills if k.get("process_ready_s") is not None]
+    first = kills[0]
+    text = (f"{len(kills)} kills; first kill -> loop ready {_f(first.get('process_ready_s'), 's')}, "
+            f"pending healthy running again {_f(first.get('kill_to_running_again_s'), 's')}")
+    if again:
+        text += f"; over all kills running again median {_f(percentile(again, 50), 's')} max {_f(max(again), 's')}"
+    if ready:
+        text += f" (loop ready median {_f(percentile(ready, 50), 's')}, incl. restart backoff)"
+    return text
+
+
 def table(doc: dict[str, Any]) -> str:
     rows: list[list[str]] = [["scenario / series", "triggerer", "count", "median", "p95", "p99", "max",
                               "mt/stock median", "mt/stock p99"]]
@@ -184,18 +217,19 @@ def table(doc: dict[str, Any]) -> str:
                 bits.append(f"launch->all claimed {_f(st.get('all_claimed_s'), 's')}, "
                             f"->all running {_f(st.get('all_running_s'), 's')}")
             if sc["name"] == "crash":
-                cr = run.get("crash") or {}
-                for i, k in enumerate(cr.get("per_kill", [])[:3]):
-                    if k["process_restart_s"] is None and not k["pending_healthy"]:
-                        bits.append(f"kill {i + 1} at due0{k['at_s_after_due0']:+.1f}s (nothing pending; the run "
-                                    f"ended before the restart)")
-                        continue
-                    bits.append(f"kill {i + 1} at due0{k['at_s_after_due0']:+.1f}s: process back "
-                                f"{_f(k['process_restart_s'], 's')}, {k['recovered']}/{k['pending_healthy']} healthy "
-                                f"triggers of the crashed bundle running again after "
-                                f"{_f(k['kill_to_running_again_s'], 's')}")
-                if not cr.get("kills"):
-                    bits.append("no kill seen")
+                bits += _kill_bits(run.get("crash") or {}, "the crashed bundle", limit=3)
+            if sc["name"] == "storm":
+                for series, counts in sorted((run.get("states") or {}).items()):
+                    total = sum(counts.values())
+                    if series == "poison":
+                        bits.append(f"the 3 KillLoopTriggers' task instances end {counts}")
+                    elif counts.get("scheduled", 0) < total:
+                        bits.append(f"{series}: only {counts.get('scheduled', 0)}/{total} resumed ({counts})")
+                storms = sorted((run.get("storm") or {}).items())
+                if kind == STOCK and storms:  # one process: every kill is every bundle's
+                    bits.append(f"whole triggerer: {storm_summary(storms[0][1])}")
+                else:
+                    bits += [f"{bundle}: {storm_summary(cr)}" for bundle, cr in storms]
             if sc["name"] == "noisy":
                 nz = run.get("noisy") or {}
                 bits.append(f"{nz.get('blocks_overlapping_window')} blocks of the noisy loop overlapped the due window, "

@@ -18,7 +18,7 @@ import contextlib
 import shutil
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,6 +114,17 @@ def _new_run(ctx: Ctx, scenario: str, kind: str, bundles: list[str], extra_confi
     run.result = {"db": "postgresql" if db == "pg" else "sqlite", "home_create_s": round(time.monotonic() - t0, 1),
                   "workdir": str(workdir), "quiet_check": quiet}
     return run
+
+
+@contextlib.contextmanager
+def _running(ctx: Ctx, scenario: str, kind: str, bundles: list[str], extra_config: dict | None = None,
+             db: str = "sqlite") -> Iterator[Run]:
+    """A fresh ``Run``; on the way out (also on errors) stop everything and read the outcomes."""
+    run = _new_run(ctx, scenario, kind, bundles, extra_config, db)
+    try:
+        yield run
+    finally:
+        _finish(run)
 
 
 def _seed(run: Run, items: list[Item]) -> None:
@@ -250,8 +261,10 @@ def _base(seed_n: int, margin: float) -> float:
     return h.now() + 1.5 + seed_n / 1000.0 + margin
 
 
-def _scenario(name: str, title: str, measures: str, params: dict, runs: dict, series: list[str], db: str = "sqlite",
-              **extra: Any) -> dict[str, Any]:
+def _scenario(ctx: Ctx, one: Callable[[str], dict[str, Any]], name: str, title: str, measures: str, params: dict,
+              series: list[str], db: str = "sqlite", **extra: Any) -> dict[str, Any]:
+    """Run ``one(kind)`` for each triggerer (a failed run is recorded, not raised) into a scenario dict."""
+    runs = {kind: _guard(ctx, name, kind, lambda k=kind: one(k)) for kind in ctx.kinds}
     return {"name": name, "title": title, "measures": measures, "db": db, "params": params, "runs": runs,
             "series": series, **extra}
 
@@ -262,8 +275,7 @@ def light(ctx: Ctx) -> dict[str, Any]:
     bundles = [f"light{i}" for i in range(p["bundles"])]
 
     def one(kind: str) -> dict[str, Any]:
-        run = _new_run(ctx, "light", kind, bundles)
-        try:
+        with _running(ctx, "light", kind, bundles) as run:
             due = _base(2 * p["n"], p["margin"])
             items = [h.fire_at("fireat", bundles[i % len(bundles)], i, due) for i in range(p["n"])]
             items += [h.date_time("datetime", bundles[i % len(bundles)], 10_000 + i, due + p["datetime_offset"])
@@ -274,17 +286,14 @@ def light(ctx: Ctx) -> dict[str, Any]:
             _mark_due(run, due)
             _wait_done(run, items, due, due + p["datetime_offset"] + p["grace"])
             run.result["due"] = {"fireat": due, "datetime": due + p["datetime_offset"]}
-        finally:
-            _finish(run)
         return run.result
 
-    runs = {kind: _guard(ctx, "light", kind, lambda k=kind: one(k)) for kind in ctx.kinds}
     return _scenario(
-        "light", "1. Light load",
+        ctx, one, "light", "1. Light load",
         f"{p['n']} FireAtTriggers over {p['bundles']} bundles all due at one moment (exact sleep), and "
         f"{p['n']} DateTimeTriggers (1 s wake-up steps) all due {p['datetime_offset']:g} s later; "
         "latency = scheduled_dttm - due",
-        p, runs, ["fireat", "datetime"])
+        p, ["fireat", "datetime"])
 
 
 # ---------------------------------------------------------------------------- 2. throughput
@@ -294,8 +303,7 @@ def throughput(ctx: Ctx) -> dict[str, Any]:
     extra = {"triggerer": {"capacity": str(p["capacity"]), "max_trigger_to_select_per_loop": str(p["select"])}}
 
     def one(kind: str) -> dict[str, Any]:
-        run = _new_run(ctx, "throughput", kind, bundles, extra_config=extra, db=ctx.throughput_db)
-        try:
+        with _running(ctx, "throughput", kind, bundles, extra_config=extra, db=ctx.throughput_db) as run:
             due = _base(p["n"], p["margin"])
             items = [h.date_time("datetime", bundles[i % len(bundles)], i, due) for i in range(p["n"])]
             _seed(run, items)
@@ -304,8 +312,6 @@ def throughput(ctx: Ctx) -> dict[str, Any]:
             _mark_due(run, due)
             _wait_done(run, items, due, due + p["grace"], interval=0.25)
             run.result["due"] = {"datetime": due}
-        finally:
-            _finish(run)
         lat = sorted(run.result["latency"].get("datetime", []))
         if lat:
             run.result["throughput"] = {
@@ -320,13 +326,12 @@ def throughput(ctx: Ctx) -> dict[str, Any]:
             run.result["throughput"].update(first_event_visible_s=first_vis, all_visible_s=all_vis)
         return run.result
 
-    runs = {kind: _guard(ctx, "throughput", kind, lambda k=kind: one(k)) for kind in ctx.kinds}
     return _scenario(
-        "throughput", "2. Throughput",
+        ctx, one, "throughput", "2. Throughput",
         f"{p['n']} DateTimeTriggers over {p['bundles']} bundles all due at one moment; [triggerer] capacity "
         f"{p['capacity']}, max_trigger_to_select_per_loop {p['select']}; time to the first and the last event in "
         "the DB, latency distribution, and launch -> all claimed / all running",
-        p, runs, ["datetime"], db="postgresql" if ctx.throughput_db == "pg" else "sqlite")
+        p, ["datetime"], db="postgresql" if ctx.throughput_db == "pg" else "sqlite")
 
 
 # ------------------------------------------------------------------------- 3. noisy neighbour
@@ -337,8 +342,7 @@ def noisy(ctx: Ctx) -> dict[str, Any]:
     bundles = [noisy_bundle, *others]
 
     def one(kind: str) -> dict[str, Any]:
-        run = _new_run(ctx, "noisy", kind, bundles)
-        try:
+        with _running(ctx, "noisy", kind, bundles) as run:
             n = p["others"] * p["per_bundle"]
             due0 = _base(n + 1, p["margin"])
             dues = h.spread(due0, p["window"], n)
@@ -360,17 +364,14 @@ def noisy(ctx: Ctx) -> dict[str, Any]:
                 "blocked_s_in_window": round(sum(max(0.0, min(e, dues[-1]) - max(s, due0)) for s, e in blocks), 1),
                 "others_due_inside_a_block": in_block,
             }
-        finally:
-            _finish(run)
         return run.result
 
-    runs = {kind: _guard(ctx, "noisy", kind, lambda k=kind: one(k)) for kind in ctx.kinds}
     return _scenario(
-        "noisy", "3. Noisy neighbour",
+        ctx, one, "noisy", "3. Noisy neighbour",
         f"bundle {noisy_bundle!r} runs a BlockingTrigger that blocks its event loop for {p['block']:g} s, then "
         f"leaves it free for {p['every']:g} s, repeatedly; {p['others'] * p['per_bundle']} FireAtTriggers in {p['others']} OTHER bundles due "
         f"spread over {p['window']:g} s; latency of the other bundles only",
-        p, runs, ["others"])
+        p, ["others"])
 
 
 # ------------------------------------------------------------------------------------ 4. crash
@@ -381,9 +382,8 @@ def crash(ctx: Ctx) -> dict[str, Any]:
     bundles = [crashed, *others]
 
     def one(kind: str) -> dict[str, Any]:
-        run = _new_run(ctx, "crash", kind, bundles)
         tr_holder: dict[str, Any] = {"restart_at": None, "restarts": []}
-        try:
+        with _running(ctx, "crash", kind, bundles) as run:
             n = p["others"] * p["per_bundle"]
             due0 = _base(n + p["crashed_healthy"], p["margin"])
             dues = h.spread(due0, p["window"], n)
@@ -409,19 +409,16 @@ def crash(ctx: Ctx) -> dict[str, Any]:
             run.result["due0"] = due0
             run.result["poison_after_s"] = round(after, 2)
             run.result["outside_restarts"] = [round(t - run.triggerer.launched_at, 2) for t in tr_holder["restarts"]]
-        finally:
-            _finish(run)
         run.result["crash"] = _crash_analysis(run, crashed, healthy_records, due0)
         return run.result
 
-    runs = {kind: _guard(ctx, "crash", kind, lambda k=kind: one(k)) for kind in ctx.kinds}
     return _scenario(
-        "crash", "4. Crash",
+        ctx, one, "crash", "4. Crash",
         f"bundle {crashed!r} gets a KillLoopTrigger that SIGKILLs its own loop ~{p['kill_offset']:g} s into the due "
         f"window; {p['others'] * p['per_bundle']} FireAtTriggers in {p['others']} OTHER bundles and "
         f"{p['crashed_healthy']} healthy FireAtTriggers in {crashed!r} are due spread over {p['window']:g} s. "
         f"Stock exits when its runner dies: restarted from outside {p['restart_delay']:g} s after it exits",
-        p, runs, ["others", "crashed_bundle_healthy"])
+        p, ["others", "crashed_bundle_healthy"])
 
 
 def _outside_restarter(run: Run, delay: float, holder: dict[str, Any]) -> Callable[[], None]:
@@ -494,8 +491,7 @@ def idle(ctx: Ctx) -> dict[str, Any]:
     bundles = [f"idle{i}" for i in range(p["bundles"])]
 
     def one(kind: str) -> dict[str, Any]:
-        run = _new_run(ctx, "idle", kind, bundles)
-        try:
+        with _running(ctx, "idle", kind, bundles) as run:
             far = h.now() + 3600
             records = {b: run.records / f"{b}.rec" for b in bundles}
             items = [h.fire_at("idle", b, j, far, records[b]) for b in bundles for j in range(p["per_bundle"])]
@@ -526,16 +522,13 @@ def idle(ctx: Ctx) -> dict[str, Any]:
                 "samples_mb": [s["total_mb"] for s in samples],
                 "processes": samples[-1]["processes"],
             }
-        finally:
-            _finish(run)
         return run.result
 
-    runs = {kind: _guard(ctx, "idle", kind, lambda k=kind: one(k)) for kind in ctx.kinds}
     return _scenario(
-        "idle", "5. Idle memory and start-up",
+        ctx, one, "idle", "5. Idle memory and start-up",
         f"{p['bundles']} bundles x {p['per_bundle']} far-future FireAtTriggers: launch -> every trigger running "
         f"(record files), then PSS of the whole process tree after {p['idle']:g} s idle",
-        p, runs, [])
+        p, [])
 
 
 # ------------------------------------------------------------------------------- 6. crash storm
@@ -562,9 +555,8 @@ def storm(ctx: Ctx) -> dict[str, Any]:
     settings["x_venv"] = f'venv = "{_storm_venv(ctx)}"'
 
     def one(kind: str) -> dict[str, Any]:
-        run = _new_run(ctx, "storm", kind, bundles)
         holder: dict[str, Any] = {"restart_at": None, "restarts": []}
-        try:
+        with _running(ctx, "storm", kind, bundles) as run:
             n = p["others"] * p["per_bundle"]
             due0 = _base(n + len(crashing) * p["crashed_healthy"], p["margin"])
             dues = h.spread(due0, p["window"], n)
@@ -591,14 +583,11 @@ def storm(ctx: Ctx) -> dict[str, Any]:
             _wait_done(run, every, due0, dues[-1] + p["grace"], tick=tick)
             run.result["due0"] = due0
             run.result["outside_restarts"] = [round(t - run.triggerer.launched_at, 2) for t in holder["restarts"]]
-        finally:
-            _finish(run)
         run.result["storm"] = {b: _crash_analysis(run, b, records[b], due0) for b in crashing}
         return run.result
 
-    runs = {kind: _guard(ctx, "storm", kind, lambda k=kind: one(k)) for kind in ctx.kinds}
     return _scenario(
-        "storm", "6. Crash storm",
+        ctx, one, "storm", "6. Crash storm",
         f"{len(crashing)} bundles crash their loops repeatedly at once: each gets a KillLoopTrigger that SIGKILLs its "
         f"loop {p['kill_every']:g} s (+{p['stagger']:g} s per bundle) after every (re)start, first ~{p['kill_offset']:g} s "
         f"into the window. multitrigger runs the three in loops of three kinds: x_fork (forked from the supervisor "
@@ -606,7 +595,7 @@ def storm(ctx: Ctx) -> dict[str, Any]:
         f"interpreter per start). Each has {p['crashed_healthy']} healthy FireAtTriggers; {p['others'] * p['per_bundle']} FireAtTriggers "
         f"in {p['others']} OTHER bundles; all due spread over {p['window']:g} s. Stock: one triggerer, restarted from "
         f"outside {p['restart_delay']:g} s after each exit",
-        p, runs, ["others", *(f"{b}_healthy" for b in crashing)])
+        p, ["others", *(f"{b}_healthy" for b in crashing)])
 
 
 SCENARIOS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
