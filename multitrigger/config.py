@@ -37,6 +37,7 @@ else:  # Python 3.10 (pyproject allows it): the same parser, backported
     import tomli as tomllib
 
 from multitrigger import interpreter_probe
+from multitrigger.restart import BackoffSettings
 
 __all__ = [
     "DEFAULT_LOOP", "Config", "ConfigError", "LoopConfig", "Problem", "RestartSettings",
@@ -57,14 +58,10 @@ _ISOLATION_FIX = 'use isolation = "venv" (own process and interpreter) or "proce
 
 
 @dataclass(frozen=True)
-class RestartSettings:
-    """How a crashed loop is restarted (exponential backoff with jitter)."""
+class RestartSettings(BackoffSettings):
+    """How a crashed loop is restarted: the restart policy's backoff (``restart.BackoffSettings``:
+    backoff_initial, backoff_max, backoff_multiplier, jitter, stable_after) plus poison handling."""
 
-    backoff_initial: float = 0.5
-    backoff_max: float = 30.0
-    backoff_multiplier: float = 2.0
-    jitter: float = 0.1  # fraction of the delay
-    stable_after: float = 60.0  # seconds of uptime that reset the backoff
     poison_threshold: int = 3  # crashes blamed on one trigger before it is failed
 
 

@@ -23,7 +23,7 @@ import structlog
 
 from airflow.jobs.triggerer_job_runner import TriggerEventEntry
 from multitrigger.config import Config, LoopConfig
-from multitrigger.restart import BackoffSettings, RestartPolicy
+from multitrigger.restart import RestartPolicy
 from multitrigger.interpreter_probe import loop_bootstrap_args
 from multitrigger.supervisor.launch import loop_env
 from multitrigger.supervisor.slot import LoopSlot, SlotSinks
@@ -81,13 +81,12 @@ class Supervisor:
         home = self.settings.state_dir / "loops" / loop.name
         home.mkdir(parents=True, exist_ok=True)
         r = loop.restart
-        backoff = BackoffSettings(r.backoff_initial, r.backoff_max, r.backoff_multiplier, r.jitter, r.stable_after)
         return LoopSlot(
             name=loop.name,
             argv=loop_bootstrap_args(loop.python),
             env=loop_env(home),
             cwd=home,
-            policy=RestartPolicy(backoff, clock=self.clock),
+            policy=RestartPolicy(r, clock=self.clock),
             sinks=SlotSinks(
                 on_event=lambda name, entry: self._events.append((name, entry)),
                 on_failure=lambda name, tid, tb: self._failures.append((tid, tb)),
