@@ -5,6 +5,7 @@ real `multitrigger run` processes, real bundle virtualenvs.
 
 from __future__ import annotations
 
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -62,7 +63,13 @@ def _config(venvs: dict[str, Path]) -> str:
         [loops.team_b]
         bundles = ["team_b"]
         venv = "{venvs['team_b']}"
+        start_method = "exec"
         """
+
+
+def _fields(line: str) -> dict[str, str]:
+    """``key=value`` pairs of a structlog console line."""
+    return dict(re.findall(r"(\w+)=(\S+)", line))
 
 
 def test_each_bundle_runs_in_its_own_process_and_interpreter_with_its_own_packages(home, venvs, start_triggerer):
@@ -93,6 +100,13 @@ def test_each_bundle_runs_in_its_own_process_and_interpreter_with_its_own_packag
     # The task instances resume with the event payload (the stock resume path).
     assert all(states[r].next_method == "execute_complete" for r in refs)
     assert "trigger routed" in mt.text()
+    # team_a and default are forked from their interpreters' zygotes; team_b (start_method = "exec")
+    # is a fresh interpreter, and its venv gets no zygote since no fork loop uses that interpreter.
+    started = {m["loop"]: m["forked"] for m in (_fields(line) for line in mt.text().splitlines()
+                                                 if "loop started" in line)}
+    assert started == {"team_a": "True", "team_b": "False", "default": "True"}
+    zygotes = [_fields(line)["python"] for line in mt.text().splitlines() if "zygote ready" in line]
+    assert sorted(zygotes) == sorted([sys.executable, str(venvs["team_a"] / "bin" / "python")])
 
 
 def test_failures_fail_only_their_own_task(home, venvs, start_triggerer, tmp_path):

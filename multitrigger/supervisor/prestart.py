@@ -81,7 +81,7 @@ def prestart_for_argv(argv: list[str]) -> None:
         args, _rest = parser.parse_known_args(argv)
     except SystemExit:
         return
-    if args.daemon:
+    if args.daemon or "-h" in argv or "--help" in argv:
         return
     from multitrigger.cli import default_config_path
 
