@@ -210,9 +210,11 @@ class Supervisor:
             built = self.store.build(new)
             for workload, bundle in built:
                 self._route(workload, bundle)
-            if built:
+            if built and self.store.alone():
                 # A backlog is claimed max_trigger_to_select_per_loop at a time: come back for the
                 # rest at once, not a claim interval later (nothing built: no hurry, no spinning).
+                # Only with no other live triggerer: that setting exists to spread triggers over
+                # HA triggerers, and claiming again every 50 ms would take them all.
                 self._next_tick = min(self._next_tick, self.clock() + BACKLOG_CLAIM_DELAY)
         self.store.heartbeat()
 

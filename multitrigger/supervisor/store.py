@@ -10,12 +10,13 @@ other multitrigger instances under Airflow's HA semantics.
 
 from __future__ import annotations
 
+import datetime
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -31,6 +32,7 @@ from airflow.models.taskinstance import TaskInstance
 from airflow.models.trigger import Trigger, handle_event_submit
 from airflow.utils.state import TaskInstanceState
 from airflow.triggers.base import BaseTaskEndEvent, TriggerEvent
+from airflow._shared.timezones import timezone  # what airflow.models.trigger uses (3.3.2)
 from airflow.utils.session import create_session
 from multitrigger.routing import bundles_for
 
@@ -202,6 +204,18 @@ class TriggerStore:
         c = self.claim_filters
         Trigger.assign_unassigned(self.job.id, c.capacity, c.health_check_threshold, queues=c.queues, team_name=c.team_name)
         return set(Trigger.ids_for_triggerer(self.job.id, queues=c.queues, team_name=c.team_name))
+
+    def alone(self) -> bool:
+        """No other triggerer job is alive (same liveness test as ``Trigger.assign_unassigned``)."""
+        cutoff = timezone.utcnow() - datetime.timedelta(seconds=self.claim_filters.health_check_threshold)
+        with create_session() as session:
+            others = session.scalar(
+                select(func.count(Job.id)).where(
+                    Job.end_date.is_(None), Job.latest_heartbeat > cutoff, Job.job_type == "TriggererJob",
+                    Job.id != self.job.id,
+                )
+            )
+        return not others
 
     def build(self, trigger_ids: set[int]) -> list[tuple[workloads.RunTrigger, str | None]]:
         """Stock workloads for new trigger ids, each with its bundle (``None`` if unknown)."""
