@@ -105,8 +105,10 @@ def test_each_bundle_runs_in_its_own_process_and_interpreter_with_its_own_packag
     started = {m["loop"]: m["forked"] for m in (_fields(line) for line in mt.text().splitlines()
                                                  if "loop started" in line)}
     assert started == {"team_a": "True", "team_b": "False", "default": "True"}
-    zygotes = [_fields(line)["python"] for line in mt.text().splitlines() if "zygote ready" in line]
+    zygotes = {f["python"]: f for f in (_fields(line) for line in mt.text().splitlines() if "zygote ready" in line)}
     assert sorted(zygotes) == sorted([sys.executable, str(venvs["team_a"] / "bin" / "python")])
+    # Both were started before the supervisor imported Airflow (supervisor.prestart): staged.
+    assert all(float(z["prewarm_s"]) <= float(z["configured_after_s"]) for z in zygotes.values())
 
 
 def test_failures_fail_only_their_own_task(home, venvs, start_triggerer, tmp_path):

@@ -118,15 +118,20 @@ class Supervisor:
 
     def _start_zygote(self, python: Path, prestarted: Zygote | None = None) -> None:
         home = prestart.zygote_home(self.settings.state_dir, python)
-        try:
-            if prestarted is not None:
+        zygote = None
+        if prestarted is not None:
+            try:
                 prestarted.configure(loop_env(home))
                 zygote = prestarted
-            else:
+            except ZygoteError as err:
+                log.warning("prestarted zygote unusable; starting another", python=str(python), error=str(err))
+                prestarted.close()
+        if zygote is None:
+            try:
                 zygote = Zygote.start(python, loop_env(home), home)
-        except (OSError, ZygoteError) as err:
-            log.error("cannot start a zygote; its loops will be exec'd", python=str(python), error=str(err))
-            return
+            except OSError as err:
+                log.error("cannot start a zygote; its loops will be exec'd", python=str(python), error=str(err))
+                return
         zygote.register(self.selector)
         self.zygotes[python] = zygote
         for name, slot in self.slots.items():
