@@ -13,21 +13,32 @@ FIRE_AT_EVENT = "multitrigger.sandbox.triggers.FireAtEventTrigger"
 
 
 def test_sdk_calls_are_answered_by_the_supervisor_and_asset_watchers_run_in_their_bundle(tmp_path, start_triggerer):
-    home = AirflowHome.create(tmp_path / "home", {"team_a": deferring_bundle("dag_a"), "team_b": deferring_bundle("dag_b")})
+    home = AirflowHome.create(tmp_path / "home", {"team_a": deferring_bundle("dag_a", n_tasks=2), "team_b": deferring_bundle("dag_b")})
     home.seed(connections=[{"conn_id": "sdk_conn", "conn_type": "http", "host": "api.example.internal"}],
               variables={"sdk_var": "from-the-metastore"})
     watcher_trigger = home.add_asset_watcher("watching_b", "asset_b", FIRE_AT_EVENT, {"moment": iso_in(12)}, bundle="team_b")
-    (ref,) = home.defer_many([
+    ref, env_ref = home.defer_many([
         DeferSpec("dag_a", "t0", SDK, {"conn_id": "sdk_conn", "variable": "sdk_var", "dag_id": "dag_a",
                                         "run_id": "manual__sandbox"}, encrypt_kwargs=True),
+        DeferSpec("dag_a", "t1", SDK, {"conn_id": "env_conn", "variable": "env_var", "dag_id": "dag_a",
+                                        "run_id": "manual__sandbox"}, encrypt_kwargs=True),
     ])
-    mt = start_triggerer(home, "--skip-serve-logs", config='[loops.team_a]\nbundles = ["team_a"]\n[loops.team_b]\nbundles = ["team_b"]\n')
+    # The environment secrets backend of the supervisor: other teams' secrets, never in a loop's env.
+    secrets = {"AIRFLOW_CONN_ENV_CONN": "http://user:pw@env-host.internal", "AIRFLOW_VAR_ENV_VAR": "from-the-env"}
+    mt = start_triggerer(home, "--skip-serve-logs", env=secrets,
+                         config='[loops.team_a]\nbundles = ["team_a"]\n[loops.team_b]\nbundles = ["team_b"]\n')
 
-    event = home.wait_for_states([ref], "scheduled", timeout=90)[ref].event
+    states = home.wait_for_states([ref, env_ref], "scheduled", timeout=90)
+    event = states[ref].event
     assert event["sync_host"] == event["async_host"] == "api.example.internal"
     assert event["variable"] == "from-the-metastore"
     assert event["dag_run_state"] == "running"
     assert event["loop"] == "team_a"
+    # Env-defined connections and variables still reach trigger code, through the supervisor.
+    env_event = states[env_ref].event
+    assert env_event["sync_host"] == env_event["async_host"] == "env-host.internal"
+    assert env_event["variable"] == "from-the-env"
+    assert event["env_secret_names"] == env_event["env_secret_names"] == []
 
     # The watcher lives in a DAG of bundle team_b: its trigger is routed to team_b's loop,
     # and its event becomes an asset event.

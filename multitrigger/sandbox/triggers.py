@@ -209,5 +209,6 @@ class SdkCallsTrigger(BaseTrigger):
             "async_host": async_conn.host,
             "variable": Variable.get(self.variable),
             "dag_run_state": RuntimeTaskInstance.get_dagrun_state(self.dag_id, self.run_id),
+            "env_secret_names": sorted(k for k in os.environ if k.startswith(("AIRFLOW_CONN_", "AIRFLOW_VAR_"))),
             **process_info(),
         })

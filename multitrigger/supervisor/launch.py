@@ -5,7 +5,8 @@ How a loop process is started: its environment (the trust boundary). Its argv is
 A loop runs user code, so its environment carries no metadata-database URL, no Fernet key and no
 other secret from the supervisor's configuration: every ``AIRFLOW__<SECTION>__<KEY>`` variable that
 Airflow marks sensitive (and all of ``[database]``) is dropped, with its ``_CMD``/``_SECRET``
-variants. Its ``AIRFLOW_HOME`` is a private directory with no ``airflow.cfg``. Non-secret
+variants, and so is every ``AIRFLOW_CONN_*``/``AIRFLOW_VAR_*`` (the environment secrets backend:
+other teams' connections; trigger code asks the supervisor for them). Its ``AIRFLOW_HOME`` is a private directory with no ``airflow.cfg``. Non-secret
 ``[triggerer]`` and ``[logging]`` settings are passed explicitly so trigger semantics (timeouts,
 ``on_kill_timeout``, blocked-loop threshold) match the supervisor's configuration.
 
@@ -26,6 +27,9 @@ _PASSED_SECTIONS = ("triggerer", "logging")
 _NEVER_PASSED_SECTIONS = {"database"}
 _NEVER_PASSED_KEYS = {("core", "fernet_key"), ("api_auth", "jwt_secret"), ("api", "secret_key")}
 _NEVER_PASSED_NAMES = ("AIRFLOW_HOME", "AIRFLOW_CONFIG", "_AIRFLOW_PROCESS_CONTEXT", "PYTHONPATH")
+#: Airflow's environment-variables secrets backend: connections and variables of every team. Trigger
+#: code still gets them, from the supervisor (a GetConnection/GetVariable request), never from its env.
+_NEVER_PASSED_PREFIXES = ("AIRFLOW_CONN_", "AIRFLOW_VAR_")
 
 
 def _is_secret(section: str, key: str) -> bool:
@@ -41,7 +45,7 @@ def _filtered(home: Path, base: Mapping[str, str] | None, drop: Callable[[str, s
     """``base`` (default ``os.environ``) without ``AIRFLOW__<S>__<K>`` variables ``drop`` rejects."""
     env: dict[str, str] = {}
     for name, value in (os.environ if base is None else base).items():
-        if name in _NEVER_PASSED_NAMES:
+        if name in _NEVER_PASSED_NAMES or name.startswith(_NEVER_PASSED_PREFIXES):
             continue
         match = _ENV_KEY.match(name)
         if match and drop(match["section"], match["key"]):
