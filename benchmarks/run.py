@@ -20,7 +20,8 @@ from typing import Any
 
 from benchmarks import report
 from benchmarks.harness import KINDS
-from benchmarks.scenarios import SCENARIOS, Ctx
+from benchmarks.runs import Ctx
+from benchmarks.scenarios import SCENARIOS
 
 ROOT = Path(__file__).resolve().parent.parent
 

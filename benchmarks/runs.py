@@ -1,0 +1,271 @@
+"""What every benchmark scenario shares: settings (``PARAMS``), one ``Run`` per triggerer and the
+steps of a run — fresh home, seed, launch, wait for start-up, wait for the due time and the
+outcomes, stop and read the results from the DB — and ``scenario``, which runs a scenario's
+``one(kind)`` for each triggerer.
+
+A scenario function returns a JSON-able dict::
+
+    {"name", "title", "measures", "db", "params",
+     "runs": {"stock": RUN, "multitrigger": RUN},
+     "series": {...}}            # which latency series the scenario reports (in report order)
+
+and RUN holds ``latency`` (per series: the raw latencies in seconds), ``startup`` (launch → all
+claimed / all running), scenario extras, ``anomalies`` (grouped warning/error lines of the
+triggerer's own log), and where its logs are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from multitrigger.sandbox.home import AirflowHome, ensure_pg_database, deferring_bundle
+
+from benchmarks import harness as h
+from benchmarks.harness import KINDS, MULTI, Item, Triggerer
+
+PG_SERVER = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+
+#: Default sizes and timings. ``margin``: seconds from launching the triggerer to the first due
+#: time — larger than either triggerer's start-up on a busy 2-core machine, so start-up does not
+#: count (each run checks it and reports ``startup.overran_due`` if it did).
+PARAMS: dict[str, dict[str, Any]] = {
+    "light": {"bundles": 3, "n": 200, "margin": 30.0, "datetime_offset": 10.0, "grace": 40.0},
+    "throughput": {"bundles": 4, "n": 2000, "margin": 50.0, "capacity": 5000, "select": 5000, "grace": 120.0},
+    "noisy": {"others": 3, "per_bundle": 20, "window": 20.0, "block": 5.0, "every": 5.0, "margin": 30.0,
+              "grace": 40.0},
+    "crash": {"others": 3, "per_bundle": 20, "window": 20.0, "crashed_healthy": 10, "kill_offset": 3.0,
+              "margin": 30.0, "restart_delay": 2.0, "grace": 60.0},
+    "idle": {"bundles": 4, "per_bundle": 3, "idle": 15.0, "start_timeout": 120.0, "pss_samples": 3},
+    "storm": {"others": 3, "per_bundle": 20, "window": 30.0, "crashed_healthy": 8, "kill_offset": 3.0,
+              "kill_every": 3.0, "stagger": 0.7, "margin": 40.0, "restart_delay": 2.0, "grace": 60.0},
+}
+
+QUICK: dict[str, dict[str, Any]] = {  # smoke-test sizes (--quick); numbers are not comparable
+    "light": {"n": 30, "margin": 30.0, "datetime_offset": 5.0},
+    "throughput": {"n": 200, "margin": 40.0},
+    "noisy": {"per_bundle": 5, "window": 8.0, "margin": 30.0},
+    "crash": {"per_bundle": 5, "window": 10.0, "crashed_healthy": 4, "margin": 30.0},
+    "idle": {"idle": 5.0},
+    "storm": {"per_bundle": 5, "window": 15.0, "crashed_healthy": 3, "grace": 30.0},
+}
+
+
+@dataclass
+class Ctx:
+    out: Path
+    kinds: tuple[str, ...] = KINDS
+    keep_db: bool = False
+    quick: bool = False
+    throughput_db: str = "sqlite"
+    quiet_wait: float = 60.0
+    say: Callable[[str], None] = print
+
+    def params(self, name: str) -> dict[str, Any]:
+        p = dict(PARAMS[name])
+        if self.quick:
+            p.update(QUICK.get(name, {}))
+        return p
+
+
+@dataclass
+class Run:
+    """One triggerer run of one scenario: home, workload, triggerer and trackers."""
+
+    ctx: Ctx
+    scenario: str
+    kind: str
+    workdir: Path
+    home: AirflowHome
+    items: list[Item] = field(default_factory=list)
+    triggerer: Triggerer | None = None
+    tail: h.RecordTail | None = None
+    scanner: h.TriggerLogScanner | None = None
+    load: h.LoadProbe = field(default_factory=h.LoadProbe)
+    result: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def records(self) -> Path:
+        p = self.workdir / "records"
+        p.mkdir(exist_ok=True)
+        return p
+
+
+# --------------------------------------------------------------------------------- plumbing
+def _new_run(ctx: Ctx, scenario: str, kind: str, bundles: list[str], extra_config: dict | None = None,
+             db: str = "sqlite") -> Run:
+    workdir = ctx.out / scenario / kind
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    db_url = None
+    if db == "pg":
+        db_url = ensure_pg_database(PG_SERVER, f"mtbench_{scenario}_{kind}")
+    t0 = time.monotonic()
+    home = AirflowHome.create(workdir / "home", {b: deferring_bundle(h.dag_for(b)) for b in bundles},
+                              db_url=db_url, extra_config=extra_config or {})
+    # Seeding and launching follow at once: make sure other work on the machine is not eating the CPUs.
+    quiet = h.wait_quiet(ctx.quiet_wait, say=ctx.say) if ctx.quiet_wait > 0 else None
+    run = Run(ctx, scenario, kind, workdir, home)
+    run.result = {"db": "postgresql" if db == "pg" else "sqlite", "home_create_s": round(time.monotonic() - t0, 1),
+                  "workdir": str(workdir), "quiet_check": quiet}
+    return run
+
+
+@contextlib.contextmanager
+def running(ctx: Ctx, scenario: str, kind: str, bundles: list[str], extra_config: dict | None = None,
+             db: str = "sqlite") -> Iterator[Run]:
+    """A fresh ``Run``; on the way out (also on errors) stop everything and read the outcomes."""
+    run = _new_run(ctx, scenario, kind, bundles, extra_config, db)
+    try:
+        yield run
+    finally:
+        finish(run)
+
+
+def seed(run: Run, items: list[Item]) -> None:
+    t0 = time.monotonic()
+    run.home.defer_many([i.spec() for i in items])
+    run.items.extend(items)
+    run.result.setdefault("seed_s", []).append(round(time.monotonic() - t0, 2))
+
+
+def start(run: Run, loops: list[str], expect_started: list[Item] | None = None,
+           record_files: list[Path] | None = None, loop_settings: dict[str, str] | None = None) -> None:
+    if expect_started is not None:
+        run.scanner = h.TriggerLogScanner(run.home.logs_dir, {(i.dag_id, i.map_index) for i in expect_started})
+        run.scanner.start()
+    if record_files:
+        run.tail = h.RecordTail(record_files)
+        run.tail.start()
+    run.triggerer = Triggerer(run.kind, run.home, run.workdir, loops if run.kind == MULTI else (), loop_settings)
+    run.triggerer.start()
+    run.load.mark("launch", run.triggerer.pid)
+
+
+def wait_startup(run: Run, n_triggers: int, deadline: float, tick: Callable[[], None] | None = None) -> None:
+    """Wait until every trigger is claimed and every expected one runs, at most until ``deadline``."""
+    tr, launch = run.triggerer, run.triggerer.launched_at
+    claimed_at: list[float] = []
+
+    def ready() -> bool:
+        if not claimed_at and h.count_claimed(run.home) >= n_triggers:
+            claimed_at.append(h.now())
+        return bool(claimed_at) and (run.scanner is None or run.scanner.complete())
+
+    h.wait_until(ready, deadline, interval=0.5, tick=tick)
+    st: dict[str, Any] = {"launch_to_first_due_s": None}
+    if claimed_at:
+        st["all_claimed_s"] = round(claimed_at[0] - launch, 2)
+    if run.scanner is not None:
+        started = dict(run.scanner.started)
+        st["running"] = f"{len(started)}/{len(run.scanner.expected)}"
+        if started:
+            st["first_running_s"] = round(min(started.values()) - launch, 2)
+        if run.scanner.complete():
+            st["all_running_s"] = round(max(started.values()) - launch, 2)
+    st["exited_during_startup"] = tr.poll() is not None
+    run.result["startup"] = st
+    run.load.mark("ready", tr.pid)
+
+
+def mark_due(run: Run, first_due: float) -> None:
+    st = run.result.setdefault("startup", {})
+    st["launch_to_first_due_s"] = round(first_due - run.triggerer.launched_at, 2)
+    ok = "all_running_s" in st and st["all_running_s"] < st["launch_to_first_due_s"]
+    st["overran_due"] = not ok
+
+
+def wait_done(run: Run, wait_for: list[Item], first_due: float, deadline: float,
+               tick: Callable[[], None] | None = None, interval: float = 1.0) -> bool:
+    """Sleep until the first due time, then poll until every item left DEFERRED (or ``deadline``).
+
+    Every poll is kept as ``visible``: (seconds after the first due time, how many had left DEFERRED),
+    i.e. when the results became visible to other DB sessions (committed), at ``interval`` resolution.
+    """
+    h.sleep_until(first_due, tick=tick)
+    run.load.mark("due", run.triggerer.pid if run.triggerer.running() else None)
+    dags = {i.dag_id for i in wait_for}
+    idx = {i.map_index for i in wait_for}
+    visible: list[tuple[float, int]] = []
+
+    def check() -> bool:
+        left = h.count_deferred(run.home, dags, idx)
+        visible.append((round(h.now() - first_due, 3), len(idx) - left))
+        return left == 0
+
+    done = h.wait_until(check, deadline, interval=interval, tick=tick)
+    run.result["all_done"] = bool(done)
+    run.result["visible"] = visible
+    return bool(done)
+
+
+def finish(run: Run) -> None:
+    """Stop everything, read outcomes from the DB, collect log anomalies, drop the DB file."""
+    if run.triggerer is not None:
+        with contextlib.suppress(Exception):
+            run.load.mark("end", run.triggerer.pid if run.triggerer.running() else None)
+        run.result["load"] = {"startup": run.load.window("launch", "ready"),
+                              "run": run.load.window("due" if "due" in run.load.marks else "ready", "end")}
+        run.result["stop"] = run.triggerer.stop()
+        run.result["exits"] = [{"at": round(t - run.triggerer.launched_at, 2), "rc": rc, "by_benchmark": ours}
+                               for t, rc, ours in run.triggerer.exits]
+        run.result["logs"] = [str(p) for p in run.triggerer.logs]
+        run.result["anomalies"] = h.log_anomalies(run.triggerer.log_text())
+    for thread in (run.tail, run.scanner):
+        if thread is not None:
+            thread.stop()
+    outcomes = h.db_outcomes(run.home, run.items)
+    latency: dict[str, list[float]] = {}
+    states: dict[str, dict[str, int]] = {}
+    mismatched = 0
+    for o in outcomes:
+        key = "failed" if o.get("failed") else str(o["state"])
+        states.setdefault(o["series"], {}).setdefault(key, 0)
+        states[o["series"]][key] += 1
+        if "latency" in o:
+            latency.setdefault(o["series"], []).append(round(o["latency"], 4))
+        if o.get("due_db") is not None and o.get("due_planned") is not None and abs(o["due_db"] - o["due_planned"]) > 1e-3:
+            mismatched += 1
+    run.result["latency"] = latency
+    run.result["states"] = states
+    run.result["due_mismatch"] = mismatched  # DB payload vs planned due; must be 0
+    # Per-item rows only where something is off (still deferred, failed, no latency): the latencies are above.
+    run.result["unusual_outcomes"] = [o for o in outcomes if o.get("state") != "scheduled" or "latency" not in o]
+    run.result["trigger_log_levels"] = h.count_trigger_log_levels(run.home.logs_dir)
+    run.home.close()
+    if not run.ctx.keep_db:
+        for f in run.home.path.glob("airflow.db*"):
+            f.unlink(missing_ok=True)
+
+
+def guard(ctx: Ctx, name: str, kind: str, body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    ctx.say(f"[{name}] {kind}: start")
+    t0 = time.monotonic()
+    try:
+        res = body()
+    except Exception as err:  # one broken run must not lose the others
+        ctx.say(f"[{name}] {kind}: FAILED {type(err).__name__}: {err}")
+        res = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+    res["wall_s"] = round(time.monotonic() - t0, 1)
+    ctx.say(f"[{name}] {kind}: done in {res['wall_s']} s")
+    return res
+
+
+def base(seed_n: int, margin: float) -> float:
+    """First due time: seeding takes ~1.5 s + ~1 ms per trigger; the triggerer launches right after."""
+    return h.now() + 1.5 + seed_n / 1000.0 + margin
+
+
+def scenario(ctx: Ctx, one: Callable[[str], dict[str, Any]], name: str, title: str, measures: str, params: dict,
+              series: list[str], db: str = "sqlite", **extra: Any) -> dict[str, Any]:
+    """Run ``one(kind)`` for each triggerer (a failed run is recorded, not raised) into a scenario dict."""
+    runs = {kind: guard(ctx, name, kind, lambda k=kind: one(k)) for kind in ctx.kinds}
+    return {"name": name, "title": title, "measures": measures, "db": db, "params": params, "runs": runs,
+            "series": series, **extra}
