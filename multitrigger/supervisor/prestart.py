@@ -54,9 +54,9 @@ def prestart(config: Config, state: Path) -> None:
     for python in interpreters(config):
         if python in _PRESTARTED:
             continue
+        home = zygote_home(state, python)
         try:
-            _PRESTARTED[python] = Zygote.start(python, early_loop_env(zygote_home(state, python)),
-                                               zygote_home(state, python), staged=True)
+            _PRESTARTED[python] = Zygote.start(python, early_loop_env(home), home, staged=True)
         except OSError:
             pass  # the supervisor starts it the normal way and reports the error
 
