@@ -21,25 +21,27 @@ Typical use::
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 import datetime as _dt
-import fcntl
 import json
 import os
 import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from importlib import metadata as _metadata
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from multitrigger.sandbox.rows import TaskRef, TIState, TriggerRow, decode_serde
-from multitrigger.sandbox.workers import SandboxError, prestart_zygote, run_worker
+from multitrigger.sandbox.databases import (
+    airflow_version,
+    ensure_pg_database,
+    ensure_template_db,
+    template_db_path,
+)
+from multitrigger.sandbox.rows import DbReader, TaskRef, TIState, TriggerRow, decode_serde
+from multitrigger.sandbox.workers import _PACKAGE_ROOT, SandboxError, prestart_zygote, run_worker
 from multitrigger.sandbox.dag_sources import (
     asset_watcher_dag_source,
     broken_dag_source,
@@ -82,25 +84,8 @@ IMPORT_VERSION = "multitrigger.sandbox.triggers.ImportVersionTrigger"
 LOCAL_BUNDLE_CLASSPATH = "airflow.dag_processing.bundles.local.LocalDagBundle"
 DEFAULT_RUN_ID = "manual__sandbox"  # keep in sync with _worker.DEFAULT_RUN_ID
 
-_PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # directory containing the ``multitrigger`` package
-T = TypeVar("T")
-
 
 # --------------------------------------------------------------------------------------- small API
-def airflow_version() -> str:
-    """Installed apache-airflow-core version, read from package metadata (does not import Airflow)."""
-    try:
-        return _metadata.version("apache-airflow-core")
-    except _metadata.PackageNotFoundError:  # pragma: no cover
-        return _metadata.version("apache-airflow")
-
-
-def template_db_path(version: str | None = None) -> Path:
-    """Where the migrated SQLite template DB for this Airflow version lives (shared by all homes)."""
-    base = Path(os.environ.get("MULTITRIGGER_TEMPLATE_DIR") or tempfile.gettempdir())
-    return base / f"multitrigger-airflow-template-{version or airflow_version()}.db"
-
-
 def iso_in(seconds: float) -> str:
     """ISO timestamp (UTC) ``seconds`` from now -- handy for ``FireAtTrigger(moment=...)``."""
     return (_dt.datetime.now(_dt.timezone.utc) + _dt.timedelta(seconds=seconds)).isoformat()
@@ -126,7 +111,7 @@ class DeferSpec:
 
 # ------------------------------------------------------------------------------------- AirflowHome
 @dataclasses.dataclass
-class AirflowHome:
+class AirflowHome(DbReader):
     path: Path
     db_url: str
     bundles: dict[str, Path]
@@ -436,190 +421,3 @@ class AirflowHome:
         if not rows:
             raise SandboxError(f"no asset watcher trigger was created for asset {asset_name!r}: {self.import_errors}")
         return int(rows[0][0])
-
-    # --------------------------------------------------------------------------- reading state
-    @property
-    def engine(self):
-        if self._engine is None:
-            from sqlalchemy import create_engine
-            from sqlalchemy.pool import NullPool
-
-            is_sqlite = self.db_url.startswith("sqlite")
-            connect_args = {"timeout": 30} if is_sqlite else {}
-            engine = create_engine(self.db_url, poolclass=NullPool, connect_args=connect_args)
-            if is_sqlite:
-                from sqlalchemy import event
-
-                @event.listens_for(engine, "connect")
-                def _pragmas(dbapi_connection, _record):  # same as Airflow's own SQLite connections
-                    cursor = dbapi_connection.cursor()
-                    cursor.execute("PRAGMA foreign_keys=ON")
-                    cursor.close()
-
-            self._engine = engine
-        return self._engine
-
-    def sql(self, query: str, params: Mapping[str, Any] | None = None) -> list[tuple]:
-        """Run one SQL statement on the home's DB (autocommitted); returns rows for SELECTs."""
-        from sqlalchemy import text
-
-        with self.engine.begin() as conn:
-            result = conn.execute(text(query), dict(params or {}))
-            return [tuple(row) for row in result] if result.returns_rows else []
-
-    def ti_states(self, refs: Iterable[TaskRef]) -> dict[TaskRef, TIState]:
-        """``{ref: TIState(state, next_kwargs, trigger_id, next_method)}`` read with one query per run."""
-        refs = list(refs)
-        by_run: dict[tuple[str, str], list[TaskRef]] = {}
-        for ref in refs:
-            by_run.setdefault((ref.dag_id, ref.run_id), []).append(ref)
-        out: dict[TaskRef, TIState] = {}
-        for (dag_id, run_id), group in by_run.items():
-            rows = self.sql(
-                "SELECT task_id, map_index, state, next_kwargs, trigger_id, next_method FROM task_instance "
-                "WHERE dag_id = :dag_id AND run_id = :run_id",
-                {"dag_id": dag_id, "run_id": run_id},
-            )
-            found = {(r[0], r[1]): r for r in rows}
-            for ref in group:
-                row = found.get((ref.task_id, ref.map_index))
-                if row is None:
-                    raise LookupError(f"no task instance for {ref}")
-                nk = row[3]
-                if isinstance(nk, (str, bytes)):
-                    nk = json.loads(nk)
-                out[ref] = TIState(row[2], nk, row[4], row[5])
-        return out
-
-    def ti_state(self, ref: TaskRef) -> TIState:
-        return self.ti_states([ref])[ref]
-
-    def event(self, ref: TaskRef) -> Any:
-        """Decoded TriggerEvent payload written into the TI's ``next_kwargs`` (None if not fired yet)."""
-        return self.ti_state(ref).event
-
-    def trigger_rows(self) -> list[TriggerRow]:
-        rows = self.sql("SELECT id, classpath, triggerer_id, queue FROM trigger ORDER BY id")
-        return [TriggerRow(*r) for r in rows]
-
-    def dag_bundles(self) -> dict[str, str]:
-        """``dag_id -> DagModel.bundle_name`` straight from the DB."""
-        return dict(self.sql("SELECT dag_id, bundle_name FROM dag ORDER BY dag_id"))
-
-    def wait_for(
-        self,
-        predicate: Callable[[], T],
-        timeout: float = 30,
-        interval: float = 0.2,
-        message: str | Callable[[], str] | None = None,
-    ) -> T:
-        """Poll ``predicate`` until it returns something truthy (returned) or raise ``TimeoutError``."""
-        deadline = time.monotonic() + timeout
-        last_exc: BaseException | None = None
-        while True:
-            try:
-                value = predicate()
-                if value:
-                    return value
-                last_exc = None
-            except Exception as exc:  # DB busy etc. -- keep polling until the deadline
-                last_exc = exc
-            if time.monotonic() >= deadline:
-                detail = message() if callable(message) else message
-                raise TimeoutError(
-                    f"condition not met within {timeout}s" + (f": {detail}" if detail else "")
-                ) from last_exc
-            time.sleep(interval)
-
-    def wait_for_states(
-        self, refs: Iterable[TaskRef], states: str | Iterable[str | None], timeout: float = 30
-    ) -> dict[TaskRef, TIState]:
-        """Wait until every ref is in one of ``states``; returns the final states."""
-        refs = list(refs)
-        wanted = {states} if isinstance(states, str) or states is None else set(states)
-        last: dict[TaskRef, TIState] = {}
-
-        def check():
-            nonlocal last
-            last = self.ti_states(refs)
-            return last if all(s.state in wanted for s in last.values()) else None
-
-        return self.wait_for(
-            check, timeout, message=lambda: f"wanted {wanted}, have {[s.state for s in last.values()]}"
-        )
-
-    def close(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
-
-
-def ensure_pg_database(server_url: str, name: str) -> str:
-    """Create PostgreSQL database ``name`` on the server of ``server_url`` if missing; return its URL.
-
-    Handy to give a home a database of its own instead of resetting a shared one.
-    """
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.pool import NullPool
-
-    if not name.replace("_", "").isalnum():
-        raise ValueError(f"unsafe database name {name!r}")
-    url = make_url(server_url)
-    engine = create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            if not conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first():
-                with contextlib.suppress(Exception):  # lost a race with another creator: fine
-                    conn.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        engine.dispose()
-    return url.set(database=name).render_as_string(hide_password=False)
-
-
-def _sqlite_snapshot(source: Path, target: Path) -> None:
-    """Consistent single-file copy of a (possibly WAL-mode) SQLite DB, in rollback-journal mode."""
-    import sqlite3
-
-    src = sqlite3.connect(str(source))
-    dst = sqlite3.connect(str(target))
-    try:
-        src.backup(dst)
-        dst.execute("PRAGMA journal_mode=DELETE")
-        dst.commit()
-        (tables,) = dst.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()
-        (revisions,) = dst.execute("SELECT count(*) FROM alembic_version").fetchone()
-        if tables < 50 or revisions != 1:
-            raise SandboxError(f"migrated template DB looks incomplete ({tables} tables, {revisions} revisions)")
-    finally:
-        dst.close()
-        src.close()
-
-
-def ensure_template_db(*, python: str = sys.executable, timeout: float = 900) -> Path:
-    """Return the migrated SQLite template DB, building it once (under a file lock) if missing."""
-    template = template_db_path()
-    if template.exists() and template.stat().st_size > 65536:
-        return template
-    template.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = template.with_suffix(".lock")
-    with open(lock_path, "a") as lock_fh:
-        fcntl.flock(lock_fh, fcntl.LOCK_EX)
-        try:
-            if template.exists() and template.stat().st_size > 65536:  # built while we waited
-                return template
-            with tempfile.TemporaryDirectory(prefix="multitrigger-template-") as tmp:
-                tmp_path = Path(tmp)
-                db_file = tmp_path / "airflow.db"
-                builder = AirflowHome(path=tmp_path, db_url=f"sqlite:///{db_file}", bundles={}, python=python)
-                for sub in ("dags", "logs", "plugins", "bundle-storage", ".sandbox"):
-                    (tmp_path / sub).mkdir(exist_ok=True)
-                builder._write_config({})
-                builder._run_worker("migrate", {"reset": False}, timeout=timeout)
-                partial = template.with_name(f"{template.name}.{os.getpid()}.partial")
-                partial.unlink(missing_ok=True)
-                _sqlite_snapshot(db_file, partial)
-                os.replace(partial, template)
-            return template
-        finally:
-            fcntl.flock(lock_fh, fcntl.LOCK_UN)

@@ -1,11 +1,17 @@
-"""What the sandbox reads back from the metadata DB: task-instance and trigger rows, decoded without
-importing Airflow (``multitrigger.sandbox.home`` reads them with plain SQL)."""
+"""What the sandbox reads back from the metadata DB, and how: task-instance and trigger rows, read
+with plain SQL through SQLAlchemy Core and decoded without importing Airflow (``DbReader``, which
+``multitrigger.sandbox.home.AirflowHome`` is)."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-from typing import Any, NamedTuple
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple, TypeVar
+
+T = TypeVar("T")
 
 
 def decode_serde(value: Any) -> Any:
@@ -104,3 +110,125 @@ class TriggerRow(_TriggerRowTuple):
             f"TriggerRow(id={self.id!r}, classpath={self.classpath!r}, triggerer_id={self.triggerer_id!r}, "
             f"queue={self.queue!r})"
         )
+
+
+class DbReader:
+    """Reads a home's metadata DB (``db_url``) with plain SQL; one NullPool engine, made lazily."""
+
+    db_url: str
+    _engine: Any
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            from sqlalchemy import create_engine
+            from sqlalchemy.pool import NullPool
+
+            is_sqlite = self.db_url.startswith("sqlite")
+            connect_args = {"timeout": 30} if is_sqlite else {}
+            engine = create_engine(self.db_url, poolclass=NullPool, connect_args=connect_args)
+            if is_sqlite:
+                from sqlalchemy import event
+
+                @event.listens_for(engine, "connect")
+                def _pragmas(dbapi_connection, _record):  # same as Airflow's own SQLite connections
+                    cursor = dbapi_connection.cursor()
+                    cursor.execute("PRAGMA foreign_keys=ON")
+                    cursor.close()
+
+            self._engine = engine
+        return self._engine
+
+    def sql(self, query: str, params: Mapping[str, Any] | None = None) -> list[tuple]:
+        """Run one SQL statement on the home's DB (autocommitted); returns rows for SELECTs."""
+        from sqlalchemy import text
+
+        with self.engine.begin() as conn:
+            result = conn.execute(text(query), dict(params or {}))
+            return [tuple(row) for row in result] if result.returns_rows else []
+
+    def ti_states(self, refs: Iterable[TaskRef]) -> dict[TaskRef, TIState]:
+        """``{ref: TIState(state, next_kwargs, trigger_id, next_method)}`` read with one query per run."""
+        refs = list(refs)
+        by_run: dict[tuple[str, str], list[TaskRef]] = {}
+        for ref in refs:
+            by_run.setdefault((ref.dag_id, ref.run_id), []).append(ref)
+        out: dict[TaskRef, TIState] = {}
+        for (dag_id, run_id), group in by_run.items():
+            rows = self.sql(
+                "SELECT task_id, map_index, state, next_kwargs, trigger_id, next_method FROM task_instance "
+                "WHERE dag_id = :dag_id AND run_id = :run_id",
+                {"dag_id": dag_id, "run_id": run_id},
+            )
+            found = {(r[0], r[1]): r for r in rows}
+            for ref in group:
+                row = found.get((ref.task_id, ref.map_index))
+                if row is None:
+                    raise LookupError(f"no task instance for {ref}")
+                nk = row[3]
+                if isinstance(nk, (str, bytes)):
+                    nk = json.loads(nk)
+                out[ref] = TIState(row[2], nk, row[4], row[5])
+        return out
+
+    def ti_state(self, ref: TaskRef) -> TIState:
+        return self.ti_states([ref])[ref]
+
+    def event(self, ref: TaskRef) -> Any:
+        """Decoded TriggerEvent payload written into the TI's ``next_kwargs`` (None if not fired yet)."""
+        return self.ti_state(ref).event
+
+    def trigger_rows(self) -> list[TriggerRow]:
+        rows = self.sql("SELECT id, classpath, triggerer_id, queue FROM trigger ORDER BY id")
+        return [TriggerRow(*r) for r in rows]
+
+    def dag_bundles(self) -> dict[str, str]:
+        """``dag_id -> DagModel.bundle_name`` straight from the DB."""
+        return dict(self.sql("SELECT dag_id, bundle_name FROM dag ORDER BY dag_id"))
+
+    def wait_for(
+        self,
+        predicate: Callable[[], T],
+        timeout: float = 30,
+        interval: float = 0.2,
+        message: str | Callable[[], str] | None = None,
+    ) -> T:
+        """Poll ``predicate`` until it returns something truthy (returned) or raise ``TimeoutError``."""
+        deadline = time.monotonic() + timeout
+        last_exc: BaseException | None = None
+        while True:
+            try:
+                value = predicate()
+                if value:
+                    return value
+                last_exc = None
+            except Exception as exc:  # DB busy etc. -- keep polling until the deadline
+                last_exc = exc
+            if time.monotonic() >= deadline:
+                detail = message() if callable(message) else message
+                raise TimeoutError(
+                    f"condition not met within {timeout}s" + (f": {detail}" if detail else "")
+                ) from last_exc
+            time.sleep(interval)
+
+    def wait_for_states(
+        self, refs: Iterable[TaskRef], states: str | Iterable[str | None], timeout: float = 30
+    ) -> dict[TaskRef, TIState]:
+        """Wait until every ref is in one of ``states``; returns the final states."""
+        refs = list(refs)
+        wanted = {states} if isinstance(states, str) or states is None else set(states)
+        last: dict[TaskRef, TIState] = {}
+
+        def check():
+            nonlocal last
+            last = self.ti_states(refs)
+            return last if all(s.state in wanted for s in last.values()) else None
+
+        return self.wait_for(
+            check, timeout, message=lambda: f"wanted {wanted}, have {[s.state for s in last.values()]}"
+        )
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
