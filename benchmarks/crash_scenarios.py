@@ -87,9 +87,11 @@ def _crash_analysis(run: Run, crashed: str, healthy_records: list[Path], due0: f
     if run.kind == MULTI:
         # Loop exits during our SIGTERM at the end are not crashes.
         shutdown = min([t for t, _ in h.grep_times(text, "shutting down")] or [float("inf")])
-        kills = [t for t, _ in h.grep_times(text, "loop process ended", f"loop={crashed}") if t < shutdown]
-        restarts = [t for t, _ in h.grep_times(text, "loop started", f"loop={crashed}") if t < shutdown]
-        readies = [t for t, _ in h.grep_times(text, "loop ready", f"loop={crashed}") if t < shutdown]
+
+        def seen(message: str) -> list[float]:
+            return [t for t, _ in h.grep_times(text, message, f"loop={crashed}") if t < shutdown]
+
+        kills, restarts, readies = seen("loop process ended"), seen("loop started"), seen("loop ready")
     else:
         kills = [t for t, _ in h.grep_times(text, "Trigger runner process has died")]
         if not kills:  # no timestamped line: use the moments the process was seen to exit on its own
@@ -110,13 +112,13 @@ def _crash_analysis(run: Run, crashed: str, healthy_records: list[Path], due0: f
                 again = [t for t, w in mine if w[0] == "start" and t >= k]
                 if again:
                     pending_recovered.append(again[0] - k)
-        restart_after = [r - k for r in restarts if r >= k]
-        ready_after = [r - k for r in readies if r >= k]
+        restart_after = next((r - k for r in restarts if r >= k), None)
+        ready_after = next((r - k for r in readies if r >= k), None)
         per_kill.append({
             "at_s_after_due0": round(k - due0, 2),
-            "process_restart_s": round(restart_after[0], 2) if restart_after else None,
+            "process_restart_s": round(restart_after, 2) if restart_after is not None else None,
             # multitrigger: the restart policy's delay (0 for a first crash, then backoff) is in here
-            "process_ready_s": round(ready_after[0], 3) if ready_after else None,
+            "process_ready_s": round(ready_after, 3) if ready_after is not None else None,
             "pending_healthy": pending,
             "recovered": len(pending_recovered),
             "kill_to_running_again_s": round(max(pending_recovered), 2) if pending_recovered and
@@ -127,8 +129,9 @@ def _crash_analysis(run: Run, crashed: str, healthy_records: list[Path], due0: f
 
 
 # ------------------------------------------------------------------------------- 6. crash storm
-#: The crashing bundles of the storm, one per way a loop (re)starts, with their loop settings.
-STORM_KINDS = {"x_fork": "", "x_venv": None, "x_exec": 'start_method = "exec"'}
+#: The crashing bundles of the storm, one per way a loop (re)starts: forked from the supervisor
+#: interpreter's zygote, forked from a bundle venv's zygote, a fresh interpreter per start.
+STORM_BUNDLES = ("x_fork", "x_venv", "x_exec")
 
 
 def _storm_venv(ctx: Ctx) -> Path:
@@ -144,10 +147,9 @@ def _storm_venv(ctx: Ctx) -> Path:
 def storm(ctx: Ctx) -> dict[str, Any]:
     p = ctx.params("storm")
     others = [f"calm{i}" for i in range(p["others"])]
-    crashing = list(STORM_KINDS)
+    crashing = list(STORM_BUNDLES)
     bundles = [*crashing, *others]
-    settings = {b: v for b, v in STORM_KINDS.items() if v}
-    settings["x_venv"] = f'venv = "{_storm_venv(ctx)}"'
+    settings = {"x_venv": f'venv = "{_storm_venv(ctx)}"', "x_exec": 'start_method = "exec"'}
 
     def one(kind: str) -> dict[str, Any]:
         holder: dict[str, Any] = {"restart_at": None, "restarts": []}
