@@ -27,8 +27,10 @@ def pg_url(name: str) -> str:
     from multitrigger.sandbox.home import ensure_pg_database
 
     worker = os.environ.get("PYTEST_XDIST_WORKER")
+    # MULTITRIGGER_TEST_DB_SUFFIX keeps two checkouts' concurrent runs off each other's databases.
+    suffix = os.environ.get("MULTITRIGGER_TEST_DB_SUFFIX", "") + (f"_{worker}" if worker else "")
     try:
-        return ensure_pg_database(PG_SERVER_URL, name + (f"_{worker}" if worker else ""))
+        return ensure_pg_database(PG_SERVER_URL, name + suffix)
     except Exception as exc:
         pytest.fail(f"PostgreSQL at {PG_SERVER_URL} is needed for this test and is not usable: {exc}")
 
