@@ -10,13 +10,10 @@ interpreter; ``multitrigger venv create`` makes a layered bundle virtualenv.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-
-def default_config_path() -> Path:
-    return Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow")) / "multitrigger.toml"
+from multitrigger.paths import default_config_path
 
 
 def _add_config_arg(parser: argparse.ArgumentParser) -> None:

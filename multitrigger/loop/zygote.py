@@ -43,7 +43,6 @@ into ``MULTITRIGGER_LOG_FD``. The zygote exits when the control socket closes; i
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import importlib
 import json
@@ -57,6 +56,8 @@ import time
 import traceback
 from typing import Any, NoReturn
 
+from multitrigger.pdeathsig import set_pdeathsig
+
 #: The control socket: the zygote's fd 0.
 CONTROL_FD = 0
 #: Largest record either side sends or accepts (a fork request carries a whole environment).
@@ -68,7 +69,6 @@ ENV_STAGED = "MULTITRIGGER_ZYGOTE_STAGED"
 #: Modules imported when the zygote became ready (set in the zygote; its children inherit it).
 PRELOADED: frozenset[str] = frozenset()
 _ENV_LOG_FD = "MULTITRIGGER_LOG_FD"  # = multitrigger.protocol.ENV_LOG_FD (not imported: see warm())
-_PR_SET_PDEATHSIG = 1
 
 #: A loop cannot run without these; failing to import one fails the zygote (the supervisor then
 #: exec's loops cold and they report the same error themselves).
@@ -111,13 +111,6 @@ LAZY_MODULES = (
     "airflow.sdk._shared.logging.remote",
     "setproctitle",
 )
-
-
-def set_pdeathsig(signum: int = signal.SIGKILL) -> None:
-    """Ask the kernel to send ``signum`` to this process when its parent (thread) exits."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
 
 
 def _send(ctl: socket.socket, record: dict[str, Any], fds: list[int] | None = None) -> None:

@@ -9,16 +9,16 @@ Checked against Airflow 3.3.2. Registering with ``job_type = "TriggererJob"`` is
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import structlog
 
 from airflow._shared.observability.metrics import stats
-from airflow.configuration import conf, get_airflow_home
+from airflow.configuration import conf
 from airflow.jobs.base_job_runner import BaseJobRunner
 from airflow.jobs.job import Job
 from airflow.observability.metrics import stats_utils
 from multitrigger.config import Config
+from multitrigger.paths import state_dir
 from multitrigger.supervisor.core import RunSettings, Supervisor
 from multitrigger.supervisor.store import Claim, TriggerStore
 
@@ -53,7 +53,7 @@ class MultiTriggerJobRunner(BaseJobRunner):
             health_check_threshold=conf.getfloat("triggerer", "triggerer_health_check_threshold"),
         )
         settings = RunSettings(
-            state_dir=Path(get_airflow_home()) / "multitrigger",
+            state_dir=state_dir(),
             runner_health_check_threshold=conf.getfloat("triggerer", "runner_health_check_threshold"),
             db_retry_limit=self.config.supervisor.db_retry_limit,
         )

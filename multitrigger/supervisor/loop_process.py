@@ -18,7 +18,6 @@ callbacks; ``LoopSlot`` gives them meaning.
 
 from __future__ import annotations
 
-import ctypes
 import selectors
 import signal
 import socket
@@ -32,18 +31,11 @@ from typing import Protocol
 import structlog
 
 from airflow.sdk.execution_time.comms import _RequestFrame
+from multitrigger.pdeathsig import die_with_parent
 from multitrigger.protocol import ENV_LOG_FD, ENV_LOOP_NAME, FrameError, FrameReader, encode_response
 from multitrigger.supervisor.zygote_client import ForkedProcess, Zygote, ZygoteError
 
 log = structlog.get_logger(__name__)
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
 
 class ProcessHandle(Protocol):
     """What ``LoopProcess`` needs of a process; ``subprocess.Popen`` and ``ForkedProcess`` have it."""
@@ -125,7 +117,7 @@ class LoopProcess:
                 cwd=cwd,
                 close_fds=True,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         finally:
             for sock in (req_child, out_child, log_child):

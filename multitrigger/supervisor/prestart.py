@@ -22,19 +22,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 from pathlib import Path
 
 from multitrigger.config import Config
+from multitrigger.paths import default_config_path, state_dir
 from multitrigger.supervisor.launch import early_loop_env
 from multitrigger.supervisor.zygote_client import Zygote
 
 _PRESTARTED: dict[Path, Zygote] = {}
-
-
-def state_dir() -> Path:
-    """``$AIRFLOW_HOME/multitrigger``, as Airflow 3.3.2's ``get_airflow_home`` resolves the home."""
-    return Path(os.path.expanduser(os.path.expandvars(os.environ.get("AIRFLOW_HOME", "~/airflow")))) / "multitrigger"
 
 
 def zygote_home(state: Path, python: Path) -> Path:
@@ -83,8 +78,6 @@ def prestart_for_argv(argv: list[str]) -> None:
         return
     if args.daemon or "-h" in argv or "--help" in argv:
         return
-    from multitrigger.cli import default_config_path
-
     path = args.config if args.config is not None else default_config_path()
     try:
         config = load_config(path, must_exist=args.config is not None)

@@ -35,7 +35,8 @@ from typing import Any
 import structlog
 
 from multitrigger.interpreter_probe import bootstrap_code
-from multitrigger.loop.zygote import ENV_PRELOAD, ENV_STAGED, MAX_RECORD, set_pdeathsig
+from multitrigger.loop.zygote import ENV_PRELOAD, ENV_STAGED, MAX_RECORD
+from multitrigger.pdeathsig import die_with_parent
 
 log = structlog.get_logger(__name__)
 
@@ -47,10 +48,6 @@ FORK_TIMEOUT = 2.0
 
 class ZygoteError(Exception):
     """The zygote cannot fork now (not ready, dead, or no timely reply): exec the loop instead."""
-
-
-def _die_with_supervisor() -> None:  # runs in the zygote between fork and exec
-    set_pdeathsig(signal.SIGKILL)
 
 
 @dataclass
@@ -103,7 +100,7 @@ class Zygote:
                 cwd=cwd,
                 close_fds=True,
                 start_new_session=True,
-                preexec_fn=_die_with_supervisor,
+                preexec_fn=die_with_parent,
             )
         finally:
             theirs.close()
