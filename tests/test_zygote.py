@@ -250,6 +250,20 @@ def test_forked_loop_runs_a_trigger_through_the_slot(zygote: Zygote, harness: Ha
     assert slot.process.poll_exit() == 0
 
 
+@pytest.mark.timeout(60)
+def test_malformed_request_is_rejected_and_the_zygote_keeps_serving(zygote: Zygote, harness: Harness) -> None:
+    """A record the zygote cannot decode gets a ``rejected`` reply; it neither dies nor forks."""
+    for record, problem in ((b"not json", "not JSON"), (b'{"type": "ready"}', "unexpected message type 'ready'")):
+        zygote.sock.send(record)
+        wait_for(lambda: (zygote._read_available(), zygote.last_rejection)[1] is not None, 10, "rejection")
+        assert problem in zygote.last_rejection and zygote.ready
+        zygote.last_rejection = None
+    slot = harness.slot("after-garbage")
+    slot.add(fire_at(1, 0.2))
+    start_forked(slot, zygote, harness.sel)
+    harness.until(lambda: harness.event(1) is not None, 30, "event from a loop forked after the garbage")
+
+
 @pytest.mark.timeout(90)
 def test_staged_zygote_imports_airflow_only_under_its_loop_env(harness: Harness, tmp_path: Path) -> None:
     """A prestarted zygote (supervisor.prestart) holds no AIRFLOW__* setting, secret or not, until
@@ -270,7 +284,7 @@ def test_staged_zygote_imports_airflow_only_under_its_loop_env(harness: Harness,
         assert full["AIRFLOW__CORE__DAGS_FOLDER"] == str(tmp_path / "marker-dags")
         staged.configure(full)
         assert staged.wait_ready(120), staged.error
-        assert staged.info["prewarm_s"] <= staged.info["configured_after_s"] <= staged.info["warmup_s"]
+        assert staged.info is not None and staged.info.prewarm_s <= staged.info.configured_after_s <= staged.info.warmup_s
         slot = harness.slot("staged-loop")
         slot.env = {k: v for k, v in slot.env.items() if k != "AIRFLOW__CORE__DAGS_FOLDER"}
         slot.add(workloads.RunTrigger(id=1, classpath="zygote_probe.SettingsTrigger", encrypted_kwargs="{}"))
@@ -370,7 +384,7 @@ def test_zygote_in_a_bundle_venv(harness: Harness, tmp_path: Path) -> None:
     python = create_bundle_venv(tmp_path / "venv")
     own = _start_zygote(python, tmp_path)
     try:
-        assert own.info["python"] == str(python)
+        assert own.info is not None and own.info.python == str(python)
         slot = harness.slot("venv_loop", python=python)
         slot.add(fire_at(1, 0.2))
         start_forked(slot, own, harness.sel)

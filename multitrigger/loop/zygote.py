@@ -19,22 +19,11 @@ Staged start (``MULTITRIGGER_ZYGOTE_STAGED=1``, see ``supervisor.prestart``): th
 the zygote before it has imported Airflow itself, so it cannot compute the loop environment yet. The
 zygote is then exec'd with every ``AIRFLOW__*`` variable removed, imports ``PREWARM_MODULES`` (the
 third-party two thirds of a loop's import time, none of which reads Airflow configuration) and waits
-for ``{"configure": <loop environment>}``; only then does it import Airflow. Start-up overlaps the
+for a ``configure`` message with the loop environment; only then does it import Airflow. Start-up overlaps the
 supervisor's own imports instead of following them.
 
-Control socket (fd 0): an ``AF_UNIX``/``SOCK_SEQPACKET`` socketpair end. Framing is one UTF-8 JSON
-object per record: SEQPACKET keeps record boundaries and delivers ``SCM_RIGHTS`` fds with the record
-they were sent with, so there is no length prefix and no reassembly. Records::
-
-    supervisor → zygote
-      {"configure": {...}}                       staged start only: the loop environment, once, first
-      {"fork": <name>, "id": <int>, "env": {...}, "cwd": <str>}   + 3 fds: requests, output, logs
-    zygote → supervisor
-      {"ready": <zygote pid>, "python": <sys.executable>, "warmup_s": <float>, "modules": <int>}
-      {"failed": <reason>}                       warm-up failed; the zygote then exits 1
-      {"forked": <child pid>, "id": <int>}       reply to a fork request
-      {"fork_failed": <reason>, "id": <int>}
-      {"exited": <child pid>, "returncode": <int>}  negative = killed by that signal (subprocess)
+Control socket (fd 0) and its messages: ``multitrigger.zygote_protocol`` (the wire spec). Requests
+are dispatched through a handler table keyed by message type.
 
 In the child: fd 0 = requests, fd 1 and 2 = output, the log socket keeps its number, which goes
 into ``MULTITRIGGER_LOG_FD``. The zygote exits when the control socket closes; its children have
@@ -45,7 +34,6 @@ from __future__ import annotations
 
 import gc
 import importlib
-import json
 import os
 import random
 import selectors
@@ -54,18 +42,15 @@ import socket
 import sys
 import time
 import traceback
-from typing import Any, NoReturn
+from collections.abc import Callable
+from typing import NoReturn
 
 from multitrigger.pdeathsig import set_pdeathsig
+from multitrigger.zygote_protocol import (
+    CONTROL_FD, ENV_PRELOAD, ENV_STAGED, FORK_FDS, RECV_SIZE, TO_ZYGOTE, Configure, Exited, Failed, Fork,
+    ForkFailed, Forked, ProtocolError, Ready, Rejected, ToZygote, decode, send,
+)
 
-#: The control socket: the zygote's fd 0.
-CONTROL_FD = 0
-#: Largest record either side sends or accepts (a fork request carries a whole environment).
-MAX_RECORD = 1024 * 1024
-#: Env var with extra, comma-separated modules to import before ``ready`` (e.g. trigger modules).
-ENV_PRELOAD = "MULTITRIGGER_ZYGOTE_PRELOAD"
-#: Env var: "1" = staged start (module docstring): prewarm, then wait for the loop environment.
-ENV_STAGED = "MULTITRIGGER_ZYGOTE_STAGED"
 #: Modules imported when the zygote became ready (set in the zygote; its children inherit it).
 PRELOADED: frozenset[str] = frozenset()
 _ENV_LOG_FD = "MULTITRIGGER_LOG_FD"  # = multitrigger.protocol.ENV_LOG_FD (not imported: see warm())
@@ -113,14 +98,6 @@ LAZY_MODULES = (
 )
 
 
-def _send(ctl: socket.socket, record: dict[str, Any], fds: list[int] | None = None) -> None:
-    data = json.dumps(record).encode()
-    if fds:
-        socket.send_fds(ctl, [data], fds)
-    else:
-        ctl.send(data)
-
-
 def prewarm() -> None:
     """Stage one of a staged start: import what needs no Airflow configuration."""
     for name in PREWARM_MODULES:
@@ -136,16 +113,14 @@ def await_environment(ctl: socket.socket) -> None:
     Exits quietly if the supervisor goes away first (e.g. ``multitrigger run`` rejected its flags).
     """
     try:
-        data = ctl.recv(MAX_RECORD)
+        data = ctl.recv(RECV_SIZE)
     except OSError:
         data = b""
     if not data:
         os._exit(0)
-    record = json.loads(data)
-    if "configure" not in record:
-        raise RuntimeError(f"expected the loop environment first, got keys {sorted(record)}")
+    message = decode(data, (Configure,))
     os.environ.clear()
-    os.environ.update({str(k): str(v) for k, v in record["configure"].items()})
+    os.environ.update(message.env)
 
 
 def warm(extra: list[str]) -> int:
@@ -173,6 +148,11 @@ class Zygote:
         self._selector.register(ctl, selectors.EVENT_READ)
         self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._children: set[int] = set()
+        #: The handler table: one entry per message the supervisor may send (``TO_ZYGOTE``).
+        self.handlers: dict[type[ToZygote], Callable[..., None]] = {
+            Fork: self._on_fork,
+            Configure: self._on_late_configure,
+        }
 
     def serve(self) -> NoReturn:
         # A Python-level handler is needed for SIGCHLD to reach the wake-up fd (SIG_DFL ignores it).
@@ -192,7 +172,7 @@ class Zygote:
 
     def _read_request(self) -> None:
         try:
-            data, fds, _flags, _addr = socket.recv_fds(self.ctl, MAX_RECORD, 3)
+            data, fds, _flags, _addr = socket.recv_fds(self.ctl, RECV_SIZE, FORK_FDS)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -200,17 +180,22 @@ class Zygote:
         if not data:  # the supervisor is gone or closed us: so are our children (PDEATHSIG)
             os._exit(0)
         try:
-            request = json.loads(data)
-            if len(fds) != 3 or "fork" not in request:
-                raise ValueError(f"bad request: keys {sorted(request)}, {len(fds)} fds")
-        except ValueError as err:
-            for fd in fds:
-                os.close(fd)
-            _send(self.ctl, {"fork_failed": str(err), "id": -1})
+            message: ToZygote = decode(data, TO_ZYGOTE)
+        except ProtocolError as err:
+            _close(fds)
+            send(self.ctl, Rejected(reason=str(err)))
             return
-        self._fork(request, fds)
+        self.handlers[type(message)](message, fds)
 
-    def _fork(self, request: dict[str, Any], fds: list[int]) -> None:
+    def _on_late_configure(self, message: Configure, fds: list[int]) -> None:
+        _close(fds)
+        send(self.ctl, Rejected(reason="configure after start-up: the environment is fixed once Airflow is imported"))
+
+    def _on_fork(self, request: Fork, fds: list[int]) -> None:
+        if len(fds) != FORK_FDS:
+            _close(fds)
+            send(self.ctl, ForkFailed(id=request.id, reason=f"fork request with {len(fds)} fds, not {FORK_FDS}"))
+            return
         for stream in (sys.stdout, sys.stderr):  # or the child would print our buffer again
             try:
                 stream.flush()
@@ -220,14 +205,13 @@ class Zygote:
             pid = os.fork()
         except OSError as err:
             pid = -1
-            _send(self.ctl, {"fork_failed": f"fork: {err}", "id": request["id"]})
+            send(self.ctl, ForkFailed(id=request.id, reason=f"fork: {err}"))
         if pid == 0:
             self._child(request, fds)  # never returns
-        for fd in fds:
-            os.close(fd)
+        _close(fds)
         if pid > 0:
             self._children.add(pid)
-            _send(self.ctl, {"forked": pid, "id": request["id"]})
+            send(self.ctl, Forked(id=request.id, pid=pid))
 
     def _reap(self) -> None:
         while self._children:
@@ -238,9 +222,9 @@ class Zygote:
             if pid == 0:
                 return
             self._children.discard(pid)
-            _send(self.ctl, {"exited": pid, "returncode": os.waitstatus_to_exitcode(status)})
+            send(self.ctl, Exited(pid=pid, returncode=os.waitstatus_to_exitcode(status)))
 
-    def _child(self, request: dict[str, Any], fds: list[int]) -> NoReturn:
+    def _child(self, request: Fork, fds: list[int]) -> NoReturn:
         """Become a loop process; see the module docstring. Never returns into the zygote."""
         code = 1
         try:
@@ -261,16 +245,15 @@ class Zygote:
             os.dup2(output_fd, 2)
             os.closerange(3, log_fd)  # fds the zygote inherited; Python objects own none (checked)
             os.closerange(log_fd + 1, os.sysconf("SC_OPEN_MAX"))
-            env = {str(k): str(v) for k, v in request["env"].items()}
-            env[_ENV_LOG_FD] = str(log_fd)
             os.environ.clear()
-            os.environ.update(env)
-            os.chdir(request["cwd"])
+            os.environ.update(request.env)
+            os.environ[_ENV_LOG_FD] = str(log_fd)
+            os.chdir(request.cwd)
             random.seed()
             from multitrigger.loop import __main__ as loop_main
 
             sys.argv = [loop_main.__file__ or "multitrigger.loop"]
-            _set_title(f"multitrigger loop {request['fork']} (forked)")
+            _set_title(f"multitrigger loop {request.name} (forked)")
             loop_main.main()  # ends in os._exit
             code = 0
         except SystemExit as exc:
@@ -282,6 +265,11 @@ class Zygote:
             except BaseException:  # noqa: BLE001
                 pass
         os._exit(code)
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 def _set_title(title: str) -> None:
@@ -310,7 +298,7 @@ def main() -> NoReturn:
         if threads != 1:
             raise RuntimeError(f"zygote has {threads} threads after imports; fork would be unsafe")
     except BaseException as err:  # noqa: BLE001
-        _send(ctl, {"failed": "".join(traceback.format_exception_only(type(err), err)).strip()})
+        send(ctl, Failed(reason="".join(traceback.format_exception_only(type(err), err)).strip()))
         traceback.print_exc()
         os._exit(1)
     _set_title(f"multitrigger zygote {sys.executable}")
@@ -318,8 +306,8 @@ def main() -> NoReturn:
     PRELOADED = frozenset(sys.modules)
     gc.collect()
     gc.freeze()
-    _send(ctl, {"ready": os.getpid(), "python": sys.executable, "modules": modules,
-                "warmup_s": round(time.monotonic() - started, 3), **timings})
+    send(ctl, Ready(pid=os.getpid(), python=sys.executable, modules=modules,
+                    warmup_s=round(time.monotonic() - started, 3), **timings))
     Zygote(ctl).serve()
 
 

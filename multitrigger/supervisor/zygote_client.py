@@ -7,6 +7,9 @@ zygote's imported Airflow instead of owning a copy. Nothing here blocks the supe
 ``start`` returns at once (the zygote reports ``ready`` through the selector after its imports),
 and ``fork`` waits only for the zygote's reply (milliseconds; bounded by ``timeout``).
 
+Messages are ``multitrigger.zygote_protocol``'s (the wire spec); what the zygote sends is
+dispatched through a handler table keyed by message type.
+
 The supervisor's one selector serves the zygote like a loop: ``register`` stores the same
 ``(owner, sock, reader)`` key data as ``LoopProcess.register`` and the owner has the same
 ``service``/``flush`` methods, so ``Supervisor._service`` needs no special case.
@@ -19,7 +22,7 @@ client can see when each child is really gone and reports it as ``ZYGOTE_DIED``.
 
 from __future__ import annotations
 
-import json
+import errno
 import os
 import select
 import selectors
@@ -27,16 +30,21 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import structlog
 
 from multitrigger.interpreter_probe import bootstrap_code
-from multitrigger.loop.zygote import ENV_PRELOAD, ENV_STAGED, MAX_RECORD
 from multitrigger.pdeathsig import die_with_parent
+from multitrigger.zygote_protocol import (
+    ENV_PRELOAD, ENV_STAGED, RECV_SIZE, TO_SUPERVISOR, Configure, Exited, Failed, Fork, ForkFailed, Forked,
+    ProtocolError, Ready, Rejected, ToSupervisor, ToZygote, send,
+)
+from multitrigger.zygote_protocol import socketpair as control_socketpair
+from multitrigger.zygote_protocol import decode as decode_message
 
 log = structlog.get_logger(__name__)
 
@@ -67,10 +75,12 @@ class Zygote:
     started_at: float = field(default_factory=time.monotonic)
     ready_at: float | None = None
     error: str | None = None
-    info: dict[str, Any] = field(default_factory=dict)
+    info: Ready | None = None  # what the zygote reported when it became ready
     _children: dict[int, _Child] = field(default_factory=dict)
-    _replies: dict[int, dict[str, Any]] = field(default_factory=dict)
+    _replies: dict[int, Forked | ForkFailed | Rejected] = field(default_factory=dict)
     _next_id: int = 1
+    _pending: int | None = None  # the fork request waiting for its reply (one at a time)
+    last_rejection: str | None = None  # why the zygote last refused a request (a bug on one side)
     _eof: bool = False
     #: A staged zygote (``start(staged=True)``) waits for ``configure`` before it imports Airflow.
     awaiting_env: bool = False
@@ -85,7 +95,7 @@ class Zygote:
         ``staged``: ``env`` is only an early one (``launch.early_loop_env``); the zygote imports
         what needs no Airflow configuration, then waits for ``configure`` with the real one.
         """
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours, theirs = control_socketpair()
         child_env = dict(env)
         if preload:
             child_env[ENV_PRELOAD] = ",".join(preload)
@@ -113,7 +123,7 @@ class Zygote:
         """Give a staged zygote its loop environment: it imports Airflow under it, then is ready."""
         if not self.awaiting_env:
             raise ZygoteError(f"zygote for {self.python} is not waiting for an environment")
-        self._send_record({"configure": dict(env)}, [], time.monotonic() + timeout)
+        self._send(Configure(env=dict(env)), [], time.monotonic() + timeout)
         self.awaiting_env = False
 
     # -- state ---------------------------------------------------------------------------------
@@ -165,7 +175,7 @@ class Zygote:
     def _read_available(self) -> None:
         while not self._eof:
             try:
-                data = self.sock.recv(MAX_RECORD)
+                data = self.sock.recv(RECV_SIZE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -173,22 +183,42 @@ class Zygote:
             if not data:
                 self._on_death()
                 return
-            self._on_record(json.loads(data))
+            try:
+                message: ToSupervisor = decode_message(data, TO_SUPERVISOR)
+            except ProtocolError as err:  # a zygote that talks nonsense cannot be trusted to fork
+                self.error = f"malformed record from zygote: {err}"
+                self._on_death()
+                self.popen.kill()
+                return
+            self._HANDLERS[type(message)](self, message)
 
-    def _on_record(self, record: dict[str, Any]) -> None:
-        if "exited" in record:
-            child = self._children.setdefault(int(record["exited"]), _Child(pidfd=None))
-            child.returncode = int(record["returncode"])
-        elif "forked" in record or "fork_failed" in record:
-            self._replies[int(record["id"])] = record
-        elif "ready" in record:
-            self.ready_at, self.info = time.monotonic(), record
-            log.info("zygote ready", python=str(self.python), pid=self.pid, warmup_s=record.get("warmup_s"),
-                     modules=record.get("modules"), prewarm_s=record.get("prewarm_s"),
-                     configured_after_s=record.get("configured_after_s"))
-        elif "failed" in record:
-            self.error = str(record["failed"])
-            log.error("zygote failed to start", python=str(self.python), pid=self.pid, error=self.error)
+    def _on_ready(self, message: Ready) -> None:
+        self.ready_at, self.info = time.monotonic(), message
+        log.info("zygote ready", python=str(self.python), pid=self.pid, warmup_s=message.warmup_s,
+                 modules=message.modules, prewarm_s=message.prewarm_s, configured_after_s=message.configured_after_s)
+
+    def _on_failed(self, message: Failed) -> None:
+        self.error = message.reason
+        log.error("zygote failed to start", python=str(self.python), pid=self.pid, error=self.error)
+
+    def _on_reply(self, message: Forked | ForkFailed) -> None:
+        self._replies[message.id] = message
+
+    def _on_rejected(self, message: Rejected) -> None:
+        """The zygote could not take our last request: a bug on one side. It answers that request."""
+        log.error("zygote rejected a request", python=str(self.python), pid=self.pid, reason=message.reason)
+        self.last_rejection = message.reason
+        if self._pending is not None:
+            self._replies[self._pending] = message
+
+    def _on_exited(self, message: Exited) -> None:
+        self._children.setdefault(message.pid, _Child(pidfd=None)).returncode = message.returncode
+
+    #: The handler table: one entry per message a zygote may send (``TO_SUPERVISOR``).
+    _HANDLERS: ClassVar[dict[type[ToSupervisor], Callable[..., None]]] = {
+        Ready: _on_ready, Failed: _on_failed, Forked: _on_reply, ForkFailed: _on_reply,
+        Rejected: _on_rejected, Exited: _on_exited,
+    }
 
     def _on_death(self, expected: bool = False) -> None:
         """The zygote is gone; PDEATHSIG kills its children. Make sure, through the pidfds."""
@@ -220,15 +250,19 @@ class Zygote:
         request_id, self._next_id = self._next_id, self._next_id + 1
         fds = [requests_sock.fileno(), output_sock.fileno(), log_sock.fileno()]
         deadline = time.monotonic() + timeout
-        self._send_record({"fork": name, "id": request_id, "env": dict(env), "cwd": str(cwd)}, fds, deadline)
-        while (reply := self._replies.pop(request_id, None)) is None:
-            self._wait(select.POLLIN, deadline)
-            self._read_available()
-            if self._eof:
-                raise ZygoteError(f"zygote for {self.python} died during a fork")
-        if "forked" not in reply:
-            raise ZygoteError(f"zygote for {self.python} could not fork: {reply.get('fork_failed')}")
-        pid = int(reply["forked"])
+        self._pending = request_id
+        try:
+            self._send(Fork(id=request_id, name=name, env=dict(env), cwd=str(cwd)), fds, deadline)
+            while (reply := self._replies.pop(request_id, None)) is None:
+                self._wait(select.POLLIN, deadline)
+                self._read_available()
+                if self._eof:
+                    raise ZygoteError(f"zygote for {self.python} died during a fork")
+        finally:
+            self._pending = None
+        if not isinstance(reply, Forked):
+            raise ZygoteError(f"zygote for {self.python} could not fork: {reply.reason}")
+        pid = reply.pid
         child = self._children.setdefault(pid, _Child(pidfd=None))
         if child.returncode is None:
             try:
@@ -239,18 +273,18 @@ class Zygote:
                 pass
         return pid
 
-    def _send_record(self, record: dict[str, Any], fds: list[int], deadline: float) -> None:
-        data = json.dumps(record).encode()
+    def _send(self, message: ToZygote, fds: list[int], deadline: float) -> None:
         while True:
             try:
-                if fds:
-                    socket.send_fds(self.sock, [data], fds)
-                else:
-                    self.sock.send(data)
+                send(self.sock, message, fds)
                 return
+            except ProtocolError as err:  # e.g. an environment over MAX_RECORD: exec instead
+                raise ZygoteError(f"cannot send {message.TYPE} to the zygote for {self.python}: {err}") from err
             except (BlockingIOError, InterruptedError):
                 self._wait(select.POLLOUT, deadline)
             except OSError as err:
+                if err.errno == errno.EMSGSIZE:  # the kernel allowed less than MAX_RECORD: exec instead
+                    raise ZygoteError(f"{message.TYPE} record too big for the zygote socket: {err}") from err
                 self._on_death()
                 raise ZygoteError(f"zygote for {self.python} is gone: {err}") from err
 
