@@ -77,7 +77,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     print(f"{source}: OK")
     for loop in config.loops.values():
         bundles = ", ".join(sorted(loop.bundles)) or "(every bundle not listed elsewhere)"
-        print(f"  loop {loop.name}: {loop.isolation}, python {loop.python}, bundles {bundles}")
+        print(f"  loop {loop.name}: {loop.level}, python {loop.python}, bundles {bundles}")
     return 0
 
 

@@ -7,9 +7,11 @@ import json
 import subprocess
 import sys
 import textwrap
+from dataclasses import FrozenInstanceError
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 import multitrigger
 from multitrigger.config import (
@@ -17,6 +19,7 @@ from multitrigger.config import (
     Config,
     ConfigError,
     RestartSettings,
+    SupervisorSettings,
     load_config,
 )
 from multitrigger.interpreter_probe import (
@@ -76,8 +79,9 @@ def test_default_config_without_file(tmp_path: Path) -> None:
         assert list(config.loops) == [DEFAULT_LOOP]
         loop = config.loops[DEFAULT_LOOP]
         assert loop.python == Path(sys.executable) and loop.venv is None
-        assert loop.isolation == "process" and loop.allowed_triggers is None
+        assert loop.level == "process" and loop.allowed_triggers is None
         assert loop.restart == RestartSettings()
+        assert config.supervisor == SupervisorSettings()
         assert config.loop_for_bundle("anything") == config.loop_for_bundle(None) == DEFAULT_LOOP
 
 
@@ -112,16 +116,23 @@ def test_full_config(tmp_path: Path, bundle_venv: Path) -> None:
     a = config.loops["team_a"]
     assert a.bundles == frozenset({"team_a", "team_a_extra"})
     assert a.venv == bundle_venv and a.python == bundle_venv / "bin" / "python"
-    assert a.isolation == "venv"
+    assert a.level == "venv"
     assert a.restart == RestartSettings(backoff_initial=1.0, poison_threshold=5)
     assert isinstance(a.restart.backoff_initial, float)
+    # python = the supervisor's own interpreter: nothing differs but the process
     assert config.loops["team-b.v2"].python == Path(sys.executable)
-    assert config.loops["team-b.v2"].isolation == "venv"
+    assert config.loops["team-b.v2"].level == "process"
     assert config.loop_for_bundle("team_a_extra") == "team_a"
     assert config.loop_for_bundle("team_b") == "team-b.v2"
     assert config.loop_for_bundle("other") == "default"
     with pytest.raises(TypeError):
         config.loops["x"] = a  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        a.level = "process"  # type: ignore[misc]
+    with pytest.raises(ValidationError):
+        config.supervisor.db_timeout = 1.0  # type: ignore[misc]
+    with pytest.raises(FrozenInstanceError):
+        a.restart.jitter = 0.5  # type: ignore[misc]
 
 
 def test_allows(tmp_path: Path) -> None:
@@ -168,7 +179,7 @@ def test_unknown_keys_name_key_and_allowed_ones(tmp_path: Path) -> None:
         """)
     lines = problems(path)
     assert_problem(lines, path, "colour", "unknown key", "use one of: loops")
-    assert_problem(lines, path, "loops.a.venvv", "unknown key", "bundles, venv, python, isolation")
+    assert_problem(lines, path, "loops.a.venvv", "unknown key", "bundles, venv, python, allowed_triggers")
     assert_problem(lines, path, "loops.a.restart.backof_max", "unknown key", "backoff_max")
     assert len(lines) == 3  # every problem at once, one per line
 
@@ -186,9 +197,6 @@ def test_bundle_in_two_loops_names_both(tmp_path: Path) -> None:
     ('[loops.default]\nbundles = ["a"]\n', "loops.default.bundles", "takes no bundle list"),
     ('loops = 3\n', "loops", "must be a table"),
     ('[loops]\na = 1\n', "loops.a", "must be a table"),
-    ('[loops.a]\nbundles = ["a"]\nisolation = 2\n', "loops.a.isolation", "must be a string"),
-    ('[loops.a]\nbundles = ["a"]\nisolation = "venv"\n', "loops.a.isolation", "needs an interpreter"),
-    ('[loops.a]\nbundles = ["a"]\nisolation = "thread"\n', "loops.a.isolation", "unknown isolation"),
     ('[loops.a]\nbundles = ["a"]\nvenv = 5\n', "loops.a.venv", "non-empty string"),
     ('[loops.a]\nbundles = ["a"]\nallowed_triggers = []\n', "loops.a.allowed_triggers", "is empty"),
     ('[loops.a]\nbundles = ["a"]\nallowed_triggers = ["a b"]\n', "loops.a.allowed_triggers[0]",
@@ -244,25 +252,124 @@ def test_venv_and_python_together(tmp_path: Path, bundle_venv: Path) -> None:
     assert_problem(problems(path), path, "loops.a.python", "both set", "keep one")
 
 
-@pytest.mark.parametrize("value", ["cgroup", "dedicated"])
-def test_reserved_isolation_is_not_supported_yet(tmp_path: Path, value: str) -> None:
-    path = write(tmp_path, f'[loops.a]\nbundles = ["a"]\nisolation = "{value}"\n')
-    assert_problem(problems(path), path, "loops.a.isolation", "not supported yet in this version",
-                   'use isolation = "venv"', '"process"')
-
-
-def test_shared_isolation(tmp_path: Path) -> None:
-    path = write(tmp_path, '[loops.a]\nbundles = ["a"]\nisolation = "shared"\n'
-                           '[loops.default]\nisolation = "shared"\n')
+@pytest.mark.parametrize("value", ['"venv"', '"process"', '"cgroup"', '"dedicated"', '"shared"', "2"])
+def test_isolation_is_rejected_with_what_decides_the_level(tmp_path: Path, value: str) -> None:
+    path = write(tmp_path, f'[loops.a]\nbundles = ["a"]\nisolation = {value}\n[loops.default]\nisolation = {value}\n')
     lines = problems(path)
-    assert_problem(lines, path, "loops.a.isolation", "omit the loop", "run in the default loop")
-    assert_problem(lines, path, "loops.default.isolation", "omit isolation")
+    for key in ("loops.a.isolation", "loops.default.isolation"):
+        assert_problem(lines, path, key, "no longer a setting", "remove it",
+                       'venv/python set runs that interpreter ("venv")', 'supervisor\'s ("process")')
+    assert len(lines) == 2
 
 
-def test_process_isolation_with_venv(tmp_path: Path, bundle_venv: Path) -> None:
-    path = write(tmp_path, f'[loops.a]\nbundles = ["a"]\nvenv = "{bundle_venv}"\n'
-                           'isolation = "process"\n')
-    assert_problem(problems(path), path, "loops.a.isolation", "remove isolation")
+def test_level_follows_the_interpreter(tmp_path: Path, bundle_venv: Path) -> None:
+    path = write(tmp_path, f'[loops.default]\nvenv = "{bundle_venv}"\n[loops.b]\nbundles = ["b"]\n')
+    config = load_config(path)
+    assert config.loops["default"].level == "venv" and config.loops["b"].level == "process"
+
+
+def test_relative_python_is_relative_to_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python").symlink_to(sys.executable)
+    path = write(tmp_path / "etc", '[loops.a]\nbundles = ["a"]\npython = "../bin/python"\n')
+    loop = load_config(path).loops["a"]
+    assert loop.python == tmp_path / "bin" / "python" and loop.level == "venv"
+
+
+@pytest.mark.parametrize("text, key, fragment", [
+    ('[loops.a]\nbundles = ["a"]\n[loops.a.restart]\nbackoff_initial = "1"\n',
+     "loops.a.restart.backoff_initial", "must be a number, not string"),
+    ('[loops.a]\nbundles = ["a"]\n[loops.a.restart]\npoison_threshold = 2.0\n',
+     "loops.a.restart.poison_threshold", "must be an integer, not float"),
+    ('[loops.a]\nbundles = ["a"]\n[loops.a.restart]\nstable_after = true\n',
+     "loops.a.restart.stable_after", "must be a number, not boolean"),
+    ('[loops.a]\nbundles = ["a", 2]\n', "loops.a.bundles[1]", "must be a string, not integer"),
+    ('[loops.a]\nbundles = [""]\n', "loops.a.bundles[0]", "must not be empty"),
+    ('[loops.a]\nbundles = ["a"]\nstart_method = 1\n', "loops.a.start_method", "unknown start method 1"),
+    ('[supervisor]\ndb_retry_limit = "120"\n', "supervisor.db_retry_limit", "must be a number, not string"),
+    ('[supervisor]\nmax_log_line_bytes = true\n', "supervisor.max_log_line_bytes", "an integer, not boolean"),
+])
+def test_types_are_strict(tmp_path: Path, text: str, key: str, fragment: str) -> None:
+    path = write(tmp_path, text)
+    assert_problem(problems(path), path, key, fragment)
+
+
+def test_supervisor_settings_defaults_and_values(tmp_path: Path) -> None:
+    assert SupervisorSettings() == load_config(write(tmp_path, "")).supervisor
+    defaults = SupervisorSettings()
+    assert (defaults.db_retry_limit, defaults.db_timeout, defaults.request_timeout) == (120.0, 10.0, 30.0)
+    assert (defaults.max_log_line_bytes, defaults.log_bytes_per_second, defaults.log_buffer_bytes) == (
+        1024 * 1024, 8 * 1024 * 1024, 16 * 1024 * 1024)
+    path = write(tmp_path, """
+        [supervisor]
+        db_retry_limit = 5
+        db_timeout = 2.5
+        request_timeout = 7
+        max_log_line_bytes = 4096
+        log_bytes_per_second = 1024
+        log_buffer_bytes = 4096
+        """)
+    s = load_config(path).supervisor
+    assert (s.db_retry_limit, s.db_timeout, s.request_timeout) == (5.0, 2.5, 7.0)
+    assert all(isinstance(v, float) for v in (s.db_retry_limit, s.db_timeout, s.request_timeout))
+    assert (s.max_log_line_bytes, s.log_bytes_per_second, s.log_buffer_bytes) == (4096, 1024, 4096)
+
+
+@pytest.mark.parametrize("text, key, fragments", [
+    ("db_retry_limit = 0", "supervisor.db_retry_limit", ("must be > 0", "default 120.0")),
+    ("db_timeout = -1", "supervisor.db_timeout", ("must be > 0", "default 10.0")),
+    ("request_timeout = 0.0", "supervisor.request_timeout", ("must be > 0", "default 30.0")),
+    ("max_log_line_bytes = 1023", "supervisor.max_log_line_bytes", (">= 1024", "default 1048576")),
+    ("log_bytes_per_second = 100", "supervisor.log_bytes_per_second", (">= 1024",)),
+    ("log_bytes_per_second = 1e7", "supervisor.log_bytes_per_second", ("an integer, not float",)),
+    ("log_buffer_bytes = 2048", "supervisor.log_buffer_bytes", (">= max_log_line_bytes (1048576)",)),
+    ("max_log_line_bytes = 8192\nlog_buffer_bytes = 4096", "supervisor.log_buffer_bytes",
+     (">= max_log_line_bytes (8192)", "lower max_log_line_bytes")),
+    ("db_retry = 5", "supervisor.db_retry", ("unknown key", "db_retry_limit, db_timeout, request_timeout")),
+])
+def test_invalid_supervisor_settings(tmp_path: Path, text: str, key: str, fragments: tuple[str, ...]) -> None:
+    path = write(tmp_path, f"[supervisor]\n{text}\n")
+    lines = problems(path)
+    assert_problem(lines, path, key, *fragments)
+    assert len(lines) == 1
+
+
+def test_every_problem_at_once_including_rules_across_keys(tmp_path: Path) -> None:
+    """A loop that fails the schema still gets the cross-key rules checked in the same run."""
+    path = write(tmp_path, f"""
+        [supervisor]
+        db_timeout = "10"
+        [loops.a]
+        bundles = ["x"]
+        [loops.b]
+        bundles = ["x"]
+        venv = "no/such/venv"
+        python = "{sys.executable}"
+        colour = "red"
+        [loops.b.restart]
+        backoff_initial = 50
+        [loops.c]
+        python = "./missing-python"
+        """)
+    lines = problems(path)
+    assert_problem(lines, path, "supervisor.db_timeout", "must be a number")
+    assert_problem(lines, path, "loops.b.bundles", "'x' is in both loops 'a' and 'b'")
+    assert_problem(lines, path, "loops.b.venv", f"{tmp_path}/no/such/venv does not exist")
+    assert_problem(lines, path, "loops.b.python", "both set")
+    assert_problem(lines, path, "loops.b.colour", "unknown key")
+    assert_problem(lines, path, "loops.b.restart.backoff_max", ">= backoff_initial (50.0), got 30.0")
+    assert_problem(lines, path, "loops.c.python", f"interpreter {tmp_path}/missing-python does not exist")
+    assert_problem(lines, path, "loops.c.bundles", "missing")
+    assert len(lines) == 8
+
+
+def test_settings_objects_validate_in_code_too() -> None:
+    with pytest.raises(ValidationError):
+        RestartSettings(jitter=2.0)
+    with pytest.raises(ValidationError):
+        SupervisorSettings(db_timeout="1")  # type: ignore[arg-type]
+    assert RestartSettings(backoff_initial=1) == RestartSettings(backoff_initial=1.0)
 
 
 # --- the real interpreter handshake ----------------------------------------------------------

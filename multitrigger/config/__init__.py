@@ -1,0 +1,179 @@
+"""The multitrigger configuration: one typed, immutable object, validated once.
+
+Everything downstream (supervisor, loops, CLI) trusts a :class:`Config`, so all checking happens
+here, at load time, and every problem is reported in one go: an operator fixing a file should not
+have to rerun once per mistake. Each problem line reads ``<file>: <key>: <problem> — <fix>``.
+
+Three roles: this module (the objects everyone reads, loading, the interpreter handshake),
+``schema`` (what each key may hold and the rules across keys, in pydantic v2) and ``problems``
+(pydantic's errors as problem lines with a fix).
+
+Format (``$AIRFLOW_HOME/multitrigger.toml``; every table optional)::
+
+    [loops.team_a]                  # [loops.default] takes every unlisted bundle
+    bundles = ["team_a"]            # required for non-default loops
+    venv = "/opt/venvs/team_a"      # or python = "..."; relative to this file
+    allowed_triggers = ["pkg.triggers.*"]
+    start_method = "fork"           # or "exec": a fresh interpreter per (re)start
+    [loops.team_a.restart]          # backoff_*, jitter, stable_after, poison_threshold
+    [supervisor]                    # db_retry_limit, db_timeout, request_timeout, log limits
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import tomllib
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from multitrigger import interpreter_probe
+from multitrigger.config.problems import ConfigError, Problem, problems_from
+from multitrigger.config.schema import (DEFAULT_LOOP, REMOVED_KEYS, FileTable, LoopTable, RestartSettings,
+                                        SupervisorSettings, relations, schema_at)
+
+__all__ = [
+    "DEFAULT_LOOP", "Config", "ConfigError", "LoopConfig", "Problem", "RestartSettings",
+    "SupervisorSettings", "default_config", "load_config",
+]
+
+# --- the objects everything else reads ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """One event loop (one child process) and the bundles it runs."""
+
+    name: str
+    bundles: frozenset[str]
+    python: Path  # for a venv: <venv>/bin/python, deliberately not symlink-resolved
+    venv: Path | None
+    allowed_triggers: tuple[str, ...] | None  # None: every trigger is allowed
+    restart: RestartSettings = RestartSettings()
+    start_method: str = "fork"  # "fork": from its interpreter's warm zygote; "exec": fresh each start
+
+    @property
+    def level(self) -> Literal["process", "venv"]:
+        """``venv`` when the loop runs an interpreter other than the supervisor's, else
+        ``process`` (own process, the supervisor's interpreter and packages)."""
+        return "venv" if self.python != Path(sys.executable) else "process"
+
+    def allows(self, classpath: str) -> bool:
+        """Whether *classpath* matches the allow-list (exact, or ``prefix.*``)."""
+        if self.allowed_triggers is None:
+            return True
+        return any(
+            classpath.startswith(p[:-1]) if p.endswith(".*") else classpath == p
+            for p in self.allowed_triggers
+        )
+
+
+@dataclass(frozen=True)
+class Config:
+    """All loops; ``loops`` always has ``"default"``, which takes unlisted bundles."""
+
+    source: Path | None
+    loops: Mapping[str, LoopConfig]
+    supervisor: SupervisorSettings = SupervisorSettings()
+    _by_bundle: Mapping[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if DEFAULT_LOOP not in self.loops:
+            raise ValueError(f"Config.loops must contain {DEFAULT_LOOP!r}")
+        object.__setattr__(self, "loops", MappingProxyType(dict(self.loops)))
+        index = {b: name for name, loop in self.loops.items() for b in loop.bundles}
+        object.__setattr__(self, "_by_bundle", MappingProxyType(index))
+
+    def loop_for_bundle(self, bundle: str | None) -> str:
+        """The loop that runs *bundle*; unknown or None bundles go to "default"."""
+        return self._by_bundle.get(bundle, DEFAULT_LOOP) if bundle is not None else DEFAULT_LOOP
+
+
+def _default_loop() -> LoopConfig:
+    return LoopConfig(DEFAULT_LOOP, frozenset(), Path(sys.executable), None, None)
+
+
+def default_config() -> Config:
+    """One default loop running every bundle in the supervisor's interpreter."""
+    return Config(source=None, loops={DEFAULT_LOOP: _default_loop()})
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+def load_config(path: Path | None, *, must_exist: bool = False, probe: bool = False) -> Config:
+    """Load and validate *path*; with ``probe=True`` also handshake every interpreter."""
+    if path is None:
+        config = default_config()
+    else:
+        path = Path(path).expanduser().absolute()
+        if not path.exists():
+            if must_exist:
+                raise ConfigError(path, [Problem("(file)", "file not found",
+                                                 "create it, or pass the path of an existing file")])
+            config = default_config()
+        else:
+            config = _parse(path, _read_toml(path))
+    if probe:
+        _probe_all(config)
+    return config
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
+        key = f"line {m[1]}, column {m[2]}" if m else "(syntax)"
+        msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc)) or str(exc)
+        raise ConfigError(path, [Problem(key, f"invalid TOML: {msg}",
+                                         f"fix the syntax at {key} (see https://toml.io)")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, [Problem("(file)", f"cannot read: {exc}",
+                                         "make it a readable UTF-8 file")]) from None
+
+
+def _parse(source: Path, data: dict[str, Any]) -> Config:
+    problems: list[Problem] = []
+    try:
+        table = FileTable.model_validate(data, context={"base": source.parent})
+    except ValidationError as exc:
+        problems = problems_from(exc, schema_at, REMOVED_KEYS)
+    problems += relations(data)
+    if problems:
+        raise ConfigError(source, problems)
+    loops = {DEFAULT_LOOP: _default_loop()} | {name: _loop(name, t) for name, t in table.loops.items()}
+    return Config(source, loops, table.supervisor)
+
+
+def _loop(name: str, table: LoopTable) -> LoopConfig:
+    python = table.venv / "bin" / "python" if table.venv else table.python or Path(sys.executable)
+    allowed = tuple(table.allowed_triggers) if table.allowed_triggers is not None else None
+    return LoopConfig(name, frozenset(table.bundles or ()), python, table.venv, allowed,
+                      table.restart, table.start_method)
+
+
+def _probe_all(config: Config) -> None:
+    """Handshake every loop's interpreter in parallel (~4 s each: imports airflow.sdk)."""
+    loops = list(config.loops.values())
+    with ThreadPoolExecutor(max_workers=min(8, len(loops))) as pool:
+        results = list(pool.map(lambda lp: interpreter_probe.probe(lp.python, timeout=120), loops))
+    problems = [
+        Problem(_interpreter_key(loop), problem, fix)
+        for loop, result in zip(loops, results)
+        for problem, fix in interpreter_probe.incompatibilities(result)
+    ]
+    if problems:
+        raise ConfigError(config.source, problems)
+
+
+def _interpreter_key(loop: LoopConfig) -> str:
+    if loop.venv is not None:
+        return f"loops.{loop.name}.venv"
+    return f"loops.{loop.name}" + (".python" if loop.level == "venv" else "")
