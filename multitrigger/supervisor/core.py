@@ -16,7 +16,6 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -29,6 +28,7 @@ from multitrigger.supervisor.launch import loop_env
 from multitrigger.supervisor.slot import LoopSlot, SlotSinks
 from multitrigger.supervisor import prestart
 from multitrigger.supervisor.zygote_client import Zygote, ZygoteError
+from multitrigger.supervisor.settings import RunSettings
 from multitrigger.supervisor.store import DatabaseUnavailable, TriggerStore, raise_if_unreachable
 
 log = structlog.get_logger(__name__)
@@ -39,17 +39,6 @@ BACKLOG_CLAIM_DELAY = 0.05
 ZYGOTE_STARTUP_WAIT = 30.0
 #: A zygote that died after it was ready is replaced after this delay (loops exec meanwhile).
 ZYGOTE_RESTART_DELAY = 10.0
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """Supervisor settings resolved once from the CLI and ``[triggerer]`` config."""
-
-    state_dir: Path
-    runner_health_check_threshold: float = 30.0
-    claim_interval: float = 1.0
-    shutdown_grace: float = 10.0
-    db_retry_limit: float = 120.0
 
 
 class Supervisor:

@@ -18,8 +18,8 @@ from airflow.jobs.base_job_runner import BaseJobRunner
 from airflow.jobs.job import Job
 from airflow.observability.metrics import stats_utils
 from multitrigger.config import Config
-from multitrigger.paths import state_dir
-from multitrigger.supervisor.core import RunSettings, Supervisor
+from multitrigger.supervisor.core import Supervisor
+from multitrigger.supervisor.settings import resolve_run_settings
 from multitrigger.supervisor.store import Claim, TriggerStore
 
 log = structlog.get_logger(__name__)
@@ -46,15 +46,11 @@ class MultiTriggerJobRunner(BaseJobRunner):
             factory=stats_utils.get_stats_factory(),
             export_legacy_names=conf.getboolean("metrics", "legacy_names_on"),
         )
+        settings = resolve_run_settings(self.config)
         claim = Claim(
             capacity=self.capacity,
             queues=self.queues,
             team_name=self.team_name,
-            health_check_threshold=conf.getfloat("triggerer", "triggerer_health_check_threshold"),
-        )
-        settings = RunSettings(
-            state_dir=state_dir(),
-            runner_health_check_threshold=conf.getfloat("triggerer", "runner_health_check_threshold"),
-            db_retry_limit=self.config.supervisor.db_retry_limit,
+            health_check_threshold=settings.triggerer_health_check_threshold,
         )
         return Supervisor(self.config, settings, TriggerStore(self.job, claim)).run()
