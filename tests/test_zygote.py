@@ -182,8 +182,8 @@ def start_forked(slot: LoopSlot, zygote: Zygote, sel: selectors.BaseSelector) ->
     assert proc.forked
     proc.register(sel, LoopCallbacks(
         on_frame=lambda frame: slot._on_frame(sel, frame),
-        on_output=lambda line: slot.sinks.on_output(slot.name, proc.pid, line),
-        on_log_line=slot.sinks.on_log_line,
+        on_output=lambda pieces: None,
+        on_log_lines=lambda pieces: None,
         on_broken=slot.kill,
     ))
     slot.policy.started()
@@ -309,7 +309,7 @@ def test_fork_to_ready_time(zygote: Zygote, tmp_path: Path) -> None:
         t0 = time.monotonic()
         proc = start()
         proc.register(sel, LoopCallbacks(on_frame=lambda f: first.append(time.monotonic()),
-                                         on_output=print, on_log_line=lambda b: None, on_broken=print))
+                                         on_output=print, on_log_lines=lambda b: None, on_broken=print))
         proc.respond(sel, 0, messages.StartTriggerer().model_dump())
         deadline = time.monotonic() + 60
         while not first:

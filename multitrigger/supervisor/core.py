@@ -20,11 +20,13 @@ from pathlib import Path
 
 import structlog
 
-from airflow.jobs.triggerer_job_runner import TriggerEventEntry
+from airflow.jobs.triggerer_job_runner import TriggerEventEntry, TriggerLoggingFactory
 from multitrigger.config import DEFAULT_LOOP, Config, LoopConfig
 from multitrigger.restart import RestartPolicy
 from multitrigger.interpreter_probe import loop_bootstrap_args
 from multitrigger.supervisor.launch import loop_env
+from multitrigger.supervisor.loop_process import read_order
+from multitrigger.supervisor.output import OutputLimits
 from multitrigger.supervisor.slot import LoopSlot, SlotSinks
 from multitrigger.supervisor import prestart
 from multitrigger.supervisor.zygote_client import Zygote, ZygoteError
@@ -39,6 +41,8 @@ BACKLOG_CLAIM_DELAY = 0.05
 ZYGOTE_STARTUP_WAIT = 30.0
 #: A zygote that died after it was ready is replaced after this delay (loops exec meanwhile).
 ZYGOTE_RESTART_DELAY = 10.0
+#: Each pass delivers loops' queued output lines for at most this long (then serves sockets again).
+OUTPUT_SLICE = 0.01
 
 
 class Supervisor:
@@ -63,6 +67,7 @@ class Supervisor:
         self._zygote_wait_until = 0.0
         self.slots = {name: self._make_slot(loop) for name, loop in config.loops.items()}
         self.routes: dict[int, str] = {}  # trigger id → loop name, decided once
+        self._output_turn = 0
 
     # -- set-up -------------------------------------------------------------------------------
 
@@ -86,6 +91,8 @@ class Supervisor:
             hang_threshold=self.settings.runner_health_check_threshold,
             blame_file=home / "blame",
             poison_threshold=r.poison_threshold,
+            limits=OutputLimits.of(self.settings),
+            clock=self.clock,
         )
 
     def _install_signals(self) -> None:
@@ -168,6 +175,7 @@ class Supervisor:
     def _next_wakeup(self) -> float:
         now = self.clock()
         deadlines = [self._next_tick] + [s.poll_deadline() for s in self.slots.values()]
+        deadlines += [s.relay.next_due() for s in self.slots.values()]
         for name, s in self.slots.items():
             if s.process is None and self._wanted(name, s):  # a zygote's "ready" wakes the selector itself
                 deadlines.append(self._zygote_wait_until if self._waiting_for_zygote(s, now) else s.start_at)
@@ -175,7 +183,9 @@ class Supervisor:
         return max(0.0, min(deadlines) - now)
 
     def _service(self, timeout: float) -> None:
-        for key, mask in self.selector.select(min(timeout, 1.0)):
+        # Requests and check-ins of every loop first; output and logs are read after them and
+        # delivered last, within each loop's budget (a flood of log lines delays no one's events).
+        for key, mask in sorted(self.selector.select(min(timeout, 1.0)), key=read_order):
             if key.data is None:  # the signal wake-up socket
                 _drain(key.fileobj)
                 continue
@@ -186,6 +196,16 @@ class Supervisor:
                 proc.service(self.selector, sock, reader)
         if (self._events or self._failures) and (self._db_down_since is None or self.clock() >= self._next_tick):
             self._with_db(self._persist_outcomes)
+        self._deliver_output()
+
+    def _deliver_output(self) -> None:
+        """Deliver queued output lines for at most ``OUTPUT_SLICE``, each pass starting with the
+        next loop, so no loop's lines always wait behind another's backlog."""
+        slots = list(self.slots.values())
+        self._output_turn = (self._output_turn + 1) % len(slots)
+        deadline = self.clock() + OUTPUT_SLICE
+        for slot in slots[self._output_turn:] + slots[: self._output_turn]:
+            slot.relay.pump(deadline)
 
     def _reconcile(self) -> None:
         now = self.clock()
@@ -276,13 +296,18 @@ class Supervisor:
 
     def _on_finished(self, loop: str, trigger_id: int) -> None:
         self.routes.pop(trigger_id, None)
-        if factory := self.store.logger_cache.pop(trigger_id, None):
-            try:
-                factory.upload_to_remote()
-            except Exception:
-                log.exception("failed to upload trigger logs", loop=loop, trigger_id=trigger_id)
-            finally:
-                factory.close()
+        if factory := self.store.logger_cache.get(trigger_id):  # closed after its queued lines
+            self.slots[loop].relay.after(lambda: self._close_trigger_log(loop, trigger_id, factory))
+
+    def _close_trigger_log(self, loop: str, trigger_id: int, factory: TriggerLoggingFactory) -> None:
+        if self.store.logger_cache.get(trigger_id) is factory:
+            del self.store.logger_cache[trigger_id]
+        try:
+            factory.upload_to_remote()
+        except Exception:
+            log.exception("failed to upload trigger logs", loop=loop, trigger_id=trigger_id)
+        finally:
+            factory.close()
 
     # -- shutdown -----------------------------------------------------------------------------
 
@@ -307,6 +332,8 @@ class Supervisor:
             self._service(0.05)
         for zygote in self.zygotes.values():
             zygote.close()
+        for slot in self.slots.values():
+            slot.relay.flush()
         try:
             self.store.release(self.routes)
         except Exception:

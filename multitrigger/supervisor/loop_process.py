@@ -13,7 +13,9 @@ that bundle's environment. It is started one of two ways, behind one ``ProcessHa
 Either way not even a SIGKILL of the supervisor leaves a loop behind.
 
 This class knows nothing about triggers: it turns bytes into frames and lines and hands them to
-callbacks; ``LoopSlot`` gives them meaning.
+callbacks; ``LoopSlot`` gives them meaning. What a loop writes costs the supervisor bounded memory:
+frames are capped (``protocol.MAX_FRAME_BYTES``), lines are cut (``output.LineCutter``), and
+responses the loop does not read stop its requests from being read (``OUTBOX_LIMIT``).
 """
 
 from __future__ import annotations
@@ -33,9 +35,19 @@ import structlog
 from airflow.sdk.execution_time.comms import _RequestFrame
 from multitrigger.pdeathsig import die_with_parent
 from multitrigger.protocol import ENV_LOG_FD, ENV_LOOP_NAME, FrameError, FrameReader, encode_response
+from multitrigger.supervisor.output import CutLine, LineCutter, OutputLimits
 from multitrigger.supervisor.zygote_client import ForkedProcess, Zygote, ZygoteError
 
 log = structlog.get_logger(__name__)
+
+#: Bytes read from one socket per service call.
+RECV_BYTES = 256 * 1024
+#: Responses queued for a loop beyond this stop its requests from being read until it reads
+#: them: a loop that writes requests but never reads cannot grow the supervisor's memory.
+OUTBOX_LIMIT = 8 * 1024 * 1024
+#: ``drain_logs`` reads at most this much: what was in flight before a report, not a live flood.
+DRAIN_LIMIT = 4 * 1024 * 1024
+
 
 class ProcessHandle(Protocol):
     """What ``LoopProcess`` needs of a process; ``subprocess.Popen`` and ``ForkedProcess`` have it."""
@@ -55,8 +67,8 @@ class LoopCallbacks:
     """Where a loop process delivers what it reads."""
 
     on_frame: Callable[[_RequestFrame], None]
-    on_output: Callable[[str], None]
-    on_log_line: Callable[[bytes], None]
+    on_output: Callable[[list[bytes | CutLine]], None]  # stdout/stderr lines (see LineCutter.feed)
+    on_log_lines: Callable[[list[bytes | CutLine]], None]  # JSON log lines
     on_broken: Callable[[str], None]
 
 
@@ -71,11 +83,10 @@ class LoopProcess:
     logs: socket.socket
     started_at: float = field(default_factory=time.monotonic)
     _frames: FrameReader = field(default_factory=FrameReader)
-    _out_buffer: bytearray = field(default_factory=bytearray)
-    _log_buffer: bytearray = field(default_factory=bytearray)
     _outbox: bytearray = field(default_factory=bytearray)
     _open: set[socket.socket] = field(default_factory=set)
     _log_reader: Callable[[bytes], None] = field(default=lambda _data: None)
+    _at_eof: dict[socket.socket, Callable[[], None]] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:
@@ -152,21 +163,24 @@ class LoopProcess:
         proc._open = {req, out, logs}
         return proc
 
-    def register(self, selector: selectors.BaseSelector, callbacks: LoopCallbacks) -> None:
+    def register(self, selector: selectors.BaseSelector, callbacks: LoopCallbacks, limits: OutputLimits = OutputLimits()) -> None:
         """Serve this loop's sockets from the supervisor's one selector."""
+        out_lines, log_lines = LineCutter(limits.max_log_line_bytes), LineCutter(limits.max_log_line_bytes)
         readers = {
             self.requests: lambda data: self._read_frames(data, callbacks),
-            self.output: lambda data: self._read_lines(data, self._out_buffer, callbacks.on_output),
-            self.logs: lambda data: self._read_log_lines(data, callbacks.on_log_line),
+            self.output: lambda data: callbacks.on_output(out_lines.feed(data)),
+            self.logs: lambda data: callbacks.on_log_lines(log_lines.feed(data)),
         }
         for sock, reader in readers.items():
             selector.register(sock, selectors.EVENT_READ, (self, sock, reader))
         self._log_reader = readers[self.logs]
+        self._at_eof = {self.output: lambda: callbacks.on_output(out_lines.flush()),
+                        self.logs: lambda: callbacks.on_log_lines(log_lines.flush())}
 
     def service(self, selector: selectors.BaseSelector, sock: socket.socket, reader: Callable[[bytes], None]) -> bool:
         """Read what is available on ``sock``; close it on EOF. True if something was read."""
         try:
-            data = sock.recv(256 * 1024)
+            data = sock.recv(RECV_BYTES)
         except (BlockingIOError, InterruptedError):
             return False
         except OSError:
@@ -182,10 +196,12 @@ class LoopProcess:
 
         A loop writes a trigger's last log lines before it reports the trigger finished, but on
         another socket, so the report can overtake them; draining first keeps them in the
-        trigger's own log file.
+        trigger's own log file. Bounded (``DRAIN_LIMIT``): a loop that floods its log socket
+        cannot keep the supervisor here.
         """
-        while self.logs in self._open and self.service(selector, self.logs, self._log_reader):
-            pass
+        for _ in range(DRAIN_LIMIT // RECV_BYTES):
+            if self.logs not in self._open or not self.service(selector, self.logs, self._log_reader):
+                return
 
     def _read_frames(self, data: bytes, callbacks: LoopCallbacks) -> None:
         try:
@@ -195,22 +211,6 @@ class LoopProcess:
             return
         for frame in frames:
             callbacks.on_frame(frame)
-
-    @staticmethod
-    def _read_lines(data: bytes, buffer: bytearray, emit: Callable[[str], None]) -> None:
-        buffer.extend(data)
-        while (pos := buffer.find(b"\n")) != -1:
-            emit(buffer[:pos].decode("utf-8", "replace"))
-            del buffer[: pos + 1]
-        if len(buffer) > 64 * 1024:  # an endless line: emit it in pieces
-            emit(buffer.decode("utf-8", "replace"))
-            buffer.clear()
-
-    def _read_log_lines(self, data: bytes, emit: Callable[[bytes], None]) -> None:
-        self._log_buffer.extend(data)
-        while (pos := self._log_buffer.find(b"\n")) != -1:
-            emit(bytes(self._log_buffer[: pos + 1]))
-            del self._log_buffer[: pos + 1]
 
     def respond(self, selector: selectors.BaseSelector, request_id: int, body: dict | None, error: dict | None = None) -> None:
         """Queue one response frame and send what the socket takes now, without ever blocking.
@@ -224,7 +224,8 @@ class LoopProcess:
         self.flush(selector)
 
     def flush(self, selector: selectors.BaseSelector) -> None:
-        """Send queued responses; watch for writability while some remain."""
+        """Send queued responses; watch for writability while some remain, and stop reading
+        requests while more than ``OUTBOX_LIMIT`` wait."""
         if self.requests not in self._open:
             return
         try:
@@ -236,7 +237,8 @@ class LoopProcess:
             sent = 0
         del self._outbox[:sent]
         key = selector.get_key(self.requests)
-        wanted = selectors.EVENT_READ | (selectors.EVENT_WRITE if self._outbox else 0)
+        wanted = ((selectors.EVENT_READ if len(self._outbox) < OUTBOX_LIMIT else 0)
+                  | (selectors.EVENT_WRITE if self._outbox else 0))
         if key.events != wanted:
             selector.modify(self.requests, wanted, key.data)
 
@@ -245,6 +247,8 @@ class LoopProcess:
             self._open.discard(sock)
             selector.unregister(sock)
             sock.close()
+        if at_eof := self._at_eof.pop(sock, None):  # its unfinished line still counts
+            at_eof()
 
     def close(self, selector: selectors.BaseSelector) -> None:
         for sock in list(self._open):
@@ -265,6 +269,13 @@ class LoopProcess:
         """``describe_exit`` plus how the loop was lost, e.g. 'killed by SIGKILL with its zygote'."""
         note = getattr(self.handle, "exit_note", None)
         return f"{describe_exit(returncode)} {note}" if note else describe_exit(returncode)
+
+
+def read_order(ready: tuple[selectors.SelectorKey, int]) -> int:
+    """Sort key for ``select()`` results: requests, check-ins and zygote reports (0) are served
+    before any loop's output and log sockets (1)."""
+    data = ready[0].data
+    return int(data is not None and isinstance(data[0], LoopProcess) and data[1] is not data[0].requests)
 
 
 def describe_exit(returncode: int) -> str:

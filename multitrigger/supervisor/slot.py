@@ -33,6 +33,8 @@ from multitrigger.protocol import ENV_BLAME_FILE, POLL_HOLD_SECONDS
 from multitrigger.restart import RestartPolicy
 from multitrigger.supervisor import requests
 from multitrigger.supervisor.loop_process import LoopCallbacks, LoopProcess
+from multitrigger.supervisor.output import OutputLimits, cut_json_record
+from multitrigger.supervisor.relay import LogRelay, Stream
 from multitrigger.supervisor.zygote_client import Zygote
 
 log = structlog.get_logger(__name__)
@@ -46,8 +48,8 @@ class SlotSinks:
     on_event: Callable[[str, TriggerEventEntry], None]
     on_failure: Callable[[str, int, list[str] | None], None]
     on_finished: Callable[[str, int], None]
-    on_output: Callable[[str, int, str], None]
-    on_log_line: Callable[[bytes], None]
+    on_output: Callable[[str, int, str], None]  # loop name, pid, one stdout/stderr line
+    on_log_line: Callable[[bytes], None]  # one JSON log line
 
 
 @dataclass
@@ -73,6 +75,8 @@ class LoopSlot:
     hang_threshold: float
     blame_file: Path
     poison_threshold: int = 3
+    limits: OutputLimits = OutputLimits()
+    clock: Callable[[], float] = time.monotonic  # the output budget's
     process: LoopProcess | None = None
     zygote: Zygote | None = None  # of this loop's interpreter; set by the supervisor
     start_at: float = 0.0
@@ -88,6 +92,10 @@ class LoopSlot:
     _held_poll: int | None = None
     _held_until: float = 0.0
     last_heard: float = math.inf
+    relay: LogRelay = field(init=False)  # this loop's output lines on their way to the sinks
+
+    def __post_init__(self) -> None:
+        self.relay = LogRelay.for_loop(self.name, self.limits, self.clock)
 
     # -- what the supervisor tells the slot -------------------------------------------------
 
@@ -109,15 +117,18 @@ class LoopSlot:
     def start(self, selector: selectors.BaseSelector) -> None:
         reset_blame(self.blame_file)
         env = {**self.env, ENV_BLAME_FILE: str(self.blame_file)}
-        self.process = LoopProcess.spawn(self.name, self.argv, env, self.cwd, zygote=self.zygote)
-        self.process.register(
+        self.process = proc = LoopProcess.spawn(self.name, self.argv, env, self.cwd, zygote=self.zygote)
+        output = Stream(lambda line: self.sinks.on_output(self.name, proc.pid, line.decode("utf-8", "replace")))
+        logs = Stream(self.sinks.on_log_line, render=cut_json_record)
+        proc.register(
             selector,
             LoopCallbacks(
                 on_frame=lambda frame: self._on_frame(selector, frame),
-                on_output=lambda line: self.sinks.on_output(self.name, self.process.pid, line),
-                on_log_line=self.sinks.on_log_line,
+                on_output=lambda pieces: self.relay.put(pieces, output),
+                on_log_lines=lambda pieces: self.relay.put(pieces, logs),
                 on_broken=lambda why: self.kill(why),
             ),
+            self.limits,
         )
         self.policy.started()
         self._oom = oom.watch(self.process.pid)

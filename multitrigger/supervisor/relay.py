@@ -1,0 +1,181 @@
+"""
+A loop's output budget: how fast its lines are processed, and how many may wait.
+
+Delivering a line is the costly part of a loop's output (the stock consumer decodes it, masks
+secrets and writes the trigger's log file; an output line is rendered into the supervisor's log),
+so that is what is budgeted, per loop: a ``TokenBucket`` of ``log_bytes_per_second``, and a
+``LogRelay`` that queues lines beyond the budget up to ``log_buffer_bytes`` and drops (and counts)
+what does not fit. The supervisor delivers them in its own phase, after every loop's requests and
+check-ins (``Supervisor._service``), in slices, so a flooding loop delays nobody else's events.
+
+Pure but for its one log line per drop episode: clocks are injected, sinks are callables; the
+lines come from ``output.LineCutter``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from multitrigger.supervisor.output import CutLine, OutputLimits, cut_text_line
+
+log = structlog.get_logger(__name__)
+
+#: The budget charges at least this per line: delivering a line costs per line (JSON decode,
+#: structlog, a file write) as well as per byte, so a flood of empty lines is budgeted too.
+MIN_LINE_CHARGE = 256
+
+
+class TokenBucket:
+    """A byte budget: ``rate`` per second, up to ``burst`` saved. A take may overdraw it; the
+    next take then waits until the debt is repaid (so a line bigger than ``burst`` still passes)."""
+
+    def __init__(self, rate: float, burst: float | None = None, clock: Callable[[], float] = lambda: 0.0) -> None:
+        if rate <= 0:
+            raise ValueError(f"rate must be > 0, got {rate}")
+        self.rate, self.burst, self.clock = rate, burst if burst is not None else rate / 8, clock
+        self._tokens, self._at = self.burst, clock()
+
+    def _refill(self) -> float:
+        now = self.clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        return now
+
+    def take(self, cost: int) -> bool:
+        """Spend ``cost`` if the budget is not in debt."""
+        self._refill()
+        if self._tokens <= 0:
+            return False
+        self._tokens -= cost
+        return True
+
+    def ready_at(self) -> float:
+        """When ``take`` can next succeed."""
+        now = self._refill()
+        return now if self._tokens > 0 else now + (-self._tokens) / self.rate + 1e-4
+
+
+@dataclass
+class Stream:
+    """Where one kind of line goes: ``deliver`` gets each line without its newline; a cut line
+    is first turned into one by ``render`` (at delivery time, under the budget)."""
+
+    deliver: Callable[[bytes], None]
+    render: Callable[[CutLine], bytes] = cut_text_line
+
+
+#: Bytes charged per queued piece on top of its length (Python object overhead), so a loop that
+#: writes one byte at a time cannot make the queue's real size many times its nominal capacity.
+ENTRY_OVERHEAD = 128
+
+
+class LogRelay:
+    """One loop's queue of output lines between its sockets and their (costly) sinks.
+
+    ``put`` never blocks and never holds more than ``capacity`` bytes: a piece that does not fit
+    is dropped and counted, and ``on_drop`` gets one marker line per episode (when lines are taken
+    again, or every ``report_every`` seconds while it lasts). ``pump`` delivers lines one at a time
+    while the budget and the caller's deadline allow. ``after`` runs a callback once every line
+    queued before it has been delivered (a trigger's log file is closed after its last lines).
+    """
+
+    def __init__(self, name: str, budget: TokenBucket, capacity: int, on_drop: Callable[[str], None],
+                 clock: Callable[[], float], report_every: float = 10.0) -> None:
+        self.name, self.budget, self.capacity, self.on_drop, self.clock = name, budget, capacity, on_drop, clock
+        self.report_every = report_every
+        self._queue: deque[tuple[bytes | CutLine, Stream] | Callable[[], None]] = deque()
+        self._offset = 0  # into the first batch
+        self.queued = 0  # bytes charged for what is held (whole pieces, until fully delivered)
+        self.dropped_total = 0
+        self._dropped = self._dropped_lines = 0
+        self._dropping_since = math.inf
+
+    @classmethod
+    def for_loop(cls, name: str, limits: OutputLimits, clock: Callable[[], float]) -> LogRelay:
+        """The relay of loop ``name``; its drop markers go to the supervisor's log."""
+        budget = TokenBucket(limits.log_bytes_per_second, clock=clock)
+        return cls(name, budget, limits.log_buffer_bytes, lambda text: log.warning(text, loop=name), clock)
+
+    def put(self, pieces: list[bytes | CutLine], stream: Stream) -> None:
+        for piece in pieces:
+            size = _size(piece)
+            if self.queued + size > self.capacity:
+                self._drop(piece, size)
+                continue
+            self.report_drops()
+            self._queue.append((piece, stream))
+            self.queued += size
+
+    def _drop(self, piece: bytes | CutLine, size: int) -> None:
+        now = self.clock()
+        self._dropped += size - ENTRY_OVERHEAD
+        self._dropped_lines += piece.count(b"\n") if isinstance(piece, bytes) else 1
+        self.dropped_total += size - ENTRY_OVERHEAD
+        self._dropping_since = min(self._dropping_since, now)
+        if now - self._dropping_since >= self.report_every:
+            self.report_drops()
+
+    def report_drops(self) -> None:
+        """Emit the marker for the current drop episode, if any."""
+        if self._dropped:
+            self.on_drop(f"{self._dropped} bytes ({self._dropped_lines} lines) of log output dropped: "
+                         f"loop {self.name} over its log budget")
+            self._dropped = self._dropped_lines = 0
+        self._dropping_since = math.inf
+
+    def after(self, callback: Callable[[], None]) -> None:
+        if self._queue:
+            self._queue.append(callback)
+        else:
+            callback()
+
+    def next_due(self) -> float:
+        """When ``pump`` can deliver something: now, when the budget allows, or never (empty)."""
+        if not self._queue:
+            return math.inf
+        return self.clock() if callable(self._queue[0]) else self.budget.ready_at()
+
+    def pump(self, deadline: float = math.inf, budgeted: bool = True) -> None:
+        """Deliver queued lines until the queue is empty, the budget is spent or ``deadline``."""
+        while self._queue:
+            entry = self._queue[0]
+            if callable(entry):
+                self._queue.popleft()
+                entry()
+                continue
+            if self.clock() >= deadline:
+                return
+            piece, stream = entry
+            if isinstance(piece, CutLine):
+                if budgeted and not self.budget.take(len(piece.head)):
+                    return
+                self._pop(piece)
+                stream.deliver(stream.render(piece).rstrip(b"\n"))
+                continue
+            end = piece.find(b"\n", self._offset)
+            end = len(piece) if end == -1 else end
+            if budgeted and not self.budget.take(max(end + 1 - self._offset, MIN_LINE_CHARGE)):
+                return
+            line, self._offset = piece[self._offset: end], end + 1
+            if self._offset >= len(piece):
+                self._pop(piece)
+            stream.deliver(line)
+
+    def _pop(self, piece: bytes | CutLine) -> None:
+        self._queue.popleft()
+        self.queued -= _size(piece)
+        self._offset = 0
+
+    def flush(self) -> None:
+        """Deliver everything queued now, whatever the budget (shutdown)."""
+        self.pump(budgeted=False)
+        self.report_drops()
+
+
+def _size(piece: bytes | CutLine) -> int:
+    return ENTRY_OVERHEAD + (len(piece) if isinstance(piece, bytes) else len(piece.head) + len(piece.tail))
