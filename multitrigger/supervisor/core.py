@@ -16,7 +16,6 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import structlog
 
@@ -29,7 +28,7 @@ from multitrigger.supervisor.loop_process import read_order
 from multitrigger.supervisor.output import OutputLimits
 from multitrigger.supervisor.slot import LoopSlot, SlotSinks
 from multitrigger.supervisor import prestart
-from multitrigger.supervisor.zygote_client import Zygote, ZygoteError
+from multitrigger.supervisor.zygote_pool import ZygotePool
 from multitrigger.supervisor.settings import RunSettings
 from multitrigger.supervisor.store import DatabaseUnavailable, TriggerStore, raise_if_unreachable
 
@@ -37,10 +36,6 @@ log = structlog.get_logger(__name__)
 
 #: While new triggers keep arriving, claim again after this instead of a full claim interval.
 BACKLOG_CLAIM_DELAY = 0.05
-#: At start-up a loop waits this long (never blocking) for its interpreter's zygote, then is exec'd.
-ZYGOTE_STARTUP_WAIT = 30.0
-#: A zygote that died after it was ready is replaced after this delay (loops exec meanwhile).
-ZYGOTE_RESTART_DELAY = 10.0
 #: Each pass delivers loops' queued output lines for at most this long (then serves sockets again).
 OUTPUT_SLICE = 0.01
 
@@ -62,9 +57,7 @@ class Supervisor:
         self._db_down_since: float | None = None
         self._db_failures = 0
         self._exit_code = 0
-        self.zygotes: dict[Path, Zygote] = {}  # one per distinct loop interpreter
-        self._zygote_retry: dict[Path, float] = {}
-        self._zygote_wait_until = 0.0
+        self.zygotes = ZygotePool(config, settings.state_dir, self.selector, clock=clock)
         self.slots = {name: self._make_slot(loop) for name, loop in config.loops.items()}
         self.routes: dict[int, str] = {}  # trigger id → loop name, decided once
         self._output_turn = 0
@@ -107,43 +100,6 @@ class Supervisor:
 
     # -- zygotes (multitrigger.loop.zygote): forked loops start in ~20 ms and share memory --------
 
-    def _start_zygotes(self) -> None:
-        for python in prestart.interpreters(self.config):
-            self._start_zygote(python, prestart.adopt(python))
-        self._zygote_wait_until = self.clock() + ZYGOTE_STARTUP_WAIT
-
-    def _start_zygote(self, python: Path, prestarted: Zygote | None = None) -> None:
-        home = prestart.zygote_home(self.settings.state_dir, python)
-        zygote = None
-        if prestarted is not None:
-            try:
-                prestarted.configure(loop_env(home))
-                zygote = prestarted
-            except ZygoteError as err:
-                log.warning("prestarted zygote unusable; starting another", python=str(python), error=str(err))
-                prestarted.close()
-        if zygote is None:
-            try:
-                zygote = Zygote.start(python, loop_env(home), home)
-            except OSError as err:
-                log.error("cannot start a zygote; its loops will be exec'd", python=str(python), error=str(err))
-                return
-        zygote.register(self.selector)
-        self.zygotes[python] = zygote
-        for name, slot in self.slots.items():
-            if slot.argv[0] == str(python) and self.config.loops[name].start_method == "fork":
-                slot.zygote = zygote
-
-    def _tend_zygotes(self, now: float) -> None:
-        """Replace a zygote that died after it was ready; never one whose imports failed."""
-        for python, zygote in list(self.zygotes.items()):
-            if zygote.alive or zygote.ready_at is None:
-                continue
-            if now >= self._zygote_retry.setdefault(python, now + ZYGOTE_RESTART_DELAY):
-                del self._zygote_retry[python]
-                zygote.close()
-                self._start_zygote(python)
-
     def _wanted(self, name: str, slot: LoopSlot) -> bool:
         """Should this loop run now? The default loop of a config where every bundle has its own
         loop often never gets a trigger: it starts with its first one (a fork: ~20 ms), not before,
@@ -153,14 +109,13 @@ class Supervisor:
 
     def _waiting_for_zygote(self, slot: LoopSlot, now: float) -> bool:
         """A loop's first start waits (bounded) for its zygote: N exec'd loops cost N x 120 MB."""
-        return (slot.stats.restarts == 0 and slot.zygote is not None and slot.zygote.starting
-                and now < self._zygote_wait_until)
+        return self.zygotes.waiting(self.config.loops[slot.name], slot.stats.restarts == 0, now)
 
     # -- the loop -----------------------------------------------------------------------------
 
     def run(self) -> int:
         self._install_signals()
-        self._start_zygotes()
+        self.zygotes.start(prestart.take_prestarted())
         # Everything imported so far lives as long as the process: out of the collector's sight, a
         # full collection no longer walks Airflow's ~1600 modules (~0.25 s here, paid by whichever
         # event burst triggered it: measured on a 200-event batch, 0.29 s → 0.015 s).
@@ -176,10 +131,10 @@ class Supervisor:
         now = self.clock()
         deadlines = [self._next_tick] + [s.poll_deadline() for s in self.slots.values()]
         deadlines += [s.relay.next_due() for s in self.slots.values()]
-        for name, s in self.slots.items():
-            if s.process is None and self._wanted(name, s):  # a zygote's "ready" wakes the selector itself
-                deadlines.append(self._zygote_wait_until if self._waiting_for_zygote(s, now) else s.start_at)
-        deadlines += self._zygote_retry.values()
+        for name, s in self.slots.items():  # a waiting loop's deadline is the pool's
+            if s.process is None and self._wanted(name, s) and not self._waiting_for_zygote(s, now):
+                deadlines.append(s.start_at)
+        deadlines.append(self.zygotes.next_deadline(now))
         return max(0.0, min(deadlines) - now)
 
     def _service(self, timeout: float) -> None:
@@ -209,13 +164,14 @@ class Supervisor:
 
     def _reconcile(self) -> None:
         now = self.clock()
-        self._tend_zygotes(now)
+        self.zygotes.tend(now)
         for name, slot in self.slots.items():
             slot.answer_poll(self.selector, now)
             slot.reap(self.selector, now)
             slot.check_hang(now)
             if (slot.process is None and now >= slot.start_at and self._wanted(name, slot)
                     and not self._waiting_for_zygote(slot, now)):
+                slot.zygote = self.zygotes.for_loop(self.config.loops[name])
                 slot.start(self.selector)
         if now >= self._next_tick:
             self._next_tick = now + self.settings.claim_interval
@@ -330,8 +286,7 @@ class Supervisor:
                 if slot.reap(self.selector, self.clock()) is not None:
                     slot.start_at = math.inf
             self._service(0.05)
-        for zygote in self.zygotes.values():
-            zygote.close()
+        self.zygotes.close()
         for slot in self.slots.values():
             slot.relay.flush()
         try:

@@ -9,8 +9,9 @@ triggerer`` (which forks its runner from its own warm process — no trust bound
 So ``cli.main`` calls ``prestart`` first, with only the TOML config read: each zygote is exec'd
 with ``launch.early_loop_env`` (no ``AIRFLOW__*`` setting at all, so no secret), imports the
 third-party part of a loop's imports while the supervisor imports Airflow, and waits. The
-supervisor later ``adopt``s it and sends the real loop environment (``Zygote.configure``) before
-the zygote imports any Airflow module, so loops see exactly what an unstaged zygote would give them.
+supervisor's ``ZygotePool`` later adopts it (``take_prestarted``) and sends the real loop
+environment (``Zygote.configure``) before the zygote imports any Airflow module, so loops see
+exactly what an unstaged zygote would give them.
 
 Best effort: any problem here (bad config, bad interpreter) is left for the normal start-up path
 to report, and a zygote nobody adopts exits when this process does (its control socket closes;
@@ -21,32 +22,21 @@ kill the zygotes.
 from __future__ import annotations
 
 import argparse
-import hashlib
 from pathlib import Path
 
 from multitrigger.config import Config
 from multitrigger.paths import default_config_path, state_dir
 from multitrigger.supervisor.launch import early_loop_env
 from multitrigger.supervisor.zygote_client import Zygote
+from multitrigger.supervisor.zygote_pool import zygote_home, zygote_interpreters
 
+#: Staged zygotes started by ``prestart``, until the supervisor's pool takes them.
 _PRESTARTED: dict[Path, Zygote] = {}
-
-
-def zygote_home(state: Path, python: Path) -> Path:
-    """The private ``AIRFLOW_HOME`` and working directory of ``python``'s zygote."""
-    home = state / "zygotes" / hashlib.sha1(str(python).encode()).hexdigest()[:12]
-    home.mkdir(parents=True, exist_ok=True)
-    return home
-
-
-def interpreters(config: Config) -> list[Path]:
-    """The interpreters that need a zygote: those of loops with ``start_method = "fork"``."""
-    return sorted({Path(loop.python) for loop in config.loops.values() if loop.start_method == "fork"})
 
 
 def prestart(config: Config, state: Path) -> None:
     """Start a staged zygote per distinct loop interpreter (see the module docstring)."""
-    for python in interpreters(config):
+    for python in zygote_interpreters(config):
         if python in _PRESTARTED:
             continue
         home = zygote_home(state, python)
@@ -56,13 +46,11 @@ def prestart(config: Config, state: Path) -> None:
             pass  # the supervisor starts it the normal way and reports the error
 
 
-def adopt(python: Path) -> Zygote | None:
-    """The prestarted zygote for ``python`` if it is still waiting for its environment."""
-    zygote = _PRESTARTED.pop(python, None)
-    if zygote is not None and not (zygote.alive and zygote.awaiting_env):
-        zygote.close()
-        return None
-    return zygote
+def take_prestarted() -> dict[Path, Zygote]:
+    """Hand every prestarted zygote over (to ``ZygotePool.start``, which adopts or closes each)."""
+    taken = dict(_PRESTARTED)
+    _PRESTARTED.clear()
+    return taken
 
 
 def prestart_for_argv(argv: list[str]) -> None:
