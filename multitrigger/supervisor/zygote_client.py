@@ -18,6 +18,10 @@ A forked loop is a grandchild of the supervisor. Its exit status comes from the 
 ``exited`` reports. Each one is also held by a pidfd (Linux >= 5.3), so signals never reach a
 recycled pid and, if the zygote itself dies (its children then get SIGKILL from PDEATHSIG), the
 client can see when each child is really gone and reports it as ``ZYGOTE_DIED``.
+
+Longer than most modules here (~390 lines) because it is one process's client read in one go:
+start, the handler table, the fork round trip, and the forked children's exits all share the
+zygote's socket state. Which zygotes exist and when they are replaced is ``zygote_pool``'s.
 """
 
 from __future__ import annotations
