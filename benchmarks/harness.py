@@ -9,7 +9,7 @@ Everything measured here comes from real processes and the real metadata DB:
 * "a trigger is running": the first ``... starting`` line of its per-trigger log file (written
   by both triggerers, timestamped by the process that ran the trigger), or a ``start`` line in a
   FireAtTrigger record file (timestamped here, by a tail thread polling every 50 ms);
-* memory: PSS from ``/proc/<pid>/smaps_rollup`` summed over the triggerer's process tree.
+* memory: PSS (psutil's ``memory_full_info``: ``smaps_rollup``) summed over the triggerer's process tree.
 """
 
 from __future__ import annotations
@@ -30,18 +30,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from multitrigger.sandbox.home import AirflowHome, DeferSpec, decode_serde
-from multitrigger.sandbox.procs import process_tree
+from mt_testsupport.home import AirflowHome, DeferSpec, decode_serde
+import psutil
+
+from mt_testsupport.procs import cpu_seconds, memory_kb, process_tree
 
 BIN = Path(sys.executable).parent
 STOCK = "stock"
 MULTI = "multitrigger"
 KINDS = (STOCK, MULTI)
 
-FIRE_AT = "multitrigger.sandbox.triggers.FireAtTrigger"
+FIRE_AT = "mt_testsupport.triggers.FireAtTrigger"
 DATETIME = "airflow.providers.standard.triggers.temporal.DateTimeTrigger"
-BLOCKING = "multitrigger.sandbox.bench_triggers.BlockingTrigger"
-KILL_LOOP = "multitrigger.sandbox.crash_triggers.KillLoopTrigger"
+BLOCKING = "mt_testsupport.bench_triggers.BlockingTrigger"
+KILL_LOOP = "mt_testsupport.crash_triggers.KillLoopTrigger"
 
 
 def now() -> float:
@@ -208,38 +210,29 @@ class Triggerer:
 # ------------------------------------------------------------------------------ process memory
 
 
-def smaps_rollup_kb(pid: int) -> dict[str, int]:
-    """``/proc/<pid>/smaps_rollup`` as {field: kB} (empty if the process is gone)."""
-    out: dict[str, int] = {}
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            parts = line.split()
-            if len(parts) >= 3 and parts[0].endswith(":") and parts[-1] == "kB":
-                out[parts[0][:-1]] = int(parts[1])
-    except OSError:
-        pass
-    return out
-
-
 def pss_kb(pid: int) -> int | None:
-    return smaps_rollup_kb(pid).get("Pss")
+    try:
+        return memory_kb(pid)["pss"]
+    except psutil.Error:
+        return None
 
 
 def cmdline(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
+        return " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
         return "?"
 
 
 def tree_pss(root: int) -> dict[str, Any]:
     procs = []
     for pid in sorted(process_tree(root)):
-        roll = smaps_rollup_kb(pid)
-        if "Pss" in roll:
-            procs.append({"pid": pid, "pss_kb": roll["Pss"], "rss_kb": roll.get("Rss"),
-                          "private_kb": roll.get("Private_Clean", 0) + roll.get("Private_Dirty", 0),
-                          "cmd": cmdline(pid)[:160]})
+        try:
+            mem = memory_kb(pid)
+        except psutil.Error:
+            continue  # gone meanwhile
+        procs.append({"pid": pid, "pss_kb": mem["pss"], "rss_kb": mem["rss"], "private_kb": mem["uss"],
+                      "cmd": cmdline(pid)[:160]})
     return {"total_mb": round(sum(p["pss_kb"] for p in procs) / 1024, 1), "processes": procs}
 
 
@@ -500,26 +493,14 @@ def sleep_until(epoch: float, tick: Callable[[], None] | None = None) -> None:
 
 # ---------------------------------------------------------------------------------- machine load
 def loadavg() -> float:
-    return float(Path("/proc/loadavg").read_text().split()[0])
+    return os.getloadavg()[0]
 
 
-def cpu_times() -> tuple[int, int]:
-    """(busy, total) jiffies of the whole machine from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return sum(fields) - idle, sum(fields)
-
-
-def tree_cpu_jiffies(root: int) -> int:
-    total = 0
-    for pid in process_tree(root):
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        rest = stat[stat.rindex(")") + 2:].split()
-        total += int(rest[11]) + int(rest[12])  # utime, stime
-    return total
+def cpu_times() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far (psutil; idle and iowait are not busy)."""
+    times = psutil.cpu_times()
+    total = sum(times)
+    return total - times.idle - getattr(times, "iowait", 0.0), total
 
 
 class LoadProbe:
@@ -530,13 +511,13 @@ class LoadProbe:
     """
 
     def __init__(self) -> None:
-        self.marks: dict[str, tuple[float, int, int, int, int]] = {}
+        self.marks: dict[str, tuple[float, float, float, float, float]] = {}
 
     def mark(self, name: str, root: int | None) -> None:
         busy, total = cpu_times()
-        tree = tree_cpu_jiffies(root) if root else 0
-        me = sum(os.times()[:2]) * os.sysconf("SC_CLK_TCK")
-        self.marks[name] = (now(), busy, total, tree, int(me))
+        tree = cpu_seconds(process_tree(root)) if root else 0.0
+        me = sum(os.times()[:2])
+        self.marks[name] = (now(), busy, total, tree, me)
 
     def window(self, a: str, b: str) -> dict[str, Any] | None:
         if a not in self.marks or b not in self.marks:
@@ -544,7 +525,7 @@ class LoadProbe:
         t0, busy0, total0, tree0, me0 = self.marks[a]
         t1, busy1, total1, tree1, me1 = self.marks[b]
         ncpu = os.cpu_count() or 1
-        span = max(total1 - total0, 1)
+        span = max(total1 - total0, 0.01)
         busy = (busy1 - busy0) / span * ncpu
         tree = max(0, tree1 - tree0) / span * ncpu
         me = max(0, me1 - me0) / span * ncpu
@@ -561,7 +542,7 @@ def busy_cpus(sample: float = 2.0) -> float:
     b1, t1 = cpu_times()
     me1 = sum(os.times()[:2])
     ncpu = os.cpu_count() or 1
-    return max(0.0, (b1 - b0) / max(t1 - t0, 1) * ncpu - (me1 - me0) / sample)
+    return max(0.0, (b1 - b0) / max(t1 - t0, 0.01) * ncpu - (me1 - me0) / sample)
 
 
 def wait_quiet(max_wait: float, threshold: float = 0.5, say: Callable[[str], None] | None = None) -> dict[str, Any]:

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Ctx(out=out, kinds=kinds, keep_db=args.keep_db, quick=args.quick, throughput_db=args.throughput_db,
               quiet_wait=args.quiet_wait, say=say)
     say(f"results -> {out}")
-    from multitrigger.sandbox.home import airflow_version, prestart_zygote
+    from mt_testsupport.home import airflow_version, prestart_zygote
 
     prestart_zygote(wait=True)  # the sandbox's warm fork server for seeding; not part of any measurement
     doc: dict[str, Any] = {

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from multitrigger.sandbox.home import AirflowHome, ensure_pg_database, deferring_bundle
+from mt_testsupport.home import AirflowHome, ensure_pg_database, deferring_bundle
 
 from benchmarks import harness as h
 from benchmarks.harness import KINDS, MULTI, Item, Triggerer

@@ -107,7 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from multitrigger.sandbox.demo import run_demo
+    from multitrigger.demo.run import run_demo
 
     return run_demo(args.home, args.seconds)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from multitrigger.sandbox.home import AirflowHome
+from mt_testsupport.home import AirflowHome
 
 MULTITRIGGER = str(Path(sys.executable).parent / "multitrigger")
 #: The PostgreSQL server the HA and outage tests use (this machine's, trust auth).
@@ -24,7 +24,7 @@ def pg_url(name: str) -> str:
 
     It fails rather than skips when the server is down: the HA tests must not silently vanish.
     """
-    from multitrigger.sandbox.home import ensure_pg_database
+    from mt_testsupport.home import ensure_pg_database
 
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     # MULTITRIGGER_TEST_DB_SUFFIX keeps two checkouts' concurrent runs off each other's databases.

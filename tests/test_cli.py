@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from pathlib import Path
 
+import psutil
 import pytest
 
-from multitrigger.sandbox.home import AirflowHome, deferring_bundle
+from mt_testsupport.home import AirflowHome, deferring_bundle
 from tests.conftest import MULTITRIGGER
 
 pytestmark = pytest.mark.timeout(180)
@@ -70,4 +70,4 @@ def test_daemon_mode_registers_a_triggerer_job_that_airflow_sees(home, tmp_path)
         assert "Found one alive job." in check.stdout
     finally:
         os.kill(pid, signal.SIGTERM)
-    home.wait_for(lambda: not Path(f"/proc/{pid}").exists(), timeout=60)
+    home.wait_for(lambda: not psutil.pid_exists(pid), timeout=60)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from multitrigger.sandbox.home import (
+from mt_testsupport.home import (
     FIRE_AT, IMPORT_VERSION, RAISE, WAIT_FOREVER, AirflowHome, DeferSpec, decode_serde, deferring_bundle, iso_in,
 )
 from multitrigger.venvs import create_bundle_venv
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.timeout(240)
 
 
 _OWN_TRIGGER = textwrap.dedent('''\
-    from multitrigger.sandbox.triggers import ImportVersionTrigger
+    from mt_testsupport.triggers import ImportVersionTrigger
 
     class OwnTrigger(ImportVersionTrigger):
         """A trigger class that exists only where confpkg is installed."""

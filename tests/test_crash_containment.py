@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from multitrigger.sandbox.home import FIRE_AT, AirflowHome, DeferSpec, decode_serde, deferring_bundle, iso_in
+from mt_testsupport.home import FIRE_AT, AirflowHome, DeferSpec, decode_serde, deferring_bundle, iso_in
 
 pytestmark = pytest.mark.timeout(300)
 
-CRASH = "multitrigger.sandbox.crash_triggers."
+CRASH = "mt_testsupport.crash_triggers."
 # bundle → (poison trigger class, what its task's failure reason must say)
 MISBEHAVIOURS = {
     "x_exit": ("ExitTrigger", "exited with code 1"),

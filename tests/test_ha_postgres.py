@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from multitrigger.sandbox.home import FIRE_AT, AirflowHome, DeferSpec, deferring_bundle, iso_in
-from multitrigger.sandbox.procs import process_tree
+from mt_testsupport.home import FIRE_AT, AirflowHome, DeferSpec, deferring_bundle, iso_in
+from mt_testsupport.procs import alive, cpu_seconds, process_tree
 from tests.conftest import pg_url
 
 pytestmark = pytest.mark.timeout(240)
@@ -83,28 +83,6 @@ def _loop_pids(mt_log: str) -> set[int]:
     return {int(p) for p in re.findall(r"loop started.*?pid=(\d+)", mt_log)}
 
 
-def _alive(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    state = re.search(r"^State:\s+(\S)", status, re.M)
-    return bool(state) and state.group(1) not in ("Z", "X")
-
-
-def _cpu_seconds(pids: set[int]) -> float:
-    """User + system CPU time used so far by ``pids`` (vanished ones count 0)."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return total / os.sysconf("SC_CLK_TCK")
-
-
 def _settled(roots: list[int]) -> Callable[[], bool]:
     """A predicate for ``wait_for``: true once the process trees under ``roots`` are nearly idle
     (their loop/runner children have finished importing Airflow), so the timed part of the test
@@ -112,7 +90,7 @@ def _settled(roots: list[int]) -> Callable[[], bool]:
     last: list[tuple[float, float]] = []
 
     def check() -> bool:
-        now, used = time.monotonic(), _cpu_seconds(set().union(*(process_tree(r) for r in roots)))
+        now, used = time.monotonic(), cpu_seconds(set().union(*(process_tree(r) for r in roots)))
         last.append((now, used))
         if len(last) < 2:
             return False
@@ -205,15 +183,15 @@ def test_two_supervisors_and_a_stock_triggerer_share_triggers_and_take_over_a_ki
     started = set(re.findall(r"loop started .*?loop=(\S+)", victim.text()))
     assert {"team_a", "team_b"} <= started <= {"team_a", "team_b", "default"}, victim.text()[-3000:]
     assert len(victim_loops) == len(started), victim.text()[-3000:]
-    assert all(_alive(pid) for pid in victim_loops)
+    assert all(alive(pid) for pid in victim_loops)
     victim_triggers = {tid for tid, job in owner.items() if job == victim_job}
     victim_loop_pids = {pid for tid in victim_triggers for _, pid, _ in _records(record_by_trigger[tid])}
     assert victim_loop_pids <= victim_loops
     victim.popen.kill()
     victim.popen.wait(10)
     t_killed = time.monotonic()
-    home.wait_for(lambda: not any(_alive(pid) for pid in victim_loops), timeout=10,
-                  message=lambda: f"loop processes still alive: {[p for p in victim_loops if _alive(p)]}")
+    home.wait_for(lambda: not any(alive(pid) for pid in victim_loops), timeout=10,
+                  message=lambda: f"loop processes still alive: {[p for p in victim_loops if alive(p)]}")
     assert time.monotonic() < due - 1, "too slow: the triggers are due before the kill was done"
 
     # The dead job's triggers are re-claimed by the survivors once its heartbeat is stale.

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from multitrigger import oom
-from multitrigger.sandbox.home import FIRE_AT, AirflowHome, DeferSpec, decode_serde, deferring_bundle, iso_in
+from mt_testsupport.home import FIRE_AT, AirflowHome, DeferSpec, decode_serde, deferring_bundle, iso_in
 
 MEMORY_V1 = Path("/sys/fs/cgroup/memory")
 
@@ -80,7 +80,7 @@ def test_a_loop_killed_by_the_oom_killer_is_reported_out_of_memory(memory_cgroup
     home = AirflowHome.create(tmp_path / "home", {"x_oom": deferring_bundle("dag_x", n_tasks=2),
                                                    "team_a": deferring_bundle("dag_a", n_tasks=2)})
     hog, healthy, neighbour = home.defer_many([
-        DeferSpec("dag_x", "t0", "multitrigger.sandbox.crash_triggers.MemoryHogTrigger", {"after": 1.0}, validate=False),
+        DeferSpec("dag_x", "t0", "mt_testsupport.crash_triggers.MemoryHogTrigger", {"after": 1.0}, validate=False),
         DeferSpec("dag_x", "t1", FIRE_AT, {"moment": iso_in(30)}),
         DeferSpec("dag_a", "t0", FIRE_AT, {"moment": iso_in(25)}),
     ])

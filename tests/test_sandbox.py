@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from multitrigger.sandbox.home import (
+from mt_testsupport.home import (
     FIRE_AT,
     FIRE_AT_EVENT,
     RAISE,
@@ -103,7 +103,7 @@ def test_template_db_is_per_airflow_version():
 
 
 def test_home_module_does_not_import_airflow():
-    code = "import sys, multitrigger.sandbox.home; assert 'airflow' not in sys.modules, sorted(sys.modules)"
+    code = "import sys, multitrigger.demo.home, mt_testsupport.home; assert 'airflow' not in sys.modules, sorted(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -237,8 +237,9 @@ def test_trigger_classes_in_a_real_airflow_process(home: AirflowHome, tmp_path: 
     script = textwrap.dedent(
         f"""
         import asyncio, datetime as dt, json, sys
-        from multitrigger.sandbox.triggers import (
-            FireAtTrigger, RaiseTrigger, WaitForeverTrigger, ImportVersionTrigger, FireAtEventTrigger)
+        from multitrigger.demo.triggers import RaiseTrigger
+        from mt_testsupport.triggers import (
+            FireAtTrigger, WaitForeverTrigger, ImportVersionTrigger, FireAtEventTrigger)
 
         async def first(trigger):
             async for event in trigger.run():
@@ -248,7 +249,7 @@ def test_trigger_classes_in_a_real_airflow_process(home: AirflowHome, tmp_path: 
             out = {{}}
             moment = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=0.5)
             t = FireAtTrigger(moment=moment.isoformat(), payload={{"x": 1}})
-            assert t.serialize() == ("multitrigger.sandbox.triggers.FireAtTrigger",
+            assert t.serialize() == ("mt_testsupport.triggers.FireAtTrigger",
                                      {{"moment": moment.isoformat(), "payload": {{"x": 1}}}})
             out["fire"] = await first(t)
             out["late"] = (dt.datetime.fromisoformat(out["fire"]["fired_at"]) - moment).total_seconds()

@@ -7,11 +7,11 @@ import re
 
 import pytest
 
-from multitrigger.sandbox.home import AirflowHome, DeferSpec, deferring_bundle, iso_in
+from mt_testsupport.home import AirflowHome, DeferSpec, deferring_bundle, iso_in
 
 pytestmark = pytest.mark.timeout(180)
-SDK = "multitrigger.sandbox.triggers.SdkCallsTrigger"
-FIRE_AT_EVENT = "multitrigger.sandbox.triggers.FireAtEventTrigger"
+SDK = "mt_testsupport.triggers.SdkCallsTrigger"
+FIRE_AT_EVENT = "mt_testsupport.triggers.FireAtEventTrigger"
 
 
 def test_sdk_calls_are_answered_by_the_supervisor_and_asset_watchers_run_in_their_bundle(tmp_path, start_triggerer):

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from multitrigger.sandbox.home import FIRE_AT, WAIT_FOREVER, AirflowHome, DeferSpec, deferring_bundle, iso_in
+from mt_testsupport.home import FIRE_AT, WAIT_FOREVER, AirflowHome, DeferSpec, deferring_bundle, iso_in
+from mt_testsupport.procs import alive
 from tests.conftest import pg_url
 from tests.tcp_proxy import TcpProxy
 
@@ -27,13 +28,6 @@ def loop_pids(log: str) -> dict[str, list[int]]:
     for loop, pid in re.findall(r"loop started .*?loop=(\S+) pid=(\d+)", log):
         pids.setdefault(loop, []).append(int(pid))
     return pids
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def job_ids(home: AirflowHome) -> list[int]:
@@ -149,7 +143,7 @@ def test_db_outage_keeps_loops_running_loses_no_event_and_gives_up_after_the_bou
 
 def test_a_second_sigterm_forces_the_stop(home, start_triggerer, tmp_path):
     marker = tmp_path / "running"
-    home.defer_many([DeferSpec("dag_a", "t0", "multitrigger.sandbox.crash_triggers.SlowCleanupTrigger",
+    home.defer_many([DeferSpec("dag_a", "t0", "mt_testsupport.crash_triggers.SlowCleanupTrigger",
                                {"marker_path": str(marker)}, validate=False)])
     mt = start_triggerer(home, "--skip-serve-logs", config=CONFIG)
     home.wait_for(marker.exists, timeout=90)

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from multitrigger.sandbox.home import WAIT_FOREVER, AirflowHome, DeferSpec, deferring_bundle
+from mt_testsupport.home import WAIT_FOREVER, AirflowHome, DeferSpec, deferring_bundle
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from multitrigger.sandbox.home import FIRE_AT, AirflowHome, DeferSpec, deferring_bundle, iso_in
+from mt_testsupport.home import FIRE_AT, AirflowHome, DeferSpec, deferring_bundle, iso_in
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from airflow.executors import workloads
@@ -37,9 +38,11 @@ from multitrigger.supervisor.loop_process import LoopCallbacks, LoopProcess
 from multitrigger.supervisor.slot import LoopSlot, SlotSinks
 from multitrigger.supervisor.zygote_client import ZYGOTE_DIED, Zygote
 from multitrigger.venvs import create_bundle_venv
+from mt_testsupport.procs import alive, memory_kb
+from mt_testsupport.procs import parent_pid as ppid
 
 PYTHON = Path(sys.executable)
-FIRE_AT = "multitrigger.sandbox.triggers.FireAtTrigger"
+FIRE_AT = "mt_testsupport.triggers.FireAtTrigger"
 
 # Loaded from a loop's cwd ('' is on a ``python -c`` loop's sys.path, forked or exec'd alike).
 _PROBE_TRIGGERS = '''\
@@ -198,26 +201,6 @@ def fire_at(trigger_id: int, seconds: float) -> workloads.RunTrigger:
                                 encrypted_kwargs=json.dumps({"moment": moment, "payload": None}))
 
 
-def ppid(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
-def gone(pid: int) -> bool:
-    """No such process, or a zombie (dead; waiting for whoever inherited it to reap it)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
-
-
-def memory_kb(pid: int) -> dict[str, int]:
-    fields = {}
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
-        key, value = line.split(":", 1)
-        fields[key] = int(value.split()[0])
-    return {"uss": fields["Private_Clean"] + fields["Private_Dirty"], "pss": fields["Pss"], "rss": fields["Rss"]}
-
-
 def wait_for(done: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not done():
@@ -243,7 +226,7 @@ def test_forked_loop_runs_a_trigger_through_the_slot(zygote: Zygote, harness: Ha
     # Preload coverage: nothing big is imported after the fork (only the triggers' own modules).
     new = harness.event(2)["new"]
     print(f"\nmodules imported after fork ({len(new)}): {new}")
-    assert [m for m in new if not m.startswith(("zygote_probe", "multitrigger.sandbox"))] == []
+    assert [m for m in new if not m.startswith(("zygote_probe", "mt_testsupport", "multitrigger.demo"))] == []
     # The loop stops on SIGTERM like an exec'd one, and the zygote reports the exit.
     slot.process.signal(signal.SIGTERM)
     harness.until(lambda: slot.process.poll_exit() is not None, 15, "loop exit")
@@ -277,8 +260,8 @@ def test_staged_zygote_imports_airflow_only_under_its_loop_env(harness: Harness,
     staged = Zygote.start(PYTHON, early, home, staged=True)
     try:
         assert not staged.wait_ready(3.0) and staged.starting and staged.awaiting_env, "waits for its env"
-        exec_env = Path(f"/proc/{staged.pid}/environ").read_bytes().split(b"\0")
-        assert not [v for v in exec_env if b"secret" in v or v.startswith(b"AIRFLOW__DATABASE")]
+        exec_env = [f"{k}={v}" for k, v in psutil.Process(staged.pid).environ().items()]
+        assert exec_env and not [v for v in exec_env if "secret" in v or v.startswith("AIRFLOW__DATABASE")]
         full = loop_env(home, base)
         assert "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in full
         assert full["AIRFLOW__CORE__DAGS_FOLDER"] == str(tmp_path / "marker-dags")
@@ -362,7 +345,7 @@ def test_zygote_death_takes_its_loops(harness: Harness, tmp_path: Path) -> None:
         harness.until(lambda: all(s.last_heard != math.inf for s in slots), 30, "first polls")
         pids = [s.process.pid for s in slots]
         os.kill(own.pid, signal.SIGKILL)
-        wait_for(lambda: all(gone(pid) for pid in pids), 10, "children to die (PDEATHSIG)")
+        wait_for(lambda: not any(alive(pid) for pid in pids), 10, "children to die (PDEATHSIG)")
         harness.until(lambda: all(s.process.poll_exit() is not None for s in slots), 10, "reports")
         for slot in slots:
             assert slot.process.poll_exit() == ZYGOTE_DIED
@@ -441,7 +424,7 @@ def test_supervisor_sigkill_takes_zygote_and_loops(tmp_path: Path) -> None:
         assert ppid(loop_pid) == zygote_pid and ppid(zygote_pid) == supervisor.pid
         supervisor.kill()
         supervisor.wait(10)
-        wait_for(lambda: gone(zygote_pid) and gone(loop_pid), 10, "zygote and loop to die")
+        wait_for(lambda: not alive(zygote_pid) and not alive(loop_pid), 10, "zygote and loop to die")
     finally:
         supervisor.kill()
         supervisor.wait(10)

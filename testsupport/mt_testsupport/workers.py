@@ -1,7 +1,9 @@
-"""How the sandbox runs Airflow code: ``multitrigger.sandbox._worker`` commands in a fresh process,
-forked from a warm fork server (``multitrigger.sandbox._zygote``) when possible.
+"""Cheap home workers for tests: :mod:`mt_testsupport._worker` commands forked from a warm fork
+server (:mod:`mt_testsupport._zygote`, one per interpreter, started lazily), falling back to the
+demo's plain subprocess (:func:`multitrigger.demo.workers.run_worker`).
 
-The calling process never imports Airflow; each worker gets the home's environment.
+A test session builds dozens of homes and defers thousands of task instances; each worker would
+otherwise import Airflow (~5 s).  ``MULTITRIGGER_SANDBOX_ZYGOTE=0`` turns the fork server off.
 """
 
 from __future__ import annotations
@@ -21,11 +23,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-_PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # directory containing the ``multitrigger`` package
+from multitrigger.demo.workers import run_worker as run_demo_worker
 
-
-class SandboxError(RuntimeError):
-    """A sandbox subprocess failed; the message carries its error, traceback and log tail."""
+WORKER_MODULE = "mt_testsupport._worker"
 
 
 # -------------------------------------------------------------------------------- subprocess glue
@@ -34,7 +34,7 @@ def _zygote_enabled() -> bool:
 
 
 class _Zygote:
-    """Client for :mod:`multitrigger.sandbox._zygote` (one server per interpreter path, started lazily)."""
+    """Client for :mod:`mt_testsupport._zygote` (one server per interpreter path, started lazily)."""
 
     _instances: dict[str, _Zygote] = {}
     _broken: set[str] = set()
@@ -46,10 +46,8 @@ class _Zygote:
         self.lock = threading.Lock()
         self._buf = b""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "_AIRFLOW"))}
-        pp = env.get("PYTHONPATH")
-        env["PYTHONPATH"] = str(_PACKAGE_ROOT) + (os.pathsep + pp if pp else "")
         self.proc = subprocess.Popen(
-            [python, "-m", "multitrigger.sandbox._zygote"],
+            [python, "-m", "mt_testsupport._zygote"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -155,47 +153,18 @@ def run_worker(
     workdir: Path,
     timeout: float = 600,
 ) -> Any:
-    """Run ``multitrigger.sandbox._worker <command>`` with ``env`` in a fresh process; return its result.
+    """Run ``mt_testsupport._worker <command>`` with ``env`` in a fresh process; return its result.
 
-    The process is forked from the warm fork server (:mod:`._zygote`) when possible, else started
-    as ``python -m multitrigger.sandbox._worker`` (``MULTITRIGGER_SANDBOX_ZYGOTE=0`` forces that).
+    Forked from the warm fork server of ``python`` when possible, else a plain subprocess.
     """
-    workdir.mkdir(parents=True, exist_ok=True)
-    token = f"{command}-{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}"
-    req_path = workdir / f"{token}.request.json"
-    res_path = workdir / f"{token}.result.json"
-    log_path = workdir / f"{token}.log"
-    req_path.write_text(json.dumps(request, default=str))
-    argv = [command, str(req_path), str(res_path)]
-    try:
-        rc: int | None = None
+    def spawn(argv: list[str], env: Mapping[str, str], workdir: Path, log: Path, timeout: float) -> int | None:
         zyg = _Zygote.get(python)
-        if zyg is not None:
-            try:
-                rc = zyg.run(argv, env, workdir, log_path, timeout)
-            except (EOFError, OSError, ValueError):
-                rc = None  # server died (or refused to warm up): fall back to a plain subprocess
-        if rc is None:
-            with open(log_path, "ab") as log_fh:
-                rc = subprocess.run(
-                    [python, "-m", "multitrigger.sandbox._worker", *argv],
-                    env=dict(env),
-                    cwd=str(workdir),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_fh,
-                    stderr=subprocess.STDOUT,
-                    timeout=timeout,
-                ).returncode
-        log_tail = log_path.read_text(errors="replace")[-6000:] if log_path.exists() else ""
-        if not res_path.exists():
-            raise SandboxError(f"sandbox worker {command!r} died (rc={rc}):\n{log_tail}")
-        result = json.loads(res_path.read_text())
-        if not result["ok"]:
-            raise SandboxError(
-                f"sandbox worker {command!r} failed: {result['error']}\n{result['traceback']}\n--- log ---\n{log_tail}"
-            )
-        log_path.unlink(missing_ok=True)
-        return result["result"]
-    finally:
-        req_path.unlink(missing_ok=True)
-        res_path.unlink(missing_ok=True)
+        if zyg is None:
+            return None
+        try:
+            return zyg.run(argv, env, workdir, log, timeout)
+        except (EOFError, OSError, ValueError):
+            return None  # server died (or refused to warm up): fall back to a plain subprocess
+
+    return run_demo_worker(command, request, env=env, python=python, workdir=workdir, timeout=timeout,
+                           module=WORKER_MODULE, spawn=spawn)

@@ -14,7 +14,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-_PREFIX = "multitrigger.sandbox.bench_triggers"
+_PREFIX = "mt_testsupport.bench_triggers"
 
 
 class BlockingTrigger(BaseTrigger):

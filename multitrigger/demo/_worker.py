@@ -1,9 +1,10 @@
-"""Subprocess side of :mod:`multitrigger.sandbox.home`.
+"""Subprocess side of :mod:`multitrigger.demo.home`: the Airflow code a home is built with.
 
-Run as ``python -m multitrigger.sandbox._worker <command> <request.json> <result.json>`` with the
-environment of an :class:`~multitrigger.sandbox.home.AirflowHome` (``home.env()``).  Everything that
+Run as ``python -m multitrigger.demo._worker <command> <request.json> <result.json>`` with the
+environment of an :class:`~multitrigger.demo.home.AirflowHome` (``home.env()``).  Everything that
 needs Airflow's own code (and therefore Airflow's process-global configuration) happens here, never
-in the caller.
+in the caller, so one process can build several homes.  Checked against Airflow 3.3.2 (the
+``defer`` command writes what its execution API writes for a deferral).
 
 Commands (each takes a JSON request and writes a JSON result):
 
@@ -11,7 +12,8 @@ Commands (each takes a JSON request and writes a JSON result):
 * ``migrate``    -- reset (if asked) and migrate the metadata DB.
 * ``serialize``  -- what ``airflow dags reserialize`` does, then verify the result.
 * ``defer``      -- put task instances into DEFERRED the way the execution API does.
-* ``clear``      -- clear task instances with Airflow's ``clear_task_instances`` (the UI "Clear").
+
+The test-support package (``mt_testsupport._worker``) adds its own commands on top of these.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable, Mapping
 from typing import Any
 
 DEFAULT_RUN_ID = "manual__sandbox"
-
+Command = Callable[[dict[str, Any]], Any]
 
 # ----------------------------------------------------------------------------------------- helpers
 def _now():
@@ -272,146 +275,27 @@ def cmd_defer(req: dict[str, Any]) -> dict[str, Any]:
     return {"refs": results, "seconds": time.monotonic() - t0}
 
 
-# ------------------------------------------------------------------------------------------- clear
-def cmd_clear(req: dict[str, Any]) -> dict[str, Any]:
-    """The UI/REST "Clear task instance": ``clear_task_instances(tis, session, DagRunState.QUEUED)``.
-
-    Stock Airflow 3.3 leaves the cleared TI with state NULL and its ``trigger_id`` still set;
-    ``Trigger.clean_unused`` (run by the triggerer) only detaches triggers of TIs whose state is
-    ``!= 'deferred'`` -- which is NULL for a NULL state -- so the trigger keeps running until the
-    scheduler moves the TI to SCHEDULED.  With ``schedule`` (default) we also run that scheduler
-    step (``DagRun.task_instance_scheduling_decisions`` + ``schedule_tis``) for the cleared TIs, so
-    the triggerer sees the trigger orphaned without a scheduler running.
-    """
-    from sqlalchemy import select
-
-    from airflow.models.dagbag import DBDagBag
-    from airflow.models.dagrun import DagRun
-    from airflow.models.taskinstance import TaskInstance, clear_task_instances
-    from airflow.utils.session import create_session
-    from airflow.utils.state import DagRunState
-
-    out = []
-    with create_session() as session:
-        tis = []
-        for ref in req["refs"]:
-            ti = session.scalar(
-                select(TaskInstance).where(
-                    TaskInstance.dag_id == ref["dag_id"],
-                    TaskInstance.run_id == ref["run_id"],
-                    TaskInstance.task_id == ref["task_id"],
-                    TaskInstance.map_index == int(ref.get("map_index", -1)),
-                )
-            )
-            if ti is None:
-                raise LookupError(f"no task instance {ref}")
-            tis.append(ti)
-        clear_task_instances(tis, session, DagRunState.QUEUED)
-        session.flush()
-        if req.get("schedule", True):
-            keys = {(ti.dag_id, ti.run_id, ti.task_id, ti.map_index) for ti in tis}
-            dagbag = DBDagBag()
-            for dag_id, run_id in sorted({(ti.dag_id, ti.run_id) for ti in tis}):
-                dr = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
-                dr.dag = dagbag.get_dag_for_run(dag_run=dr, session=session)
-                decision = dr.task_instance_scheduling_decisions(session=session)
-                mine = [
-                    ti
-                    for ti in decision.schedulable_tis
-                    if (ti.dag_id, ti.run_id, ti.task_id, ti.map_index) in keys
-                ]
-                dr.schedule_tis(mine, session=session)
-            session.flush()
-        for ti in tis:
-            session.refresh(ti)
-            out.append(
-                {
-                    "dag_id": ti.dag_id,
-                    "run_id": ti.run_id,
-                    "task_id": ti.task_id,
-                    "map_index": ti.map_index,
-                    "ti_id": str(ti.id),
-                    "state": ti.state,
-                    "trigger_id": ti.trigger_id,
-                }
-            )
-    return {"cleared": out}
-
-
-def cmd_seed(req: dict[str, Any]) -> dict[str, Any]:
-    """Connections and variables, written with Airflow's own models (what the CLI/UI would do)."""
-    from airflow.models.connection import Connection
-    from airflow.models.variable import Variable
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        for conn in req.get("connections", []):
-            session.add(Connection(**conn))
-    for key, value in req.get("variables", {}).items():
-        Variable.set(key, value)
-    return {"connections": len(req.get("connections", [])), "variables": len(req.get("variables", {}))}
-
-
-def cmd_check_trigger_timeouts(req: dict[str, Any]) -> dict[str, Any]:
-    """One scheduler pass of ``SchedulerJobRunner.check_trigger_timeouts`` -- Airflow's own code.
-
-    The method only uses ``self.log`` (and its own ``@provide_session`` session), so it is called
-    unbound on a minimal object instead of building a whole scheduler job.
-    """
-    import logging
-    import types
-
-    from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
-
-    runner = types.SimpleNamespace(log=logging.getLogger("airflow.jobs.scheduler_job_runner"))
-    SchedulerJobRunner.check_trigger_timeouts(runner)
-    return {}
-
-
-def cmd_triggerer_callback(req: dict[str, Any]) -> dict[str, Any]:
-    """A triggerer callback the way a missed deadline creates one (``Deadline.__init__`` +
-    ``handle_miss`` → ``callback.queue``): ``TriggererCallback(AsyncCallback(path, kwargs))`` with
-    ``bundle_name``, queued so ``TriggererCallback.queue`` creates its ``CallbackTrigger`` row."""
-    from airflow.models.callback import TriggererCallback
-    from airflow.sdk.definitions.callback import AsyncCallback
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        callback = TriggererCallback(
-            AsyncCallback(req.get("path", "asyncio.sleep"), kwargs=req.get("kwargs") or {}),
-            dag_id=req.get("dag_id"),
-        )
-        callback.bundle_name = req["bundle_name"]
-        session.add(callback)
-        callback.queue(session=session)
-        session.flush()
-        return {"callback_id": str(callback.id), "trigger_id": callback.trigger_id, "type": callback.type}
-
-
-COMMANDS = {
-    "seed": cmd_seed,
+COMMANDS: dict[str, Command] = {
     "setup": cmd_setup,
     "migrate": cmd_migrate,
     "serialize": cmd_serialize,
     "defer": cmd_defer,
-    "clear": cmd_clear,
-    "check_trigger_timeouts": cmd_check_trigger_timeouts,
-    "triggerer_callback": cmd_triggerer_callback,
 }
 
 
-def run(command: str, request_path: str, result_path: str) -> int:
+def run(command: str, request_path: str, result_path: str, commands: Mapping[str, Command] = COMMANDS) -> int:
+    """Run ``commands[command]`` on the request file and write ``{"ok", "result" | "error", ...}``."""
     with open(request_path) as fh:
         req = json.load(fh)
     try:
-        result = {"ok": True, "result": COMMANDS[command](req)}
+        result = {"ok": True, "result": commands[command](req)}
         rc = 0
     except BaseException as exc:  # report everything, including SystemExit from Airflow internals
         result = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
         rc = 1
     finally:
         # Close pooled connections so SQLite (Airflow puts it in WAL mode) checkpoints into the main
-        # file -- the zygote's children leave through os._exit, which skips Airflow's atexit hooks.
+        # file -- a forked worker leaves through os._exit, which skips Airflow's atexit hooks.
         settings = sys.modules.get("airflow.settings")
         if settings is not None:
             try:
@@ -422,20 +306,16 @@ def run(command: str, request_path: str, result_path: str) -> int:
     with open(tmp, "w") as fh:
         json.dump(result, fh, default=str)
     os.replace(tmp, result_path)
-    if rc == 0:
-        from multitrigger.sandbox._zygote import record_modules
-
-        record_modules()
     return rc
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, commands: Mapping[str, Command] = COMMANDS, prog: str = __name__) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) != 3 or argv[0] not in COMMANDS:
-        print(f"usage: python -m multitrigger.sandbox._worker {{{','.join(COMMANDS)}}} REQUEST RESULT", file=sys.stderr)
+    if len(argv) != 3 or argv[0] not in commands:
+        print(f"usage: python -m {prog} {{{','.join(commands)}}} REQUEST RESULT", file=sys.stderr)
         return 2
-    return run(*argv)
+    return run(*argv, commands=commands)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="multitrigger.demo._worker"))

@@ -12,7 +12,7 @@ import tempfile
 from importlib import metadata as _metadata
 from pathlib import Path
 
-from multitrigger.sandbox.workers import SandboxError
+from multitrigger.demo.workers import HomeError
 
 
 def airflow_version() -> str:
@@ -65,7 +65,7 @@ def _sqlite_snapshot(source: Path, target: Path) -> None:
         (tables,) = dst.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()
         (revisions,) = dst.execute("SELECT count(*) FROM alembic_version").fetchone()
         if tables < 50 or revisions != 1:
-            raise SandboxError(f"migrated template DB looks incomplete ({tables} tables, {revisions} revisions)")
+            raise HomeError(f"migrated template DB looks incomplete ({tables} tables, {revisions} revisions)")
     finally:
         dst.close()
         src.close()
@@ -86,7 +86,7 @@ def ensure_template_db(*, python: str = sys.executable, timeout: float = 900) ->
             with tempfile.TemporaryDirectory(prefix="multitrigger-template-") as tmp:
                 tmp_path = Path(tmp)
                 db_file = tmp_path / "airflow.db"
-                from multitrigger.sandbox.home import AirflowHome
+                from mt_testsupport.home import AirflowHome
 
                 builder = AirflowHome(path=tmp_path, db_url=f"sqlite:///{db_file}", bundles={}, python=python)
                 for sub in ("dags", "logs", "plugins", "bundle-storage", ".sandbox"):

@@ -1,15 +1,13 @@
-"""Test triggers for the sandbox (real ``BaseTrigger`` subclasses, no mocks).
+"""Test triggers (real ``BaseTrigger`` subclasses, no mocks), beside the demo's own
+(:mod:`multitrigger.demo.triggers`).
 
-Every trigger serializes to ``("multitrigger.sandbox.triggers.<Name>", kwargs)`` so it can be
-re-hydrated by any triggerer (stock Airflow or multitrigger) whose interpreter can import the
-``multitrigger`` package.
+Each serializes to ``("mt_testsupport.triggers.<Name>", kwargs)``: a loop re-hydrates it by
+importing this package, which is installed (editable) into the project venv, so every loop sees
+it -- the supervisor's interpreter and layered bundle venvs alike (loops do not inherit
+``PYTHONPATH``). Events carry ``pid`` / ``executable`` / ``loop``.
 
-Events carry ``pid`` / ``executable`` / ``loop`` so tests can tell which process (and which
-multitrigger loop, via the ``MULTITRIGGER_LOOP`` environment variable) ran the trigger.
-
-Note: importing this module imports Airflow (and therefore reads the Airflow configuration of the
-current process).  Test code that only needs a class path should use the ``*_CLASSPATH``
-constants from :mod:`multitrigger.sandbox.home` instead.
+Importing this module imports Airflow (3.3.2).  Test code that only needs a class path uses the
+constants of :mod:`mt_testsupport.home`.
 """
 
 from __future__ import annotations
@@ -18,61 +16,31 @@ import asyncio
 import datetime as _dt
 import importlib
 import os
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from airflow.triggers.base import BaseEventTrigger, BaseTrigger, TriggerEvent
 
-_PREFIX = "multitrigger.sandbox.triggers"
+from multitrigger.demo import triggers as demo
+from multitrigger.demo.triggers import classpath, parse_moment, process_info, utcnow
 
 
-def _utcnow() -> _dt.datetime:
-    return _dt.datetime.now(_dt.timezone.utc)
+class FireAtTrigger(demo.FireAtTrigger):
+    """The demo's :class:`~multitrigger.demo.triggers.FireAtTrigger`, plus ``record_path``: it
+    appends ``start <pid> <loop>`` when it starts running and ``fire <pid> <loop>`` when it fires,
+    so tests can prove a trigger ran (and fired) exactly once."""
 
-
-def _parse_moment(moment: str | _dt.datetime) -> _dt.datetime:
-    if isinstance(moment, _dt.datetime):
-        value = moment
-    else:
-        value = _dt.datetime.fromisoformat(str(moment).replace("Z", "+00:00"))
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=_dt.timezone.utc)
-    return value
-
-
-def process_info() -> dict[str, Any]:
-    """Identify the process running a trigger (part of every event payload)."""
-    return {
-        "pid": os.getpid(),
-        "executable": sys.executable,
-        "loop": os.environ.get("MULTITRIGGER_LOOP"),
-    }
-
-
-class FireAtTrigger(BaseTrigger):
-    """Sleep (one ``asyncio.sleep``) until ``moment`` (ISO datetime, naive = UTC), then fire once.
-
-    With ``record_path``, appends ``start <pid> <loop>`` when it starts running and
-    ``fire <pid> <loop>`` when it fires, so tests can prove a trigger ran (and fired) exactly once.
-    """
-
-    def __init__(
-        self, moment: str, payload: dict[str, Any] | None = None, record_path: str | None = None, **kwargs: Any
-    ) -> None:
-        super().__init__(**kwargs)
-        if isinstance(moment, _dt.datetime):
-            moment = _parse_moment(moment).isoformat()
-        self.moment = moment
-        self.payload = payload
+    def __init__(self, moment: str, payload: dict[str, Any] | None = None, record_path: str | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(moment, payload, **kwargs)
         self.record_path = record_path
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        kwargs: dict[str, Any] = {"moment": self.moment, "payload": self.payload}
+        path, kwargs = super().serialize()
         if self.record_path:
             kwargs["record_path"] = self.record_path
-        return f"{_PREFIX}.FireAtTrigger", kwargs
+        return path, kwargs
 
     def _record(self, what: str) -> None:
         if self.record_path:
@@ -82,11 +50,9 @@ class FireAtTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         self._record("start")
-        delay = (_parse_moment(self.moment) - _utcnow()).total_seconds()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        self._record("fire")
-        yield TriggerEvent({"fired_at": _utcnow().isoformat(), **process_info(), **(self.payload or {})})
+        async for event in super().run():
+            self._record("fire")
+            yield event
 
 
 class FireAtEventTrigger(BaseEventTrigger):
@@ -99,34 +65,19 @@ class FireAtEventTrigger(BaseEventTrigger):
     def __init__(self, moment: str, payload: dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if isinstance(moment, _dt.datetime):
-            moment = _parse_moment(moment).isoformat()
+            moment = parse_moment(moment).isoformat()
         self.moment = moment
         self.payload = payload
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return f"{_PREFIX}.FireAtEventTrigger", {"moment": self.moment, "payload": self.payload}
+        return classpath(self), {"moment": self.moment, "payload": self.payload}
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        delay = (_parse_moment(self.moment) - _utcnow()).total_seconds()
+        delay = (parse_moment(self.moment) - utcnow()).total_seconds()
         if delay > 0:
             await asyncio.sleep(delay)
-        yield TriggerEvent({"fired_at": _utcnow().isoformat(), **process_info(), **(self.payload or {})})
+        yield TriggerEvent({"fired_at": utcnow().isoformat(), **process_info(), **(self.payload or {})})
         await asyncio.Event().wait()
-
-
-class RaiseTrigger(BaseTrigger):
-    """Fail immediately with ``RuntimeError(message)``."""
-
-    def __init__(self, message: str = "RaiseTrigger failed", **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.message = message
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return f"{_PREFIX}.RaiseTrigger", {"message": self.message}
-
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        raise RuntimeError(self.message)
-        yield  # pragma: no cover - makes this an async generator
 
 
 class WaitForeverTrigger(BaseTrigger):
@@ -141,7 +92,7 @@ class WaitForeverTrigger(BaseTrigger):
         self.marker_path = str(marker_path)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return f"{_PREFIX}.WaitForeverTrigger", {"marker_path": self.marker_path}
+        return classpath(self), {"marker_path": self.marker_path}
 
     def _mark(self, word: str) -> None:
         path = Path(self.marker_path)
@@ -168,7 +119,7 @@ class ImportVersionTrigger(BaseTrigger):
         self.module = module
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return f"{_PREFIX}.ImportVersionTrigger", {"module": self.module}
+        return classpath(self), {"module": self.module}
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         mod = importlib.import_module(self.module)
@@ -194,7 +145,7 @@ class SdkCallsTrigger(BaseTrigger):
         self.conn_id, self.variable, self.dag_id, self.run_id = conn_id, variable, dag_id, run_id
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return f"{_PREFIX}.SdkCallsTrigger", {
+        return classpath(self), {
             "conn_id": self.conn_id, "variable": self.variable, "dag_id": self.dag_id, "run_id": self.run_id,
         }
 

@@ -4,8 +4,8 @@ Importing Airflow costs ~5 s on a small machine and most of it is third-party co
 pydantic, libcst, rich, ...).  This process pre-imports those third-party modules -- but NEVER
 ``airflow`` (whose import reads the process's Airflow configuration) -- and then, per request,
 ``fork()``s a child that sets the requested environment (an ``AirflowHome.env()``), and only then
-imports Airflow and runs :mod:`multitrigger.sandbox._worker`.  Each child therefore is a fresh
-Airflow process with its own configuration, exactly like ``python -m multitrigger.sandbox._worker``.
+imports Airflow and runs :mod:`mt_testsupport._worker`.  Each child therefore is a fresh
+Airflow process with its own configuration, exactly like ``python -m mt_testsupport._worker``.
 
 Protocol (line-delimited JSON on stdin/stdout)::
 
@@ -28,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-_EXCLUDED_PREFIXES = ("airflow", "multitrigger", "unusual_prefix_", "__main__", "__mp_main__")
+_EXCLUDED_PREFIXES = ("airflow", "multitrigger", "mt_testsupport", "unusual_prefix_", "__main__", "__mp_main__")
 
 
 def modules_file() -> Path:
@@ -105,8 +105,8 @@ def _child(req: dict) -> int:
     for entry in reversed([p for p in req["env"].get("PYTHONPATH", "").split(os.pathsep) if p]):
         if entry not in sys.path:
             sys.path.insert(0, entry)
-    sys.argv = ["multitrigger.sandbox._worker", *req["argv"]]
-    from multitrigger.sandbox import _worker
+    sys.argv = ["mt_testsupport._worker", *req["argv"]]
+    from mt_testsupport import _worker
 
     return _worker.main(req["argv"])
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-_PREFIX = "multitrigger.sandbox.crash_triggers"
+_PREFIX = "mt_testsupport.crash_triggers"
 
 
 class _Misbehaving(BaseTrigger):

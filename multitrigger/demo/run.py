@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from multitrigger.sandbox.home import FIRE_AT, RAISE, AirflowHome, DeferSpec, deferring_bundle, iso_in
+from multitrigger.demo.home import FIRE_AT, RAISE, AirflowHome, DeferSpec, deferring_bundle, iso_in
 
 BUNDLES = ("team_a", "team_b", "shared")
 

@@ -1,21 +1,20 @@
-"""A REAL, isolated Airflow 3.3 environment (AIRFLOW_HOME + metadata DB) for tests, demos, benchmarks.
+"""A REAL, isolated Airflow 3.3 environment (AIRFLOW_HOME + metadata DB): what ``multitrigger demo``
+runs on, and the base of the test support's homes (``mt_testsupport.home``).
 
 Nothing here is mocked: the metadata DB is migrated by Airflow, DAG bundles are parsed and
 serialized by Airflow (``airflow dags reserialize`` steps), DagRuns/TaskInstances/Triggers are
-created with Airflow's models the way the scheduler + execution API would.
+created with Airflow's models the way the scheduler + execution API (3.3.2) would.
 
 The calling process never imports Airflow through this module: everything that needs Airflow's
 (process-global) configuration runs in a subprocess with :meth:`AirflowHome.env`
-(``python -m multitrigger.sandbox._worker``), and state is read back with plain SQL through
-SQLAlchemy Core on the home's DB URL.  One pytest process can therefore juggle several homes.
+(:mod:`multitrigger.demo._worker`), and state is read back with plain SQL through SQLAlchemy Core
+on the home's DB URL.  One process can therefore juggle several homes.
 
 Typical use::
 
-    home = AirflowHome.create(tmp_path / "home", {"b1": deferring_bundle("d1")})
-    ref = home.defer("d1", "t0", FIRE_AT, {"moment": iso_in(3)})
-    proc = home.popen_airflow("triggerer", "--skip-serve-logs")
-    home.wait_for(lambda: home.ti_states([ref])[ref].state == "scheduled", timeout=30)
-    home.event(ref)  # -> {"fired_at": ..., "pid": ..., ...}
+    home = AirflowHome.create(root / "home", {"b1": deferring_bundle("d1")})
+    refs = home.defer_many([DeferSpec("d1", "t0", FIRE_AT, {"moment": iso_in(3)})])
+    home.ti_states(refs)[refs[0]].event  # -> {"fired_at": ..., "pid": ..., ...} once it fired
 """
 
 from __future__ import annotations
@@ -26,61 +25,34 @@ import datetime as _dt
 import json
 import os
 import secrets
-import shutil
-import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from multitrigger.sandbox.databases import (
-    airflow_version,
-    ensure_pg_database,
-    ensure_template_db,
-    template_db_path,
-)
-from multitrigger.sandbox.rows import DbReader, TaskRef, TIState, TriggerRow, decode_serde
-from multitrigger.sandbox.workers import _PACKAGE_ROOT, SandboxError, prestart_zygote, run_worker
-from multitrigger.sandbox.dag_sources import (
-    asset_watcher_dag_source,
-    broken_dag_source,
-    deferring_bundle,
-    deferring_dag_source,
-)
+from multitrigger.demo.dag_sources import deferring_bundle, deferring_dag_source
+from multitrigger.demo.rows import DbReader, TaskRef, TIState, decode_serde
+from multitrigger.demo.workers import PACKAGE_ROOT, HomeError, run_worker
 
 __all__ = [
     "AirflowHome",
     "DeferSpec",
-    "SandboxError",
+    "HomeError",
     "TaskRef",
     "TIState",
-    "TriggerRow",
     "FIRE_AT",
     "RAISE",
-    "WAIT_FOREVER",
-    "IMPORT_VERSION",
     "LOCAL_BUNDLE_CLASSPATH",
     "DEFAULT_RUN_ID",
-    "airflow_version",
-    "ensure_pg_database",
-    "ensure_template_db",
-    "prestart_zygote",
-    "template_db_path",
     "decode_serde",
-    "iso_in",
-    "asset_watcher_dag_source",
-    "broken_dag_source",
-    "FIRE_AT_EVENT",
     "deferring_bundle",
     "deferring_dag_source",
+    "iso_in",
 ]
 
-FIRE_AT = "multitrigger.sandbox.triggers.FireAtTrigger"
-FIRE_AT_EVENT = "multitrigger.sandbox.triggers.FireAtEventTrigger"
-RAISE = "multitrigger.sandbox.triggers.RaiseTrigger"
-WAIT_FOREVER = "multitrigger.sandbox.triggers.WaitForeverTrigger"
-IMPORT_VERSION = "multitrigger.sandbox.triggers.ImportVersionTrigger"
+FIRE_AT = "multitrigger.demo.triggers.FireAtTrigger"
+RAISE = "multitrigger.demo.triggers.RaiseTrigger"
 LOCAL_BUNDLE_CLASSPATH = "airflow.dag_processing.bundles.local.LocalDagBundle"
 DEFAULT_RUN_ID = "manual__sandbox"  # keep in sync with _worker.DEFAULT_RUN_ID
 
@@ -136,7 +108,7 @@ class AirflowHome(DbReader):
         """Build a home at ``path`` with one ``LocalDagBundle`` per entry of ``bundles``.
 
         ``bundles`` maps bundle name -> {relative file name: python source}.  ``db_url`` defaults to a
-        SQLite file in the home (copied from a cached, migrated template); a PostgreSQL URL is
+        SQLite file in the home (migrated by Airflow); a PostgreSQL URL is
         RESET (Airflow's own tables in it are dropped -- ``airflow db reset`` -- and re-created).
         ``extra_config`` is merged into the generated ``airflow.cfg`` (``{section: {key: value}}``).
         All DAGs are parsed and serialized (with Airflow's code, in a subprocess) before this
@@ -163,25 +135,18 @@ class AirflowHome(DbReader):
         home = cls(path=path, db_url=url, bundles=bundle_paths, python=python or sys.executable)
         home._write_config(extra_config or {})
 
-        is_sqlite = url.startswith("sqlite")
-        if db_url is None:
-            t0 = time.monotonic()
-            template = ensure_template_db(python=home.python, timeout=timeout)
-            for stale in (sqlite_file, Path(f"{sqlite_file}-wal"), Path(f"{sqlite_file}-shm")):
-                stale.unlink(missing_ok=True)  # a leftover WAL would be replayed into the fresh copy
-            shutil.copyfile(template, sqlite_file)
-            home.timings["template_copy"] = time.monotonic() - t0
+        setup = home._prepare_database(own_sqlite=db_url is None, timeout=timeout)
         t0 = time.monotonic()
-        result = home._run_worker(
-            "setup",
-            {"migrate": not (db_url is None), "reset": not is_sqlite},
-            timeout=timeout,
-        )
+        result = home._run_worker("setup", setup, timeout=timeout)
         home.timings["setup_subprocess"] = time.monotonic() - t0
         home.dags = {dag_id: info["bundle"] for dag_id, info in result["serialize"]["dags"].items()}
         home.import_errors = result["serialize"]["import_errors"]
         home.timings["create"] = time.monotonic() - t_start
         return home
+
+    def _prepare_database(self, *, own_sqlite: bool, timeout: float) -> dict[str, bool]:
+        """The ``setup`` worker's DB step: migrate, resetting any DB that is not the home's own file."""
+        return {"migrate": True, "reset": not self.db_url.startswith("sqlite")}
 
     @property
     def config_path(self) -> Path:
@@ -222,7 +187,7 @@ class AirflowHome(DbReader):
         }
         for section, values in extra_config.items():
             sections.setdefault(section, {}).update({k: v for k, v in values.items()})
-        lines = ["# Written by multitrigger.sandbox.home.AirflowHome -- do not edit by hand.", ""]
+        lines = ["# Written by multitrigger.demo.home.AirflowHome -- do not edit by hand.", ""]
         for section, values in sections.items():
             lines.append(f"[{section}]")
             for key, value in values.items():
@@ -246,86 +211,18 @@ class AirflowHome(DbReader):
         env["AIRFLOW_HOME"] = str(self.path)
         env["AIRFLOW_CONFIG"] = str(self.config_path)
         pp = env.get("PYTHONPATH")
-        env["PYTHONPATH"] = str(_PACKAGE_ROOT) + (os.pathsep + pp if pp else "")
+        env["PYTHONPATH"] = str(PACKAGE_ROOT) + (os.pathsep + pp if pp else "")
         if extra:
             env.update(extra)
         return env
 
-    def airflow_cmd(self, *args: str) -> list[str]:
-        return [self.python, "-m", "airflow", *args]
-
-    def run_airflow(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
-        """Run the stock ``airflow`` CLI against this home and return the completed process."""
-        proc = subprocess.run(
-            self.airflow_cmd(*args), env=self.env(), cwd=self.path, capture_output=True, text=True, timeout=timeout
-        )
-        if check and proc.returncode != 0:
-            raise SandboxError(f"airflow {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-        return proc
-
-    def popen_airflow(self, *args: str, log_name: str | None = None, **kwargs: Any) -> subprocess.Popen:
-        """Start a long-running stock ``airflow`` command (e.g. ``triggerer``); output goes to ``logs/<log_name>``."""
-        log_path = self.logs_dir / (log_name or f"{args[0] if args else 'airflow'}.out")
-        log_fh = open(log_path, "ab")  # noqa: SIM115 - owned by the child; closed below
-        try:
-            return subprocess.Popen(
-                self.airflow_cmd(*args),
-                env=kwargs.pop("env", None) or self.env(),
-                cwd=kwargs.pop("cwd", self.path),
-                stdout=log_fh,
-                stderr=subprocess.STDOUT,
-                start_new_session=kwargs.pop("start_new_session", False),
-                **kwargs,
-            )
-        finally:
-            log_fh.close()
-
     # ------------------------------------------------------------------------- subprocess worker
     def _run_worker(self, command: str, request: Mapping[str, Any], *, timeout: float = 600) -> Any:
+        """Run one :mod:`multitrigger.demo._worker` command with this home's environment."""
         return run_worker(command, request, env=self.env(), python=self.python, workdir=self.path / ".sandbox",
                           timeout=timeout)
 
-    def serialize(self, bundles: Iterable[str] | None = None) -> dict[str, str]:
-        """Re-parse and serialize bundles (after editing their files); returns dag_id -> bundle."""
-        result = self._run_worker("serialize", {"bundles": list(bundles) if bundles else None})
-        self.dags = {dag_id: info["bundle"] for dag_id, info in result["dags"].items()}
-        self.import_errors = result["import_errors"]
-        return self.dags
-
-    def write_dag_file(self, bundle: str, filename: str, source: str, *, serialize: bool = True) -> Path:
-        """Add/replace a file in a bundle (and re-serialize that bundle unless told not to)."""
-        target = self.bundles[bundle] / filename
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(source)
-        if serialize:
-            self.serialize([bundle])
-        return target
-
     # ------------------------------------------------------------------------------------ deferral
-    def defer(
-        self,
-        dag_id: str,
-        task_id: str,
-        trigger_classpath: str,
-        trigger_kwargs: Mapping[str, Any] | None = None,
-        run_id: str | None = None,
-        map_index: int = -1,
-        timeout_seconds: float | None = None,
-        **extra: Any,
-    ) -> TaskRef:
-        """Defer one task instance (see :meth:`defer_many`; prefer that for more than a handful)."""
-        spec = DeferSpec(
-            dag_id=dag_id,
-            task_id=task_id,
-            classpath=trigger_classpath,
-            kwargs=dict(trigger_kwargs or {}),
-            run_id=run_id,
-            map_index=map_index,
-            timeout_seconds=timeout_seconds,
-            **extra,
-        )
-        return self.defer_many([spec])[0]
-
     def defer_many(self, specs: Sequence[DeferSpec | Mapping[str, Any]], *, timeout: float = 600) -> list[TaskRef]:
         """Put many task instances into DEFERRED in ONE subprocess / DB transaction.
 
@@ -362,62 +259,3 @@ class AirflowHome(DbReader):
             )
             for r in result["refs"]
         ]
-
-    def clear_ti(self, ref: TaskRef, *, schedule: bool = True) -> dict[str, Any]:
-        """What the UI "Clear" does to a (deferred) task: Airflow's ``clear_task_instances``.
-
-        Stock 3.3.2 keeps ``trigger_id`` on the cleared (state NULL) TI and only orphans the trigger
-        once the scheduler moves the TI to SCHEDULED; ``schedule=True`` (default) runs that scheduler
-        step too (``task_instance_scheduling_decisions`` + ``schedule_tis``), so a running triggerer
-        sees the trigger row disappear and must cancel it (``on_kill``).  Note: clearing gives the TI
-        a new ``id`` (``prepare_db_for_next_try``); refs are keyed by dag/run/task/map_index.
-        Returns ``{dag_id, run_id, task_id, map_index, ti_id, state, trigger_id}`` after the clear.
-        """
-        return self.clear_tis([ref], schedule=schedule)[0]
-
-    def seed(self, connections: Sequence[Mapping[str, Any]] = (), variables: Mapping[str, str] | None = None) -> None:
-        """Add connections (``Connection(**kwargs)``, e.g. ``conn_id``, ``conn_type``, ``host``) and variables."""
-        self._run_worker("seed", {"connections": [dict(c) for c in connections], "variables": dict(variables or {})})
-
-    def clear_tis(self, refs: Iterable[TaskRef], *, schedule: bool = True) -> list[dict[str, Any]]:
-        return self._run_worker("clear", {"refs": [r.key() for r in refs], "schedule": schedule})["cleared"]
-
-    def check_trigger_timeouts(self) -> None:
-        """What the scheduler does for expired deferrals: one ``SchedulerJobRunner.check_trigger_timeouts``."""
-        self._run_worker("check_trigger_timeouts", {})
-
-    def add_triggerer_callback(
-        self, bundle_name: str, path: str = "asyncio.sleep", kwargs: Mapping[str, Any] | None = None,
-        dag_id: str | None = None,
-    ) -> dict[str, Any]:
-        """A queued ``TriggererCallback`` with ``bundle_name`` and its trigger row (Airflow's models).
-
-        Returns ``{callback_id, trigger_id, type}``."""
-        return self._run_worker(
-            "triggerer_callback", {"bundle_name": bundle_name, "path": path, "kwargs": dict(kwargs or {}), "dag_id": dag_id}
-        )
-
-    def add_asset_watcher(
-        self,
-        dag_id: str,
-        asset_name: str,
-        trigger_classpath: str,
-        trigger_kwargs: Mapping[str, Any] | None = None,
-        *,
-        bundle: str | None = None,
-    ) -> int:
-        """Add a DAG scheduled on an asset with a watcher trigger (file ``<dag_id>.py`` in ``bundle``,
-        default: the first bundle), serialize it, and return the watcher's trigger id.
-
-        The rows are created by Airflow's own DAG-parsing code; the trigger class must be a
-        ``BaseEventTrigger`` (see ``FIRE_AT_EVENT``)."""
-        bundle = bundle or next(iter(self.bundles))
-        self.write_dag_file(bundle, f"{dag_id}.py", asset_watcher_dag_source(dag_id, asset_name, trigger_classpath,
-                                                                             trigger_kwargs))
-        rows = self.sql(
-            "SELECT aw.trigger_id FROM asset_watcher aw JOIN asset a ON a.id = aw.asset_id WHERE a.name = :name",
-            {"name": asset_name},
-        )
-        if not rows:
-            raise SandboxError(f"no asset watcher trigger was created for asset {asset_name!r}: {self.import_errors}")
-        return int(rows[0][0])
