@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import multitrigger
+import mt_testsupport
 from multitrigger.interpreter_probe import clean_env
 from tests.pkgs import write_package as _write_pkg
 from multitrigger.venvs import (
@@ -83,14 +84,14 @@ def mid(tmp_path_factory: pytest.TempPathFactory, wheels: dict[str, str]) -> Pat
 
 
 _REPORT = """
-import json, importlib, importlib.metadata as md, importlib.util, sys, multitrigger, confpkg
+import json, importlib, importlib.metadata as md, importlib.util, sys, multitrigger, confpkg, mt_testsupport
 if sys.argv[1] == "import":
     sdk_file = importlib.import_module("airflow.sdk").__file__  # the real thing, ~4 s
 else:
     sdk_file = importlib.util.find_spec("airflow.sdk").origin
 print(json.dumps({"confpkg": confpkg.__version__, "confpkg_file": confpkg.__file__,
                   "sdk_file": sdk_file, "sdk_version": md.version("apache-airflow-task-sdk"),
-                  "multitrigger_file": multitrigger.__file__}))
+                  "multitrigger_file": multitrigger.__file__, "testsupport_file": mt_testsupport.__file__}))
 """
 
 
@@ -127,6 +128,8 @@ def test_two_bundle_venvs_see_own_confpkg_and_parent_airflow(
         assert _under(seen["sdk_file"], PARENT_SITE[0])  # from the supervisor's environment
         assert seen["sdk_version"] == importlib.metadata.version("apache-airflow-task-sdk")
         assert Path(seen["multitrigger_file"]) == Path(multitrigger.__file__)
+        # the test support too (no PYTHONPATH here): what makes test triggers importable in a loop
+        assert Path(seen["testsupport_file"]) == Path(mt_testsupport.__file__)
         # only the extra package lives in the bundle venv: no copy of Airflow
         assert describe(py.parent.parent)["packages"] == {"confpkg": version}
     # and the supervisor's own environment is untouched
