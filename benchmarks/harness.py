@@ -474,6 +474,8 @@ def wait_until(pred: Callable[[], Any], deadline: float, interval: float = 0.5,
         if t >= next_pred:
             try:
                 value = pred()
+            except AssertionError:  # a failed check, not a busy DB: no point waiting it out
+                raise
             except Exception:  # DB busy: try again
                 value = None
             if value:

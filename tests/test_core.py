@@ -132,7 +132,11 @@ def test_failures_fail_only_their_own_task(home, venvs, start_triggerer, tmp_pat
     assert states[healthy].event["loop"] == "default"
 
     # Clearing a deferred task cancels its trigger in its loop and calls on_kill, then cleanup.
+    # (Once it runs: team_b's exec'd loop imports Airflow first, and may still be starting.)
     assert home.ti_state(waiting).state == "deferred"
+    waiting_logs = home.logs_dir / "dag_id=dag_b" / "run_id=fail" / "task_id=t2"
+    home.wait_for(lambda: any("starting" in p.read_text(errors="replace") for p in waiting_logs.glob("*.trigger.*.log")),
+                  timeout=60)
     home.clear_ti(waiting)
     home.wait_for(lambda: marker.exists() and "cleanup" in marker.read_text(), timeout=30)
     assert marker.read_text().split() == ["on_kill", "cleanup"]

@@ -40,6 +40,7 @@ from mt_testsupport.home import (
     prestart_zygote,
     template_db_path,
 )
+from mt_testsupport.rows import StateReader
 from tests.conftest import pg_url
 
 
@@ -95,6 +96,34 @@ def test_decode_serde():
     decoded = decode_serde(raw)
     assert decoded["event"]["a"] == [1, (1, 2)]
     assert decoded["event"]["when"].timestamp() == 0.0
+
+
+def test_wait_for_raises_a_failed_assertion_at_once_and_polls_through_other_errors():
+    reader = StateReader()
+    calls: list[float] = []
+
+    def failing_check() -> bool:
+        calls.append(time.monotonic())
+        assert 1 + 1 == 3, "the check itself failed"
+        return True
+
+    started = time.monotonic()
+    with pytest.raises(AssertionError, match="the check itself failed"):
+        reader.wait_for(failing_check, timeout=30, interval=0.01)
+    assert len(calls) == 1 and time.monotonic() - started < 5  # not the 30 s timeout
+
+    flaky = iter([RuntimeError("database is locked"), RuntimeError("database is locked"), None])
+
+    def busy_then_ok() -> str:
+        exc = next(flaky)
+        if exc is not None:
+            raise exc
+        return "ok"
+
+    assert reader.wait_for(busy_then_ok, timeout=30, interval=0.01) == "ok"
+    with pytest.raises(TimeoutError) as timed_out:
+        reader.wait_for(lambda: 1 / 0, timeout=0.1, interval=0.01)
+    assert isinstance(timed_out.value.__cause__, ZeroDivisionError)
 
 
 def test_template_db_is_per_airflow_version():
@@ -220,7 +249,7 @@ def test_postgres_home(tmp_path: Path, warm):
             ]
         )
         assert {s.state for s in home.ti_states(refs).values()} == {"deferred"}
-        assert all(row.triggerer_id is None for row in home.trigger_rows())
+        assert [row.triggerer_id for row in home.trigger_rows()] == [None, None]  # both rows, unclaimed
         # A second create on the same database starts from scratch.
         again = AirflowHome.create(tmp_path / "pg-home-2", {"p3": deferring_bundle("pg_c")}, url)
         assert again.dag_bundles() == {"pg_c": "p3"}

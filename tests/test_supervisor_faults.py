@@ -30,6 +30,11 @@ def loop_pids(log: str) -> dict[str, list[int]]:
     return pids
 
 
+def log_lines(text: str, *needles: str) -> list[str]:
+    """The log lines that contain every one of ``needles``."""
+    return [line for line in text.splitlines() if all(n in line for n in needles)]
+
+
 def job_ids(home: AirflowHome) -> list[int]:
     return [r[0] for r in home.sql("SELECT id FROM job WHERE job_type = 'TriggererJob' ORDER BY id")]
 
@@ -60,7 +65,7 @@ def test_loop_killed_from_outside_restarts_alone_then_sigterm_hands_back_and_kil
     home.wait_for(lambda: all(r.triggerer_id for r in home.trigger_rows()) and len(home.trigger_rows()) == 6, timeout=60)
     home.wait_for(lambda: "trigger routed" in first.text() and {"team_a", "default"} <= set(loop_pids(first.text())), timeout=60)
     home.wait_for(lambda: {"team_a", "default"} <= set(re.findall(r"loop ready .*?loop=(\S+)", first.text())), timeout=60)
-    time.sleep(1)  # and start their triggers
+    home.wait_for(lambda: all(r.exists() and "start" in r.read_text() for r in records.values()), timeout=30)
     (victim,) = loop_pids(first.text())["team_a"]
     (bystander,) = loop_pids(first.text())["default"]
 
@@ -73,6 +78,8 @@ def test_loop_killed_from_outside_restarts_alone_then_sigterm_hands_back_and_kil
     assert {states[r].event["pid"] for r in refs[2:4]} == {bystander}
     assert loop_pids(first.text())["default"] == [bystander]
     assert all(fired(rec) == 1 for rec in records.values())
+    # The death was seen and handled (blaming happens right then), and nobody was blamed for it.
+    assert log_lines(first.text(), "loop process ended", f"pid={victim}", "killed by SIGKILL"), first.text()[-3000:]
     assert "blamed" not in first.text()
 
     # SIGTERM: the triggers still running are handed back; a second instance takes them at once,
@@ -80,7 +87,7 @@ def test_loop_killed_from_outside_restarts_alone_then_sigterm_hands_back_and_kil
     second = start_triggerer(home, "--skip-serve-logs", config=CONFIG, name="second")
     home.wait_for(lambda: len(job_ids(home)) == 2 and "multitrigger supervisor starting" in second.text(), timeout=60)
     first_job, second_job = job_ids(home)
-    time.sleep(2)
+    time.sleep(2)  # a window of two claim intervals: the second instance must not take live triggers
     assert {r.triggerer_id for r in home.trigger_rows()} == {first_job}
     t0 = time.monotonic()
     assert first.stop() == 0
@@ -88,13 +95,15 @@ def test_loop_killed_from_outside_restarts_alone_then_sigterm_hands_back_and_kil
     assert time.monotonic() - t0 < 15
     # Shutdown cancels without on_kill (stock semantics); cleanup still runs.
     assert all(m.read_text().split() == ["cleanup"] for m in markers)
-    assert not any(alive(p) for pids in loop_pids(first.text()).values() for p in pids)
+    first_loops = [p for pids in loop_pids(first.text()).values() for p in pids]
+    assert first_loops and not any(alive(p) for p in first_loops)
 
     # kill -9 of the supervisor: its loops die with it.
     home.wait_for(lambda: {"team_a", "default"} <= set(loop_pids(second.text())), timeout=60)
+    orphans = [p for pids in loop_pids(second.text()).values() for p in pids]
+    assert orphans and all(alive(p) for p in orphans)
     second.popen.kill()
     second.popen.wait(10)
-    orphans = [p for pids in loop_pids(second.text()).values() for p in pids]
     home.wait_for(lambda: not any(alive(p) for p in orphans), timeout=10)
 
 
@@ -148,9 +157,10 @@ def test_a_second_sigterm_forces_the_stop(home, start_triggerer, tmp_path):
     mt = start_triggerer(home, "--skip-serve-logs", config=CONFIG)
     home.wait_for(marker.exists, timeout=90)
     pids = [p for ps in loop_pids(mt.text()).values() for p in ps]
+    assert pids
     mt.popen.send_signal(signal.SIGTERM)
     home.wait_for(lambda: "shutting down" in mt.text(), timeout=10)
-    time.sleep(1.0)
+    home.wait_for(lambda: "cleanup" in marker.read_text(), timeout=30)  # the graceful stop reached cleanup()
     assert mt.popen.poll() is None  # the first signal waits for the trigger's cleanup (graceful)
     t0 = time.monotonic()
     mt.popen.send_signal(signal.SIGTERM)

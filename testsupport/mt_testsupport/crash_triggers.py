@@ -132,7 +132,7 @@ class MemoryHogTrigger(_Misbehaving):
 class SlowCleanupTrigger(BaseTrigger):
     """Waits forever; its ``cleanup()`` takes ``cleanup_seconds`` — it holds up a graceful stop.
 
-    Writes ``running`` to ``marker_path`` once it runs.
+    Writes ``running`` to ``marker_path`` once it runs, and appends ``cleanup`` when its cleanup starts.
     """
 
     def __init__(self, marker_path: str, cleanup_seconds: float = 120.0, **kwargs: Any) -> None:
@@ -149,4 +149,6 @@ class SlowCleanupTrigger(BaseTrigger):
         yield TriggerEvent(None)  # pragma: no cover
 
     async def cleanup(self) -> None:
+        with open(self.marker_path, "a") as fh:
+            fh.write("cleanup\n")
         await asyncio.sleep(self.cleanup_seconds)

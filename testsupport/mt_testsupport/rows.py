@@ -59,7 +59,12 @@ class StateReader(DbReader):
         interval: float = 0.2,
         message: str | Callable[[], str] | None = None,
     ) -> T:
-        """Poll ``predicate`` until it returns something truthy (returned) or raise ``TimeoutError``."""
+        """Poll ``predicate`` until it returns something truthy (returned) or raise ``TimeoutError``.
+
+        An ``AssertionError`` from the predicate is a failed check, not a busy DB: it is raised at
+        once. Other exceptions (the DB locked or briefly unreachable) keep it polling until the
+        deadline, and the last one is chained to the ``TimeoutError``.
+        """
         deadline = time.monotonic() + timeout
         last_exc: BaseException | None = None
         while True:
@@ -68,6 +73,8 @@ class StateReader(DbReader):
                 if value:
                     return value
                 last_exc = None
+            except AssertionError:
+                raise
             except Exception as exc:  # DB busy etc. -- keep polling until the deadline
                 last_exc = exc
             if time.monotonic() >= deadline:
