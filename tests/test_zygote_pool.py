@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from multitrigger import paths
@@ -191,7 +192,7 @@ def test_prestarted_staged_zygote_is_adopted(tmp_path: Path, sel, pools) -> None
     info = adopted.info
     assert info is not None and info.prewarm_s is not None and info.configured_after_s is not None
     # Airflow was imported under the environment the pool sent: its private AIRFLOW_HOME.
-    assert Path(f"/proc/{adopted.pid}/cwd").resolve() == zygote_home(state, PYTHON).resolve()
+    assert Path(psutil.Process(adopted.pid).cwd()).resolve() == zygote_home(state, PYTHON).resolve()
 
 
 @pytest.mark.timeout(120)
