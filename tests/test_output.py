@@ -211,12 +211,17 @@ def test_relay_drops_past_its_capacity_with_one_counted_marker_per_episode() -> 
     for _ in range(30):  # 30 KB into a 10 KB queue, nothing delivered meanwhile
         relay.put([batch], relay.stream)
     assert relay.queued <= 10_000 and drops == []  # the episode is still going on
+    kept = 10_000 // (1000 + ENTRY_OVERHEAD)  # 8
+    relay.budget = TokenBucket(1, burst=500, clock=clock)  # deliver one line only
     relay.pump()
-    relay.put([batch], relay.stream)  # room again: the episode ends with its marker
+    relay.put([batch], relay.stream)  # there is room for one, but the queue is not down to half yet
+    assert drops == [] and len(got) == 1
+    relay.budget = TokenBucket(10**9, clock=clock)
+    relay.pump()
+    relay.put([batch], relay.stream)  # drained: the episode ends with its one marker
     (marker,) = drops
-    kept = (10_000 // (1000 + ENTRY_OVERHEAD))
-    assert marker == f"{(30 - kept) * 1000} bytes ({30 - kept} lines) of log output dropped: loop noisy over its log budget"
-    assert relay.dropped_total == (30 - kept) * 1000
+    assert marker == f"{(31 - kept) * 1000} bytes ({31 - kept} lines) of log output dropped: loop noisy over its log budget"
+    assert relay.dropped_total == (31 - kept) * 1000
 
 
 def test_a_long_drop_episode_is_reported_while_it_lasts() -> None:
@@ -224,7 +229,8 @@ def test_a_long_drop_episode_is_reported_while_it_lasts() -> None:
     for _ in range(25):
         relay.put([b"x\n"], relay.stream)
         clock.now += 1.0
-    assert drops == ["22 bytes (11 lines) of log output dropped: loop noisy over its log budget"] * 2
+    assert drops == [f"{n} of log output dropped: loop noisy over its log budget"
+                     for n in ("22 bytes (11 lines)", "20 bytes (10 lines)")]
 
 
 def test_one_byte_writes_cannot_make_the_queue_outgrow_its_capacity() -> None:

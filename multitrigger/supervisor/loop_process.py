@@ -40,8 +40,10 @@ from multitrigger.supervisor.zygote_client import ForkedProcess, Zygote, ZygoteE
 
 log = structlog.get_logger(__name__)
 
-#: Bytes read from one socket per service call.
+#: Bytes read per ``recv``, and per service call from a request socket.
 RECV_BYTES = 256 * 1024
+#: Bytes read per service call from an output or log socket.
+BULK_BYTES = 4 * 1024 * 1024
 #: Responses queued for a loop beyond this stop its requests from being read until it reads
 #: them: a loop that writes requests but never reads cannot grow the supervisor's memory.
 OUTBOX_LIMIT = 8 * 1024 * 1024
@@ -177,19 +179,27 @@ class LoopProcess:
         self._at_eof = {self.output: lambda: callbacks.on_output(out_lines.flush()),
                         self.logs: lambda: callbacks.on_log_lines(log_lines.flush())}
 
-    def service(self, selector: selectors.BaseSelector, sock: socket.socket, reader: Callable[[bytes], None]) -> bool:
-        """Read what is available on ``sock``; close it on EOF. True if something was read."""
-        try:
-            data = sock.recv(RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:
-            data = b""
-        if not data:
-            self._close(selector, sock)
-            return False
-        reader(data)
-        return True
+    def service(self, selector: selectors.BaseSelector, sock: socket.socket, reader: Callable[[bytes], None]) -> int:
+        """Read what is available on ``sock``; close it on EOF. Returns the bytes read.
+
+        Output and log sockets are read up to ``BULK_BYTES`` at a time: reading (and cutting, and
+        discarding past the budget) is cheap, and a loop that writes a lot must not wait on the
+        supervisor's pace, or its event loop stalls.
+        """
+        got = 0
+        while got < (RECV_BYTES if sock is self.requests else BULK_BYTES):
+            try:
+                data = sock.recv(RECV_BYTES)
+            except (BlockingIOError, InterruptedError):
+                return got
+            except OSError:
+                data = b""
+            if not data:
+                self._close(selector, sock)
+                return got
+            reader(data)
+            got += len(data)
+        return got
 
     def drain_logs(self, selector: selectors.BaseSelector) -> None:
         """Read every log line the loop has already sent.
@@ -199,9 +209,11 @@ class LoopProcess:
         trigger's own log file. Bounded (``DRAIN_LIMIT``): a loop that floods its log socket
         cannot keep the supervisor here.
         """
-        for _ in range(DRAIN_LIMIT // RECV_BYTES):
-            if self.logs not in self._open or not self.service(selector, self.logs, self._log_reader):
+        drained = 0
+        while drained < DRAIN_LIMIT and self.logs in self._open:
+            if not (got := self.service(selector, self.logs, self._log_reader)):
                 return
+            drained += got
 
     def _read_frames(self, data: bytes, callbacks: LoopCallbacks) -> None:
         try:

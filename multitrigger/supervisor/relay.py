@@ -78,8 +78,9 @@ class LogRelay:
     """One loop's queue of output lines between its sockets and their (costly) sinks.
 
     ``put`` never blocks and never holds more than ``capacity`` bytes: a piece that does not fit
-    is dropped and counted, and ``on_drop`` gets one marker line per episode (when lines are taken
-    again, or every ``report_every`` seconds while it lasts). ``pump`` delivers lines one at a time
+    is dropped and counted, and so is every piece after it until the queue is down to half its
+    capacity; ``on_drop`` gets one marker line per such episode (when it ends, and every
+    ``report_every`` seconds while it lasts). ``pump`` delivers lines one at a time
     while the budget and the caller's deadline allow. ``after`` runs a callback once every line
     queued before it has been delivered (a trigger's log file is closed after its last lines).
     """
@@ -104,7 +105,10 @@ class LogRelay:
     def put(self, pieces: list[bytes | CutLine], stream: Stream) -> None:
         for piece in pieces:
             size = _size(piece)
-            if self.queued + size > self.capacity:
+            # An episode of drops lasts until the queue is down to half: one marker per flood,
+            # not one per line that happened to fit between two drops.
+            room = self.capacity // 2 if self._dropping_since < math.inf else self.capacity
+            if self.queued + size > room:
                 self._drop(piece, size)
                 continue
             self.report_drops()
@@ -117,16 +121,20 @@ class LogRelay:
         self._dropped_lines += piece.count(b"\n") if isinstance(piece, bytes) else 1
         self.dropped_total += size - ENTRY_OVERHEAD
         self._dropping_since = min(self._dropping_since, now)
-        if now - self._dropping_since >= self.report_every:
-            self.report_drops()
+        if now - self._dropping_since >= self.report_every:  # a long episode: report, go on counting
+            self._report()
+            self._dropping_since = now
 
     def report_drops(self) -> None:
-        """Emit the marker for the current drop episode, if any."""
+        """End the current drop episode, with its marker."""
+        self._report()
+        self._dropping_since = math.inf
+
+    def _report(self) -> None:
         if self._dropped:
             self.on_drop(f"{self._dropped} bytes ({self._dropped_lines} lines) of log output dropped: "
                          f"loop {self.name} over its log budget")
             self._dropped = self._dropped_lines = 0
-        self._dropping_since = math.inf
 
     def after(self, callback: Callable[[], None]) -> None:
         if self._queue:

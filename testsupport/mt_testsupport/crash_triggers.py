@@ -12,6 +12,7 @@ import asyncio
 import ctypes
 import os
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -152,3 +153,49 @@ class SlowCleanupTrigger(BaseTrigger):
         with open(self.marker_path, "a") as fh:
             fh.write("cleanup\n")
         await asyncio.sleep(self.cleanup_seconds)
+
+
+class FloodTrigger(BaseTrigger):
+    """Floods its loop's output, then fires: ``lines`` log lines of ``line_bytes`` each (a huge API
+    response logged whole), one stdout line of ``stdout_line_bytes``, then ``stdout_bytes`` of
+    1000-byte stdout lines. What the supervisor keeps of it must be bounded, and the trigger must
+    still complete: its event carries ``flooded`` and its loop's pid. With ``record_path`` it
+    appends ``start <epoch>`` / ``done <epoch>`` lines around the flood.
+    """
+
+    def __init__(self, after: float = 0.0, lines: int = 2, line_bytes: int = 256 << 20,
+                 stdout_line_bytes: int = 32 << 20, stdout_bytes: int = 64 << 20, record_path: str | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.after, self.lines, self.line_bytes = after, lines, line_bytes
+        self.stdout_line_bytes, self.stdout_bytes, self.record_path = stdout_line_bytes, stdout_bytes, record_path
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return f"{_PREFIX}.FloodTrigger", {
+            "after": self.after, "lines": self.lines, "line_bytes": self.line_bytes,
+            "stdout_line_bytes": self.stdout_line_bytes, "stdout_bytes": self.stdout_bytes,
+            "record_path": self.record_path}
+
+    def _record(self, word: str) -> None:
+        if self.record_path:
+            with open(self.record_path, "a") as fh:
+                fh.write(f"{word} {time.time():.6f}\n")
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        if self.after:
+            await asyncio.sleep(self.after)
+        self._record("start")
+        started = time.monotonic()
+        for i in range(self.lines):
+            self.log.info("flood line %d: %s", i, "r" * self.line_bytes)
+            await asyncio.sleep(0)
+        print("S" * self.stdout_line_bytes, flush=True)
+        line = "o" * 999
+        for n in range(self.stdout_bytes // 1000):
+            print(line)
+            if n % 1000 == 0:
+                await asyncio.sleep(0)
+        sys.stdout.flush()
+        self.log.info("flood done")
+        self._record("done")
+        yield TriggerEvent({"flooded": True, "pid": os.getpid(), "flood_s": round(time.monotonic() - started, 2)})
