@@ -10,18 +10,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import threading
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 
-from multitrigger.sandbox.home import FIRE_AT, AirflowHome, DeferSpec, deferring_bundle, iso_in
+from mt_testsupport.home import FIRE_AT, AirflowHome, DeferSpec, deferring_bundle, iso_in
+from mt_testsupport.procs import RssSampler
 
 pytestmark = pytest.mark.timeout(300)
 
-FLOOD = "multitrigger.sandbox.crash_triggers.FloodTrigger"
+FLOOD = "mt_testsupport.crash_triggers.FloodTrigger"
 NEIGHBOURS = ("team_a", "shared")
 START = 8.0  # seconds from deferral until the first healthy trigger is due
 N = 12  # healthy triggers per neighbour, due 1 s apart
@@ -29,6 +27,7 @@ LATE_BOUND = 1.0  # persisted at most this late (unbounded: 3.4-3.7 s p99; norma
 RSS_BOUND = 64 * 1024 * 1024
 LIMIT = 1024 * 1024  # [supervisor] max_log_line_bytes (default)
 # A small budget, so the 64 MiB of stdout overflows it whatever this machine's speed.
+DROPPED = re.compile(r"(\d+) bytes \(\d+ lines\) of log output dropped: loop x_flood over its log budget")
 CONFIG = """
 [loops.x_flood]
 bundles = ["x_flood"]
@@ -38,22 +37,6 @@ bundles = ["team_a"]
 log_bytes_per_second = 2097152
 log_buffer_bytes = 4194304
 """
-
-
-class RssSampler(threading.Thread):
-    """The supervisor process's RSS every 20 ms, with the wall-clock time of each sample."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.proc, self.samples, self.stopped = psutil.Process(pid), [], threading.Event()
-
-    def run(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                self.samples.append((time.time(), self.proc.memory_info().rss))
-            except psutil.NoSuchProcess:
-                return
-            time.sleep(0.02)
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +60,10 @@ def test_a_flooding_trigger_costs_its_neighbours_nothing(home, start_triggerer, 
     flood = DeferSpec("dag_x_flood", "t0", FLOOD, {"after": START, "record_path": str(record)})
     refs = home.defer_many([*healthy, flood])
     states = home.wait_for_states(refs, "scheduled", timeout=180)
-    time.sleep(3.0)  # the supervisor is still working off the flood's queued lines: keep sampling
-    sampler.stopped.set()
-    sampler.join()
+    # The supervisor works off the flood's queued lines within the budget, and then says what it
+    # dropped (keep sampling meanwhile).
+    home.wait_for(lambda: DROPPED.search(mt.text()), timeout=60)
+    sampler.stop()
 
     # The flooding trigger completed, in one loop process that was never restarted.
     assert states[refs[-1]].event["flooded"] is True
@@ -97,10 +81,9 @@ def test_a_flooding_trigger_costs_its_neighbours_nothing(home, start_triggerer, 
     assert min(due) < done and max(due) > started  # the flood really happened during the window
 
     # The supervisor's memory grew by at most 64 MB over what it had just before the flood.
-    before = [rss for t, rss in sampler.samples if t < started]
-    during = [rss for t, rss in sampler.samples if t >= started]
-    assert before and len(during) > 50
-    growth = max(during) - max(before)
+    before, during = sampler.peak(until=started), sampler.peak(since=started)
+    assert before and during and len(sampler.samples) > 100
+    growth = during - before
     print(f"flood {done - started:.1f} s; neighbours persisted <= {max(late.values()):.3f} s late; "
           f"supervisor RSS +{growth / 2**20:.1f} MiB")
     assert growth <= RSS_BOUND, growth / 2**20
@@ -120,5 +103,5 @@ def test_a_flooding_trigger_costs_its_neighbours_nothing(home, start_triggerer, 
 
     # The stdout line is cut in the supervisor's log; what was over the budget is counted there.
     assert f"[multitrigger: {(32 << 20) - LIMIT} bytes cut from this line of {32 << 20}; limit {LIMIT}]" in text
-    drops = [int(n) for n in re.findall(r"(\d+) bytes \(\d+ lines\) of log output dropped: loop x_flood over its log budget", text)]
+    drops = [int(n) for n in DROPPED.findall(mt.text())]
     assert drops and sum(drops) > 16 << 20

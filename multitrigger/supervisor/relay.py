@@ -79,8 +79,8 @@ class LogRelay:
 
     ``put`` never blocks and never holds more than ``capacity`` bytes: a piece that does not fit
     is dropped and counted, and so is every piece after it until the queue is down to half its
-    capacity; ``on_drop`` gets one marker line per such episode (when it ends, and every
-    ``report_every`` seconds while it lasts). ``pump`` delivers lines one at a time
+    capacity; ``on_drop`` gets one marker line per such episode (when it ends, i.e. when the
+    queue is down to half, and every ``report_every`` seconds while it lasts). ``pump`` delivers lines one at a time
     while the budget and the caller's deadline allow. ``after`` runs a callback once every line
     queued before it has been delivered (a trigger's log file is closed after its last lines).
     """
@@ -178,6 +178,8 @@ class LogRelay:
         self._queue.popleft()
         self.queued -= _size(piece)
         self._offset = 0
+        if self._dropping_since < math.inf and self.queued <= self.capacity // 2:
+            self.report_drops()  # caught up: the episode is over, even if the loop went quiet
 
     def flush(self) -> None:
         """Deliver everything queued now, whatever the budget (shutdown)."""

@@ -1,8 +1,10 @@
 """Processes through psutil, for tests and benchmarks: whose children are these loops, are they
-still alive, how much CPU and memory do they use."""
+still alive, how much CPU and memory do they use (and, sampled over time, how much RSS)."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterable
 
 import psutil
@@ -48,3 +50,29 @@ def memory_kb(pid: int) -> dict[str, int]:
     raises ``psutil.NoSuchProcess`` if it is gone."""
     info = psutil.Process(pid).memory_full_info()
     return {"uss": info.uss // 1024, "pss": info.pss // 1024, "rss": info.rss // 1024}
+
+
+class RssSampler(threading.Thread):
+    """Samples ``pid``'s RSS every ``interval`` s, each with its wall-clock time, until stopped."""
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        super().__init__(daemon=True, name=f"rss-{pid}")
+        self.proc, self.interval = psutil.Process(pid), interval
+        self.samples: list[tuple[float, int]] = []
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                self.samples.append((time.time(), self.proc.memory_info().rss))
+            except psutil.NoSuchProcess:
+                return
+            self._stopped.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join(5)
+
+    def peak(self, since: float = 0.0, until: float = float("inf")) -> int | None:
+        """The highest RSS sampled in [since, until), or None if no sample falls there."""
+        return max((rss for t, rss in self.samples if since <= t < until), default=None)
