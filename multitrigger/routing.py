@@ -1,5 +1,9 @@
 """
-Which bundle a trigger comes from, decided once per trigger, in one batch of queries.
+Routing: which bundle a trigger comes from, and which loop runs it — or why none may.
+
+One owner for the whole decision: ``bundles_for`` finds bundles in one batch of queries (run by the
+supervisor's DB lane), and ``Router`` turns a (classpath, bundle) into a ``Route`` or a
+``Refusal``. Nothing else maps bundles to loops or checks allow-lists. Each trigger is routed once.
 
 Checked against the Airflow 3.3.2 schema:
 
@@ -7,13 +11,14 @@ Checked against the Airflow 3.3.2 schema:
 * callback trigger: ``callback.bundle_name``;
 * asset-watcher trigger: the bundle of the DAG(s) scheduled on the watched asset (the DAG that
   declares the watcher); several bundles → ambiguous → ``None``;
-* anything else → ``None``. ``Config.loop_for_bundle(None)`` is the default loop (stock behaviour).
+* anything else → ``None``, which ``Router`` sends to the default loop (stock behaviour).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -22,6 +27,47 @@ from airflow.models.asset import AssetWatcherModel, DagScheduleAssetReference
 from airflow.models.callback import Callback
 from airflow.models.dag import DagModel
 from airflow.models.taskinstance import TaskInstance
+from multitrigger.config import DEFAULT_LOOP, LoopConfig
+
+
+@dataclass(frozen=True)
+class Route:
+    """Run the trigger in ``loop``."""
+
+    loop: str
+    bundle: str | None
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Run it nowhere: its task fails with ``reason``."""
+
+    loop: str
+    bundle: str | None
+    reason: str
+
+
+class Router:
+    """Bundle → loop (unknown or ``None`` → the default loop), then that loop's allow-list."""
+
+    def __init__(self, loops: Mapping[str, LoopConfig]) -> None:
+        self._loops = loops
+        self._by_bundle = {bundle: name for name, loop in loops.items() for bundle in loop.bundles}
+
+    def loop_for(self, bundle: str | None) -> str:
+        return self._by_bundle.get(bundle, DEFAULT_LOOP) if bundle is not None else DEFAULT_LOOP
+
+    def route(self, classpath: str, bundle: str | None) -> Route | Refusal:
+        loop = self.loop_for(bundle)
+        allowed = self._loops[loop].allowed_triggers
+        if allowed is None or any(_matches(classpath, pattern) for pattern in allowed):
+            return Route(loop, bundle)
+        return Refusal(loop, bundle, f"trigger {classpath} is not in loop {loop!r}'s allowed_triggers (bundle {bundle!r})")
+
+
+def _matches(classpath: str, pattern: str) -> bool:
+    """An allow-list entry: an exact classpath, or a ``prefix.*``."""
+    return classpath.startswith(pattern[:-1]) if pattern.endswith(".*") else classpath == pattern
 
 
 def bundles_for(trigger_ids: Collection[int], session: Session) -> dict[int, str | None]:

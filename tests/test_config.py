@@ -14,6 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 import multitrigger
+from multitrigger.routing import Refusal, Route, Router
 from multitrigger.config import (
     DEFAULT_LOOP,
     Config,
@@ -82,7 +83,8 @@ def test_default_config_without_file(tmp_path: Path) -> None:
         assert loop.level == "process" and loop.allowed_triggers is None
         assert loop.restart == RestartSettings()
         assert config.supervisor == SupervisorSettings()
-        assert config.loop_for_bundle("anything") == config.loop_for_bundle(None) == DEFAULT_LOOP
+        router = Router(config.loops)
+        assert router.loop_for("anything") == router.loop_for(None) == DEFAULT_LOOP
 
 
 def test_empty_file_is_the_default_config(tmp_path: Path) -> None:
@@ -122,9 +124,10 @@ def test_full_config(tmp_path: Path, bundle_venv: Path) -> None:
     # python = the supervisor's own interpreter: nothing differs but the process
     assert config.loops["team-b.v2"].python == Path(sys.executable)
     assert config.loops["team-b.v2"].level == "process"
-    assert config.loop_for_bundle("team_a_extra") == "team_a"
-    assert config.loop_for_bundle("team_b") == "team-b.v2"
-    assert config.loop_for_bundle("other") == "default"
+    router = Router(config.loops)
+    assert router.loop_for("team_a_extra") == "team_a"
+    assert router.loop_for("team_b") == "team-b.v2"
+    assert router.loop_for("other") == "default"
     with pytest.raises(TypeError):
         config.loops["x"] = a  # type: ignore[index]
     with pytest.raises(AttributeError):
@@ -135,17 +138,22 @@ def test_full_config(tmp_path: Path, bundle_venv: Path) -> None:
         a.restart.jitter = 0.5  # type: ignore[misc]
 
 
-def test_allows(tmp_path: Path) -> None:
+def test_router_routes_by_bundle_then_allow_list(tmp_path: Path) -> None:
     path = write(tmp_path, """
         [loops.t]
         bundles = ["t"]
         allowed_triggers = ["pkg.mod.Exact", "acme.triggers.*"]
         """)
-    loop = load_config(path).loops["t"]
-    assert loop.allows("pkg.mod.Exact") and not loop.allows("pkg.mod.ExactOther")
-    assert loop.allows("acme.triggers.http.HttpTrigger")
-    assert not loop.allows("acme.triggersx.T") and not loop.allows("acme.triggers")
-    assert load_config(path).loops["default"].allows("anything.At.all")
+    router = Router(load_config(path).loops)
+    assert router.route("pkg.mod.Exact", "t") == Route("t", "t")
+    assert router.route("acme.triggers.http.HttpTrigger", "t") == Route("t", "t")
+    for refused in ("pkg.mod.ExactOther", "acme.triggersx.T", "acme.triggers"):
+        verdict = router.route(refused, "t")
+        assert isinstance(verdict, Refusal) and verdict.loop == "t"
+        assert verdict.reason == f"trigger {refused} is not in loop 't'\'s allowed_triggers (bundle 't')"
+    # The default loop (unknown bundles, no bundle) has no allow-list here: everything runs.
+    assert router.route("anything.At.all", "other") == Route("default", "other")
+    assert router.route("anything.At.all", None) == Route("default", None)
 
 
 def test_relative_venv_is_relative_to_the_config_file(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ Numbers (fork-to-ready, USS/PSS) are printed; run with ``-s`` to see them.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import math
@@ -29,10 +28,11 @@ import pytest
 
 from airflow.executors import workloads
 from airflow.jobs.triggerer_job_runner import messages
+from multitrigger.config import LoopConfig
 from multitrigger.interpreter_probe import loop_bootstrap_args
-from multitrigger.loop.blame import reset_blame
-from multitrigger.protocol import ENV_BLAME_FILE
+from multitrigger.poison import PoisonPolicy
 from multitrigger.restart import BackoffSettings, RestartPolicy
+from multitrigger.supervisor import requests
 from multitrigger.supervisor.launch import early_loop_env, loop_env
 from multitrigger.supervisor.loop_process import LoopCallbacks, LoopProcess
 from multitrigger.supervisor.slot import LoopSlot, SlotSinks
@@ -114,14 +114,18 @@ class Harness:
     def slot(self, name: str, python: Path = PYTHON) -> LoopSlot:
         home = _home(self.root, name)
         slot = LoopSlot(
-            name=name, argv=loop_bootstrap_args(python), env=loop_env(home), cwd=home,
+            config=LoopConfig(name=name, bundles=frozenset(), python=python, venv=None,
+                              allowed_triggers=None),
+            argv=loop_bootstrap_args(python), env=loop_env(home), cwd=home,
             policy=RestartPolicy(BackoffSettings(), clock=time.monotonic),
+            poison=PoisonPolicy(name, threshold=3, clock=time.monotonic),
             sinks=SlotSinks(
                 on_event=lambda n, e: self.got.append(("event", e.trigger_id, e.event.payload)),
                 on_failure=lambda n, t, tb: self.got.append(("fail", t, "".join(tb or []))),
                 on_finished=lambda n, t: self.got.append(("finished", t, None)),
                 on_output=lambda n, p, line: print(f"[{n} {p}] {line}"),
                 on_log_line=lambda b: None,
+                on_request=lambda loop, msg, reply: reply(*requests.answer(msg)),
             ),
             hang_threshold=60, blame_file=home / "blame",
         )
@@ -173,26 +177,9 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
 
 def start_forked(slot: LoopSlot, zygote: Zygote, sel: selectors.BaseSelector) -> None:
     """Start ``slot`` with its process forked from ``zygote``."""
-    if "zygote" in {f.name for f in dataclasses.fields(LoopSlot)}:  # slot.py knows zygotes
-        slot.zygote = zygote  # type: ignore[attr-defined]
-        slot.start(sel)
-        assert slot.process is not None and slot.process.forked
-        return
-    # Until slot.py passes its zygote to LoopProcess.spawn: LoopSlot.start's own steps.
-    reset_blame(slot.blame_file)
-    env = {**slot.env, ENV_BLAME_FILE: str(slot.blame_file)}
-    slot.process = proc = LoopProcess.spawn(slot.name, slot.argv, env, slot.cwd, zygote=zygote)
-    assert proc.forked
-    proc.register(sel, LoopCallbacks(
-        on_frame=lambda frame: slot._on_frame(sel, frame),
-        on_output=lambda pieces: None,
-        on_log_lines=lambda pieces: None,
-        on_broken=slot.kill,
-    ))
-    slot.policy.started()
-    slot.last_heard = math.inf
-    slot._undelivered = dict(slot.assigned)
-    proc.respond(sel, 0, messages.StartTriggerer().model_dump())
+    slot.zygote = zygote
+    slot.start(sel)
+    assert slot.process is not None and slot.process.forked
 
 
 def fire_at(trigger_id: int, seconds: float) -> workloads.RunTrigger:

@@ -26,7 +26,7 @@ import sys
 import tomllib
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
@@ -64,15 +64,6 @@ class LoopConfig:
         ``process`` (own process, the supervisor's interpreter and packages)."""
         return "venv" if self.python != Path(sys.executable) else "process"
 
-    def allows(self, classpath: str) -> bool:
-        """Whether *classpath* matches the allow-list (exact, or ``prefix.*``)."""
-        if self.allowed_triggers is None:
-            return True
-        return any(
-            classpath.startswith(p[:-1]) if p.endswith(".*") else classpath == p
-            for p in self.allowed_triggers
-        )
-
 
 @dataclass(frozen=True)
 class Config:
@@ -81,18 +72,11 @@ class Config:
     source: Path | None
     loops: Mapping[str, LoopConfig]
     supervisor: SupervisorSettings = SupervisorSettings()
-    _by_bundle: Mapping[str, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if DEFAULT_LOOP not in self.loops:
             raise ValueError(f"Config.loops must contain {DEFAULT_LOOP!r}")
         object.__setattr__(self, "loops", MappingProxyType(dict(self.loops)))
-        index = {b: name for name, loop in self.loops.items() for b in loop.bundles}
-        object.__setattr__(self, "_by_bundle", MappingProxyType(index))
-
-    def loop_for_bundle(self, bundle: str | None) -> str:
-        """The loop that runs *bundle*; unknown or None bundles go to "default"."""
-        return self._by_bundle.get(bundle, DEFAULT_LOOP) if bundle is not None else DEFAULT_LOOP
 
 
 def _default_loop() -> LoopConfig:

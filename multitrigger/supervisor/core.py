@@ -2,9 +2,14 @@
 The supervisor's main loop: one selector serves every loop; each pass reconciles.
 
 Like gunicorn's arbiter, each pass of ``run`` is a handful of verbs: service the sockets of every
-loop, persist what they reported, answer held polls, reap and restart dead loops, kill hung ones,
-and once per claim interval claim/route/cancel triggers and heartbeat. Signal handlers only record
-the signal; the loop acts on it. No thread per loop.
+loop, answer held polls, reap and restart dead loops, kill hung ones, and drive the DB lane:
+persist what the loops reported, and once per claim interval claim/route/cancel triggers and
+heartbeat. Signal handlers only record the signal; the loop acts on it. No thread per loop.
+
+The selector thread never waits on the database or on remote log storage: that work runs on lanes
+(``multitrigger.supervisor.lanes``: DB steps, loop requests, log uploads), one thread each, whose
+completions run back here. While the DB is slow or gone the selector keeps reading every loop,
+answering check-ins and holding events; hang detection counts only time in which it listened.
 """
 
 from __future__ import annotations
@@ -19,23 +24,33 @@ from collections.abc import Callable
 
 import structlog
 
-from airflow.jobs.triggerer_job_runner import TriggerEventEntry, TriggerLoggingFactory
+from airflow.executors import workloads
+from airflow.jobs.triggerer_job_runner import TriggerLoggingFactory
 from multitrigger.config import DEFAULT_LOOP, Config, LoopConfig
-from multitrigger.restart import RestartPolicy
 from multitrigger.interpreter_probe import loop_bootstrap_args
+from multitrigger.poison import PoisonPolicy
+from multitrigger.restart import RestartPolicy
+from multitrigger.routing import Refusal, Router
+from multitrigger.supervisor import prestart
+from multitrigger.supervisor.lanes import Done, Lane
 from multitrigger.supervisor.launch import loop_env
 from multitrigger.supervisor.loop_process import read_order
 from multitrigger.supervisor.output import OutputLimits
-from multitrigger.supervisor.slot import LoopSlot, SlotSinks
-from multitrigger.supervisor import prestart
+from multitrigger.supervisor.outcomes import Batch, Outcomes
+from multitrigger.supervisor.request_desk import RequestDesk
 from multitrigger.supervisor.zygote_pool import ZygotePool
 from multitrigger.supervisor.settings import RunSettings
-from multitrigger.supervisor.store import DatabaseUnavailable, TriggerStore, raise_if_unreachable
+from multitrigger.supervisor.slot import LoopSlot, SlotSinks
+from multitrigger.supervisor.store import DatabaseUnavailable, Tick, TriggerStore, raise_if_unreachable
 
 log = structlog.get_logger(__name__)
 
 #: While new triggers keep arriving, claim again after this instead of a full claim interval.
 BACKLOG_CLAIM_DELAY = 0.05
+#: A pass is credited at most its select timeout plus this much listening time (see ``_listen``).
+LISTEN_SLACK = 0.5
+#: The longest select; also the longest pass credited as listening.
+MAX_SELECT = 1.0
 #: Each pass delivers loops' queued output lines for at most this long (then serves sockets again).
 OUTPUT_SLICE = 0.01
 
@@ -49,14 +64,26 @@ class Supervisor:
         self.store = store
         self.clock = clock
         self.selector = selectors.DefaultSelector()
-        self._events: list[tuple[str, TriggerEventEntry]] = []
-        self._failures: list[tuple[int, list[str] | None]] = []
+        self._wake_r, self._wake_w = socket.socketpair()
+        for sock in (self._wake_r, self._wake_w):
+            sock.setblocking(False)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self.router = Router(config.loops)
+        self.outcomes = Outcomes()
+        self.db = Lane("db", self._wake_up, clock)
+        self.uploads = Lane("log-uploads", self._wake_up, clock)
+        self.desk = RequestDesk(Lane("requests", self._wake_up, clock), settings.request_timeout, clock)
         self._log_sink = store.log_line_consumer()
         self._signals: list[int] = []
         self._next_tick = 0.0
+        self._db_retry_at = 0.0
         self._db_down_since: float | None = None
         self._db_failures = 0
+        self._stuck_reported = False
+        self._last_step = "tick"  # the DB lane alternates persist and tick when both are due
         self._exit_code = 0
+        self._listened = 0.0  # the listening clock (seconds); see _listen
+        self._last_listen = clock()
         self.zygotes = ZygotePool(config, settings.state_dir, self.selector, clock=clock)
         self.slots = {name: self._make_slot(loop) for name, loop in config.loops.items()}
         self.routes: dict[int, str] = {}  # trigger id → loop name, decided once
@@ -67,36 +94,39 @@ class Supervisor:
     def _make_slot(self, loop: LoopConfig) -> LoopSlot:
         home = self.settings.state_dir / "loops" / loop.name
         home.mkdir(parents=True, exist_ok=True)
-        r = loop.restart
         return LoopSlot(
-            name=loop.name,
+            config=loop,
             argv=loop_bootstrap_args(loop.python),
             env=loop_env(home),
             cwd=home,
-            policy=RestartPolicy(r, clock=self.clock),
+            policy=RestartPolicy(loop.restart, clock=self.clock),
+            poison=PoisonPolicy(loop.name, loop.restart.poison_threshold, clock=self.clock),
             sinks=SlotSinks(
-                on_event=lambda name, entry: self._events.append((name, entry)),
-                on_failure=lambda name, tid, tb: self._failures.append((tid, tb)),
+                on_event=self.outcomes.add_event,
+                on_failure=lambda _loop, tid, tb: self.outcomes.add_failure(tid, tb),
                 on_finished=self._on_finished,
                 on_output=lambda name, pid, line: log.info(line, loop=name, pid=pid, source="loop output"),
                 on_log_line=self._log_sink.send,
+                on_request=self.desk.ask,
             ),
             hang_threshold=self.settings.runner_health_check_threshold,
             blame_file=home / "blame",
-            poison_threshold=r.poison_threshold,
+            listening=lambda: self._listened,
             limits=OutputLimits.of(self.settings),
             clock=self.clock,
         )
 
     def _install_signals(self) -> None:
-        wake_r, wake_w = socket.socketpair()
-        wake_r.setblocking(False)
-        wake_w.setblocking(False)
-        self._wake = (wake_r, wake_w)
-        self.selector.register(wake_r, selectors.EVENT_READ, None)
-        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda s, _f: self._signals.append(s))
+
+    def _wake_up(self) -> None:
+        """Wake the selector (called from lane threads when a step completes)."""
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, InterruptedError, OSError):
+            pass  # already a byte waiting: the selector wakes anyway
 
     # -- zygotes (multitrigger.loop.zygote): forked loops start in ~20 ms and share memory --------
 
@@ -129,8 +159,10 @@ class Supervisor:
 
     def _next_wakeup(self) -> float:
         now = self.clock()
-        deadlines = [self._next_tick] + [s.poll_deadline() for s in self.slots.values()]
+        deadlines = [self.desk.next_deadline()] + [s.poll_deadline() for s in self.slots.values()]
         deadlines += [s.relay.next_due() for s in self.slots.values()]
+        if self.db.idle:
+            deadlines.append(max(self._db_retry_at, self._next_tick if not self.outcomes else now))
         for name, s in self.slots.items():  # a waiting loop's deadline is the pool's
             if s.process is None and self._wanted(name, s) and not self._waiting_for_zygote(s, now):
                 deadlines.append(s.start_at)
@@ -138,10 +170,13 @@ class Supervisor:
         return max(0.0, min(deadlines) - now)
 
     def _service(self, timeout: float) -> None:
+        timeout = min(timeout, MAX_SELECT)
+        ready = self.selector.select(timeout)
+        self._listen(timeout)
         # Requests and check-ins of every loop first; output and logs are read after them and
         # delivered last, within each loop's budget (a flood of log lines delays no one's events).
-        for key, mask in sorted(self.selector.select(min(timeout, 1.0)), key=read_order):
-            if key.data is None:  # the signal wake-up socket
+        for key, mask in sorted(ready, key=read_order):
+            if key.data is None:  # the wake-up socket: a signal or a lane's completion
                 _drain(key.fileobj)
                 continue
             proc, sock, reader = key.data
@@ -149,8 +184,8 @@ class Supervisor:
                 proc.flush(self.selector)
             if mask & selectors.EVENT_READ:
                 proc.service(self.selector, sock, reader)
-        if (self._events or self._failures) and (self._db_down_since is None or self.clock() >= self._next_tick):
-            self._with_db(self._persist_outcomes)
+        for lane in (self.db, self.desk.lane, self.uploads):
+            lane.run_completions()
         self._deliver_output()
 
     def _deliver_output(self) -> None:
@@ -162,93 +197,141 @@ class Supervisor:
         for slot in slots[self._output_turn:] + slots[: self._output_turn]:
             slot.relay.pump(deadline)
 
+    def _listen(self, timeout: float) -> None:
+        """Advance the listening clock by the time since the last pass, at most one select's worth.
+
+        A pass that took far longer than its select timeout means the supervisor itself was not
+        reading (stopped, swapped out, starved): that time is not held against any loop.
+        """
+        now = self.clock()
+        elapsed, self._last_listen = now - self._last_listen, now
+        self._listened += min(elapsed, timeout + LISTEN_SLACK)
+
     def _reconcile(self) -> None:
         now = self.clock()
         self.zygotes.tend(now)
         for name, slot in self.slots.items():
             slot.answer_poll(self.selector, now)
-            slot.reap(self.selector, now)
-            slot.check_hang(now)
+            if slot.reap(self.selector, now) is not None:
+                self.desk.forget(name)
+            slot.check_hang()
             if (slot.process is None and now >= slot.start_at and self._wanted(name, slot)
                     and not self._waiting_for_zygote(slot, now)):
                 slot.zygote = self.zygotes.for_loop(self.config.loops[name])
                 slot.start(self.selector)
-        if now >= self._next_tick:
-            self._next_tick = now + self.settings.claim_interval
-            self._with_db(self._tick)
+        self.desk.pump()
+        self._drive_db(now)
 
-    def _tick(self) -> None:
-        """Once per claim interval: clean, claim, route new triggers, cancel dropped ones, heartbeat."""
-        self.store.clean_unused()
-        held = self.store.claim()
-        tracked = set(self.routes)
-        for trigger_id in tracked - held:
-            self.slots[self.routes[trigger_id]].cancel(trigger_id)
-        if new := held - tracked:
-            built = self.store.build(new)
-            for workload, bundle in built:
-                self._route(workload, bundle)
-            if built and self.store.alone():
-                # A backlog is claimed max_trigger_to_select_per_loop at a time: come back for the
-                # rest at once, not a claim interval later (nothing built: no hurry, no spinning).
-                # Only with no other live triggerer: that setting exists to spread triggers over
-                # HA triggerers, and claiming again every 50 ms would take them all.
-                self._next_tick = min(self._next_tick, self.clock() + BACKLOG_CLAIM_DELAY)
-        self.store.heartbeat()
+    # -- the DB lane --------------------------------------------------------------------------
 
-    def _route(self, workload, bundle: str | None) -> None:
-        loop = self.config.loop_for_bundle(bundle)
-        slot_config = self.config.loops[loop]
-        if not slot_config.allows(workload.classpath):
-            reason = f"trigger {workload.classpath} is not in loop {loop!r}'s allowed_triggers (bundle {bundle!r})"
-            log.error("trigger refused", loop=loop, bundle=bundle, trigger_id=workload.id, reason=reason)
-            self.store.submit_failures([(workload.id, [reason + "\n"])])
+    def _drive_db(self, now: float) -> None:
+        """Give the DB lane its next step (one at a time, in order); notice a step that never ends."""
+        if not self.db.idle:
+            self._check_stuck(now)
             return
-        self.routes[workload.id] = loop
-        log.info("trigger routed", loop=loop, bundle=bundle, trigger_id=workload.id, classpath=workload.classpath)
-        self.slots[loop].add(workload)
+        if now < self._db_retry_at:
+            return
+        if self.outcomes and not (now >= self._next_tick and self._last_step == "persist"):
+            self._submit_persist()
+        elif now >= self._next_tick:
+            self._last_step = "tick"
+            self._next_tick = now + self.settings.claim_interval
+            exclude = frozenset(self.routes) | self.outcomes.pending_ids()
+            self.db.submit("tick", lambda: self.store.tick(exclude), lambda done: self._db_done(done, self._ticked))
 
-    # -- outcomes -----------------------------------------------------------------------------
+    def _submit_persist(self) -> None:
+        self._last_step = "persist"
+        batch = self.outcomes.take()
+        self.db.submit("persist", lambda: self._persist(batch),
+                       lambda done: self._db_done(done, lambda persisted: self._persisted(batch, persisted)))
 
-    def _persist_outcomes(self) -> None:
-        """Persist events, then failures. On a DB outage they stay queued for the next try."""
-        if self._events:
-            persisted = set(self.store.submit_events([(e.trigger_id, e.event) for _, e in self._events]))
-            events, self._events = self._events, []
-            for loop, entry in events:
-                if entry.persist_seq is not None and entry.trigger_id in persisted:
-                    self.slots[loop].persisted(entry.persist_seq)
-        if self._failures:
-            self.store.submit_failures(self._failures)
-            self._failures = []
+    def _persist(self, batch: Batch) -> set[int]:
+        """On the DB lane: events, then failures. Returns the trigger ids whose events were written."""
+        persisted = set(self.store.submit_events([(e.trigger_id, e.event) for _, e in batch.events])) if batch.events else set()
+        if batch.failures:
+            self.store.submit_failures(batch.failures)
+        return persisted
 
-    def _with_db(self, step: Callable[[], None]) -> None:
-        """Run a DB step; on an outage retry with backoff, loops untouched, and give up past the limit.
+    def _persisted(self, batch: Batch, persisted: set[int]) -> None:
+        self.outcomes.done()
+        for loop, entry in batch.events:
+            if entry.persist_seq is not None and entry.trigger_id in persisted:
+                self.slots[loop].persisted(entry.persist_seq)
+
+    def _ticked(self, tick: Tick) -> None:
+        """Back on the selector thread: cancel what we no longer hold, route what is new."""
+        for trigger_id in set(self.routes) - tick.held:
+            self.slots[self.routes[trigger_id]].cancel(trigger_id)
+        for trigger_id, traceback in tick.failures:
+            self.outcomes.add_failure(trigger_id, traceback)
+        pending = self.outcomes.pending_ids()
+        for workload, bundle in tick.built:
+            if workload.id not in self.routes and workload.id not in pending:
+                self._route(workload, bundle)
+        if tick.built and tick.alone:
+            # A backlog is claimed max_trigger_to_select_per_loop at a time: come back for the
+            # rest at once, not a claim interval later (nothing built: no hurry, no spinning).
+            # Only with no other live triggerer: that setting exists to spread triggers over
+            # HA triggerers, and claiming again every 50 ms would take them all.
+            self._next_tick = min(self._next_tick, self.clock() + BACKLOG_CLAIM_DELAY)
+
+    def _route(self, workload: workloads.RunTrigger, bundle: str | None) -> None:
+        route = self.router.route(workload.classpath, bundle)
+        if isinstance(route, Refusal):
+            log.error("trigger refused", loop=route.loop, bundle=bundle, trigger_id=workload.id, reason=route.reason)
+            self.outcomes.add_failure(workload.id, [route.reason + "\n"])
+            return
+        self.routes[workload.id] = route.loop
+        log.info("trigger routed", loop=route.loop, bundle=bundle, trigger_id=workload.id, classpath=workload.classpath)
+        self.slots[route.loop].add(workload)
+
+    def _db_done(self, done: Done, on_ok: Callable) -> None:
+        """A DB step ended: on an outage retry with backoff, loops untouched; past the limit, exit 1.
 
         Giving up exits 1 so a service manager restarts the supervisor and, meanwhile, other
         triggerers take its triggers over (Airflow's HA).
         """
         now = self.clock()
+        self._stuck_reported = False
+        if done.error is None:
+            if self._db_down_since is not None:
+                log.info("metadata DB reachable again", outage=round(now - self._db_down_since, 1))
+            self._db_down_since, self._db_failures = None, 0
+            on_ok(done.value)
+            return
+        self.outcomes.put_back()
         try:
-            step()
-        except Exception as err:
-            try:
-                raise_if_unreachable(err)
-                raise
-            except DatabaseUnavailable as down:
-                self._db_down_since = self._db_down_since or now
-                self._db_failures += 1
-                self._next_tick = now + min(10.0, 0.5 * 2 ** min(self._db_failures, 5))
-                outage = now - self._db_down_since
-                log.error("metadata DB unreachable; retrying", error=str(down), outage=round(outage, 1),
-                          queued_events=len(self._events), queued_failures=len(self._failures))
-                if outage > self.settings.db_retry_limit:
-                    log.critical("metadata DB unreachable for too long; exiting", limit=self.settings.db_retry_limit)
-                    self._exit_code = 1
-                return
-        if self._db_down_since is not None:
-            log.info("metadata DB reachable again", outage=round(now - self._db_down_since, 1))
-        self._db_down_since, self._db_failures = None, 0
+            raise_if_unreachable(done.error)
+        except DatabaseUnavailable as down:
+            self._db_outage(now, str(down))
+            return
+        log.error("DB step failed; retrying next claim interval", error=repr(done.error), exc_info=done.error)
+        self._db_retry_at = now + self.settings.claim_interval
+
+    def _db_outage(self, now: float, error: str, since: float | None = None) -> None:
+        self._db_down_since = self._db_down_since or since or now
+        self._db_failures += 1
+        self._db_retry_at = now + min(10.0, 0.5 * 2 ** min(self._db_failures, 5))
+        outage = now - self._db_down_since
+        log.error("metadata DB unreachable; retrying", error=error, outage=round(outage, 1),
+                  queued_outcomes=len(self.outcomes), retry_in=round(self._db_retry_at - now, 1))
+        if outage > self.settings.db_retry_limit:
+            log.critical("metadata DB unreachable for too long; exiting", limit=self.settings.db_retry_limit)
+            self._exit_code = 1
+
+    def _check_stuck(self, now: float) -> None:
+        """A DB step running past every bound (a driver without one): the DB is unreachable now."""
+        busy = self.db.busy_for()
+        if busy is None or busy[1] <= self.settings.db_timeout + 2:
+            return
+        step, seconds = busy
+        if not self._stuck_reported:
+            self._stuck_reported = True
+            log.error("metadata DB unreachable: a DB step has not returned", step=step, seconds=round(seconds, 1))
+        self._db_down_since = self._db_down_since or now - seconds
+        if now - self._db_down_since > self.settings.db_retry_limit:
+            log.critical("metadata DB unreachable for too long; exiting", limit=self.settings.db_retry_limit)
+            self._exit_code = 1
 
     def _on_finished(self, loop: str, trigger_id: int) -> None:
         self.routes.pop(trigger_id, None)
@@ -256,21 +339,18 @@ class Supervisor:
             self.slots[loop].relay.after(lambda: self._close_trigger_log(loop, trigger_id, factory))
 
     def _close_trigger_log(self, loop: str, trigger_id: int, factory: TriggerLoggingFactory) -> None:
+        """Its last lines are written: upload (remote logging) and close it on the upload lane."""
         if self.store.logger_cache.get(trigger_id) is factory:
             del self.store.logger_cache[trigger_id]
-        try:
-            factory.upload_to_remote()
-        except Exception:
-            log.exception("failed to upload trigger logs", loop=loop, trigger_id=trigger_id)
-        finally:
-            factory.close()
+        self.uploads.submit(f"upload {trigger_id}", lambda: _upload(factory), lambda done: _upload_done(done, loop, trigger_id))
 
     # -- shutdown -----------------------------------------------------------------------------
 
     def shutdown(self) -> int:
-        """Stop loops (triggers cancelled without ``on_kill``), hand triggers back, exit.
+        """Stop loops (triggers cancelled without ``on_kill``), persist, hand triggers back, exit.
 
-        A second signal during the grace period kills every loop at once.
+        A second signal during the grace period kills every loop at once. Whatever the DB does,
+        the supervisor is gone by the end of the grace period (DB steps are on their own thread).
         """
         log.info("shutting down", signal=self._signals[0] if self._signals else None)
         first = len(self._signals)
@@ -280,23 +360,61 @@ class Supervisor:
         deadline = self.clock() + self.settings.shutdown_grace
         while any(s.process for s in self.slots.values()):
             forced = len(self._signals) > first or self.clock() > deadline
-            for slot in self.slots.values():
+            for name, slot in self.slots.items():
                 if forced and slot.process is not None:
                     slot.process.signal(signal.SIGKILL)
                 if slot.reap(self.selector, self.clock()) is not None:
                     slot.start_at = math.inf
+                    self.desk.forget(name)
             self._service(0.05)
+            self.desk.pump()
+            self._drive_persist_only()
         self.zygotes.close()
         for slot in self.slots.values():
             slot.relay.flush()
-        try:
-            self.store.release(self.routes)
-        except Exception:
-            log.exception("could not hand triggers back; other triggerers take them after the health threshold")
+        self._finish_db(deadline)
+        for lane in (self.db, self.desk.lane, self.uploads):
+            lane.close()
         return self._exit_code
 
+    def _drive_persist_only(self) -> None:
+        if self.db.idle and self.outcomes and self.clock() >= self._db_retry_at:
+            self._submit_persist()
 
-def _drain(sock) -> None:
+    def _finish_db(self, deadline: float) -> None:
+        """Persist what is left and hand triggers back, within the grace period; skip if the DB is down."""
+        deadline = max(deadline, self.clock() + 1.0)
+        while self.clock() < deadline and self._db_down_since is None and (self.outcomes or not self.db.idle):
+            self._drive_persist_only()
+            self._service(0.05)
+        if self.outcomes:
+            log.error("metadata DB unreachable at shutdown: outcomes not persisted; their triggers run again elsewhere",
+                      count=len(self.outcomes))
+        if self._db_down_since is not None or not self.db.idle:
+            log.warning("not handing triggers back (DB unreachable); other triggerers take them after the health threshold")
+            return
+        routes = list(self.routes)
+        released: list[bool] = []
+        self.db.submit("release", lambda: self.store.release(routes), lambda done: released.append(done.error is None))
+        while not released and self.clock() < deadline:
+            self._service(0.05)
+        if released != [True]:
+            log.error("could not hand triggers back; other triggerers take them after the health threshold")
+
+
+def _upload(factory) -> None:  # type: ignore[no-untyped-def]
+    try:
+        factory.upload_to_remote()
+    finally:
+        factory.close()
+
+
+def _upload_done(done: Done, loop: str, trigger_id: int) -> None:
+    if done.error is not None:
+        log.error("failed to upload trigger logs", loop=loop, trigger_id=trigger_id, error=repr(done.error))
+
+
+def _drain(sock) -> None:  # type: ignore[no-untyped-def]
     try:
         while sock.recv(4096):
             pass

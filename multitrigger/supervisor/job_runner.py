@@ -19,6 +19,7 @@ from airflow.jobs.job import Job
 from airflow.observability.metrics import stats_utils
 from multitrigger.config import Config
 from multitrigger.supervisor.core import Supervisor
+from multitrigger.supervisor.db_bounds import bound_airflow_engines
 from multitrigger.supervisor.settings import resolve_run_settings
 from multitrigger.supervisor.store import Claim, TriggerStore
 
@@ -53,4 +54,5 @@ class MultiTriggerJobRunner(BaseJobRunner):
             team_name=self.team_name,
             health_check_threshold=settings.triggerer_health_check_threshold,
         )
+        bound_airflow_engines(settings.db_timeout)
         return Supervisor(self.config, settings, TriggerStore(self.job, claim)).run()

@@ -7,6 +7,8 @@ API client the stock ``TriggerRunnerSupervisor`` uses, so a trigger sees exactly
 under ``airflow triggerer``. The dispatch is a table keyed by message type, not an if/elif chain.
 
 ``TriggerStateChanges`` (the loop's check-in) is not answered here: it belongs to ``LoopSlot``.
+Every handler but those in ``LOCAL`` may touch the metadata DB, so they run on the supervisor's
+request lane (``multitrigger.supervisor.request_desk``), never on the selector thread.
 """
 
 from __future__ import annotations
@@ -85,6 +87,10 @@ HANDLERS: dict[type, Handler] = {
 }
 
 
+#: Answered on the selector thread: they need no database.
+LOCAL: frozenset[type] = frozenset({c.MaskSecret})
+
+
 @functools.cache
 def api_client() -> Client:
     """The stock triggerer's client: in-process Execution API, no HTTP, no token."""
@@ -108,6 +114,12 @@ def answer(msg: BaseModel) -> tuple[dict | None, dict | None]:
         log.exception("Unhandled exception while answering a loop request", request=type(msg).__name__)
         return None, _error(ErrorType.API_SERVER_ERROR, str(err), exception_type=type(err).__name__)
     return (resp.model_dump(**dump_opts) if resp is not None else None), None
+
+
+def unreachable(seconds: float) -> dict:
+    """The error a loop gets for a request the metadata DB did not answer within the bound."""
+    return _error(ErrorType.API_SERVER_ERROR,
+                  f"metadata DB unreachable: the triggerer got no answer within {seconds:g}s; try again later")
 
 
 def _error(kind: ErrorType, message: str, **detail: Any) -> dict:

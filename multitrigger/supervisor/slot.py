@@ -4,10 +4,16 @@ A loop slot: one configured loop, its current process, and the triggers it owns.
 The slot outlives its processes. It keeps every workload routed to it, so when a process dies the
 same triggers are delivered to the next one without another trip to the database; it keeps the
 held long-poll (see ``multitrigger.protocol``) and the "last heard from" clock that hang detection
-reads. Check-ins (``TriggerStateChanges``) are handled here; every other request goes to
-``multitrigger.supervisor.requests``.
+reads. Check-ins (``TriggerStateChanges``) are handled here; every other request goes to the
+supervisor's ``RequestDesk`` (``sinks.on_request``), which answers off the selector thread.
 
-Structured logs carry ``loop``, ``pid`` and ``trigger_id``.
+Hang detection reads a *listening* clock (``listening``), which the supervisor advances only for
+time in which it was actually serving the loops' sockets: a supervisor that was itself stalled
+(swapped out, stopped, starved) never kills a loop, or blames a trigger, for its own deafness.
+
+Policies are separate, pure objects: when to restart (``RestartPolicy``) and when a trigger that
+keeps killing its loop is failed (``PoisonPolicy``). Every log line carries ``loop``, ``bundle``
+and, once a process runs, ``pid`` (``self.log``).
 """
 
 from __future__ import annotations
@@ -22,34 +28,36 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
 from airflow.executors import workloads
 from airflow.jobs.triggerer_job_runner import ToTriggerSupervisor, TriggerEventEntry, messages
 from airflow.sdk.execution_time.comms import _RequestFrame
 from multitrigger import oom
+from multitrigger.config import LoopConfig
 from multitrigger.loop.blame import read_blame, reset_blame
+from multitrigger.poison import PoisonPolicy
 from multitrigger.protocol import ENV_BLAME_FILE, POLL_HOLD_SECONDS
 from multitrigger.restart import RestartPolicy
-from multitrigger.supervisor import requests
 from multitrigger.supervisor.loop_process import LoopCallbacks, LoopProcess
 from multitrigger.supervisor.output import OutputLimits, cut_json_record
 from multitrigger.supervisor.relay import LogRelay, Stream
 from multitrigger.supervisor.zygote_client import Zygote
 
-log = structlog.get_logger(__name__)
 _decoder: TypeAdapter[Any] = TypeAdapter(ToTriggerSupervisor)
+Reply = Callable[[dict | None, dict | None], None]
 
 
 @dataclass
 class SlotSinks:
-    """Where a slot delivers outcomes that need the database (owned by the supervisor)."""
+    """Where a slot delivers what it cannot handle itself (owned by the supervisor)."""
 
     on_event: Callable[[str, TriggerEventEntry], None]
     on_failure: Callable[[str, int, list[str] | None], None]
     on_finished: Callable[[str, int], None]
-    on_output: Callable[[str, int, str], None]  # loop name, pid, one stdout/stderr line
-    on_log_line: Callable[[bytes], None]  # one JSON log line
+    on_output: Callable[[str, int, str], None]
+    on_log_line: Callable[[bytes], None]
+    on_request: Callable[[str, BaseModel, Reply], None]
 
 
 @dataclass
@@ -64,17 +72,18 @@ class LoopStats:
 
 @dataclass
 class LoopSlot:
-    """One loop: what it should run and the process currently running it."""
+    """One loop: its configuration and the process currently running it."""
 
-    name: str
+    config: LoopConfig
     argv: list[str]
     env: dict[str, str]
-    cwd: Any
+    cwd: Path
     policy: RestartPolicy
+    poison: PoisonPolicy
     sinks: SlotSinks
     hang_threshold: float
     blame_file: Path
-    poison_threshold: int = 3
+    listening: Callable[[], float] = time.monotonic
     limits: OutputLimits = OutputLimits()
     clock: Callable[[], float] = time.monotonic  # the output budget's
     process: LoopProcess | None = None
@@ -82,20 +91,24 @@ class LoopSlot:
     start_at: float = 0.0
     stats: LoopStats = field(default_factory=LoopStats)
     assigned: dict[int, workloads.RunTrigger] = field(default_factory=dict)
+    last_heard: float = math.inf  # on the listening clock; inf: not heard from since its start
     _undelivered: dict[int, workloads.RunTrigger] = field(default_factory=dict)
     _cancel_wanted: set[int] = field(default_factory=set)
     _cancel_sent: set[int] = field(default_factory=set)
     _persisted_seqs: list[int] = field(default_factory=list)
     _kill_reason: str | None = None
     _oom: oom.OomWatch | None = None
-    strikes: dict[int, list[str]] = field(default_factory=dict)
     _held_poll: int | None = None
     _held_until: float = 0.0
-    last_heard: float = math.inf
     relay: LogRelay = field(init=False)  # this loop's output lines on their way to the sinks
 
     def __post_init__(self) -> None:
         self.relay = LogRelay.for_loop(self.name, self.limits, self.clock)
+        self.log = structlog.get_logger(__name__).bind(loop=self.name, bundle=",".join(sorted(self.config.bundles)) or None)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
 
     # -- what the supervisor tells the slot -------------------------------------------------
 
@@ -117,13 +130,14 @@ class LoopSlot:
     def start(self, selector: selectors.BaseSelector) -> None:
         reset_blame(self.blame_file)
         env = {**self.env, ENV_BLAME_FILE: str(self.blame_file)}
-        self.process = proc = LoopProcess.spawn(self.name, self.argv, env, self.cwd, zygote=self.zygote)
-        output = Stream(lambda line: self.sinks.on_output(self.name, proc.pid, line.decode("utf-8", "replace")))
+        self.process = process = LoopProcess.spawn(self.name, self.argv, env, self.cwd, zygote=self.zygote)
+        self.log = self.log.bind(pid=process.pid)
+        output = Stream(lambda line: self.sinks.on_output(self.name, process.pid, line.decode("utf-8", "replace")))
         logs = Stream(self.sinks.on_log_line, render=cut_json_record)
-        proc.register(
+        process.register(
             selector,
             LoopCallbacks(
-                on_frame=lambda frame: self._on_frame(selector, frame),
+                on_frame=lambda frame: self._on_frame(selector, process, frame),
                 on_output=lambda pieces: self.relay.put(pieces, output),
                 on_log_lines=lambda pieces: self.relay.put(pieces, logs),
                 on_broken=lambda why: self.kill(why),
@@ -131,21 +145,21 @@ class LoopSlot:
             self.limits,
         )
         self.policy.started()
-        self._oom = oom.watch(self.process.pid)
+        self._oom = oom.watch(process.pid)
         self.last_heard = math.inf  # a cold start is not a hang
         self._held_poll = None
         self._undelivered = dict(self.assigned)
         self._cancel_sent.clear()
         # Stock handshake: the runner's first read must be a StartTriggerer frame (request id 0).
-        self.process.respond(selector, 0, messages.StartTriggerer().model_dump())
-        log.info("loop started", loop=self.name, pid=self.process.pid, interpreter=self.argv[0], forked=self.process.forked)
+        process.respond(selector, 0, messages.StartTriggerer().model_dump())
+        self.log.info("loop started", interpreter=self.argv[0], forked=process.forked)
 
     def kill(self, reason: str) -> None:
         """Kill the process for ``reason``; ``reap`` records it when the exit is seen."""
         if self.process is not None and self._kill_reason is None and self.process.poll_exit() is None:
-            log.error("killing loop", loop=self.name, pid=self.process.pid, reason=reason)
+            self.log.error("killing loop", reason=reason)
             self._kill_reason = reason
-            self.process.signal(9)
+            self.process.signal(signal.SIGKILL)
 
     def reap(self, selector: selectors.BaseSelector, now: float) -> str | None:
         """If the process has exited: close it, schedule the restart, return the exit reason."""
@@ -154,10 +168,11 @@ class LoopSlot:
         reason = self._kill_reason or self.process.exit_reason(code)
         if code == -signal.SIGKILL and self._kill_reason is None and self._oom is not None and self._oom.fired():
             reason = self._oom.describe()
-        level = log.info if code == 0 and self._kill_reason is None else log.error
-        level("loop process ended", loop=self.name, pid=self.process.pid, reason=reason, triggers=len(self.assigned))
+        level = self.log.info if code == 0 and self._kill_reason is None else self.log.error
+        level("loop process ended", reason=reason, triggers=len(self.assigned))
         self.process.close(selector)
         self.process = None
+        self.log = self.log.unbind("pid")
         self.stats.last_exit = reason
         self._kill_reason = None
         self._blame(read_blame(self.blame_file), reason)
@@ -171,34 +186,30 @@ class LoopSlot:
         return reason
 
     def _blame(self, trigger_id: int, reason: str) -> None:
-        """Count a death against the trigger whose code was running; fail it at the threshold.
-
-        Failing it (with the reason on its task instance) lets the rest of the bundle run: without
-        this a trigger that crashes its loop would crash every restart, forever.
-        """
+        """Strike the trigger whose code was running when the loop died; fail it on a verdict."""
         if trigger_id not in self.assigned:
             return
-        strikes = self.strikes.setdefault(trigger_id, [])
-        strikes.append(reason)
-        log.warning("loop death blamed on trigger", loop=self.name, trigger_id=trigger_id, strikes=len(strikes), reason=reason)
-        if len(strikes) >= self.poison_threshold:
-            verdict = f"trigger crashed its loop {self.name!r} {len(strikes)} times: {reason}"
-            log.error("failing poison trigger", loop=self.name, trigger_id=trigger_id, reason=verdict)
-            self.sinks.on_failure(self.name, trigger_id, [verdict + "\n", *(f"  crash {i + 1}: {r}\n" for i, r in enumerate(strikes))])
+        verdict = self.poison.strike(trigger_id, reason)
+        self.log.warning("loop death blamed on trigger", trigger_id=trigger_id,
+                         strikes=self.poison.strikes(trigger_id) if verdict is None else len(verdict.reasons), reason=reason)
+        if verdict is not None:
+            self.log.error("failing poison trigger", trigger_id=trigger_id, reason=verdict.traceback()[0].strip())
+            self.sinks.on_failure(self.name, trigger_id, verdict.traceback())
             self.stats.failures += 1
             self._forget(trigger_id)
 
-    def check_hang(self, now: float) -> None:
-        if self.process is not None and now - self.last_heard > self.hang_threshold:
-            self.kill(f"event loop blocked: no check-in for {now - self.last_heard:.1f}s (threshold {self.hang_threshold:g}s)")
+    def check_hang(self) -> None:
+        """Kill the loop if it said nothing for ``hang_threshold`` seconds of *listening* time."""
+        silent = self.listening() - self.last_heard
+        if self.process is not None and silent > self.hang_threshold:
+            self.kill(f"event loop blocked: no check-in for {silent:.1f}s (threshold {self.hang_threshold:g}s)")
 
     # -- frames from the loop -----------------------------------------------------------------
 
-    def _on_frame(self, selector: selectors.BaseSelector, frame: _RequestFrame) -> None:
+    def _on_frame(self, selector: selectors.BaseSelector, process: LoopProcess, frame: _RequestFrame) -> None:
         if self.last_heard == math.inf:  # its first frame: the process is up and talking
-            log.info("loop ready", loop=self.name, pid=self.process.pid, forked=self.process.forked,
-                     startup_s=round(time.monotonic() - self.process.started_at, 3))
-        self.last_heard = time.monotonic()
+            self.log.info("loop ready", forked=process.forked, startup_s=round(time.monotonic() - process.started_at, 3))
+        self.last_heard = self.listening()
         try:
             msg = _decoder.validate_python(frame.body)
         except Exception as err:
@@ -207,8 +218,12 @@ class LoopSlot:
         if isinstance(msg, messages.TriggerStateChanges):
             self._on_state_changes(selector, frame.id, msg)
             return
-        body, error = requests.answer(msg)
-        self.process.respond(selector, frame.id, body, error)
+
+        def reply(body: dict | None, error: dict | None) -> None:
+            if self.process is process:  # never answer a later process with an earlier one's reply
+                process.respond(selector, frame.id, body, error)
+
+        self.sinks.on_request(self.name, msg, reply)
 
     def _on_state_changes(self, selector: selectors.BaseSelector, req_id: int, msg: messages.TriggerStateChanges) -> None:
         for entry in msg.events or ():
@@ -233,7 +248,7 @@ class LoopSlot:
             self.answer_poll(selector, time.monotonic())
 
     def _forget(self, trigger_id: int) -> None:
-        self.strikes.pop(trigger_id, None)
+        self.poison.forget(trigger_id)
         if self.assigned.pop(trigger_id, None) is not None:
             self.sinks.on_finished(self.name, trigger_id)
         self._undelivered.pop(trigger_id, None)

@@ -172,6 +172,16 @@ def plain_kwargs(encrypted_kwargs: str) -> str:
 
 
 @dataclass(frozen=True)
+class Tick:
+    """What one claim pass found: every id we hold, new workloads with their bundles, failures."""
+
+    held: set[int]
+    built: list[tuple[workloads.RunTrigger, str | None]]
+    failures: list[tuple[int, list[str]]]
+    alone: bool
+
+
+@dataclass(frozen=True)
 class Claim:
     """The filters a triggerer claims with: stock ``--capacity``, ``--queues``, ``--team-name``."""
 
@@ -199,6 +209,19 @@ class TriggerStore:
         next(gen)
         return gen
 
+    def tick(self, known: frozenset[int]) -> Tick:
+        """One claim interval's DB work (on the DB lane): clean, claim, build what is new, heartbeat.
+
+        ``known`` are triggers already routed or whose outcome is still being persisted: held, but
+        never built and run again.
+        """
+        self.clean_unused()
+        held = self.claim()
+        built, failures = self.build(held - known) if held - known else ([], [])
+        alone = self.alone() if built else False
+        self.heartbeat()
+        return Tick(held, built, failures, alone)
+
     def claim(self) -> set[int]:
         """Assign unassigned triggers to us (HA row locks, capacity); return every id we hold."""
         c = self.claim_filters
@@ -217,20 +240,21 @@ class TriggerStore:
             )
         return not others
 
-    def build(self, trigger_ids: set[int]) -> list[tuple[workloads.RunTrigger, str | None]]:
-        """Stock workloads for new trigger ids, each with its bundle (``None`` if unknown)."""
+    def build(self, trigger_ids: set[int]) -> tuple[list[tuple[workloads.RunTrigger, str | None]], list[tuple[int, list[str]]]]:
+        """Stock workloads for new trigger ids, each with its bundle (``None`` if unknown), and the
+        failures of those that cannot run (kwargs that do not decrypt), for the outcome queue."""
         built = self._stock.build(trigger_ids)
         with create_session() as session:
             bundles = bundles_for([w.id for w in built], session)
-        result = []
+        result, failures = [], []
         for workload in built:
             try:
                 workload = workload.model_copy(update={"encrypted_kwargs": plain_kwargs(workload.encrypted_kwargs)})
             except Exception as err:  # wrong key: fail this trigger, not the loop (stock would crash the runner)
-                self.submit_failures([(workload.id, [f"cannot decrypt trigger kwargs: {err!r}\n"])])
+                failures.append((workload.id, [f"cannot decrypt trigger kwargs: {err!r}\n"]))
                 continue
             result.append((workload, bundles.get(workload.id)))
-        return result
+        return result, failures
 
     def submit_events(self, entries: Iterable[tuple[int, TriggerEvent]]) -> list[int]:
         """Persist events in one transaction (one per event if the batch fails); return persisted ids.
@@ -257,9 +281,26 @@ class TriggerStore:
         return done
 
     def submit_failures(self, failures: Iterable[tuple[int, list[str] | None]]) -> None:
-        with create_session() as session:
-            for trigger_id, tb in failures:
-                Trigger.submit_failure(trigger_id=trigger_id, exc=tb, session=session)
+        """Persist failures in one transaction (one per failure if the batch fails).
+
+        Raises ``DatabaseUnavailable`` if the database cannot be reached (the caller retries); a
+        failure that cannot be written for any other reason is logged and dropped, alone.
+        """
+        failures = list(failures)
+        try:
+            with create_session() as session:
+                for trigger_id, tb in failures:
+                    Trigger.submit_failure(trigger_id=trigger_id, exc=tb, session=session)
+            return
+        except Exception as err:
+            raise_if_unreachable(err)
+            log.exception("batch failure submit failed; retrying one by one", count=len(failures))
+        for trigger_id, tb in failures:
+            try:
+                Trigger.submit_failure(trigger_id=trigger_id, exc=tb)
+            except Exception as err:
+                raise_if_unreachable(err)
+                log.exception("could not persist trigger failure", trigger_id=trigger_id)
 
     def clean_unused(self) -> None:
         Trigger.clean_unused()
