@@ -1,4 +1,10 @@
-"""A real TCP proxy on loopback that a test can cut and restore, to make a real DB outage."""
+"""A real TCP proxy on loopback that a test can cut, black-hole and restore, to make a real DB outage.
+
+``cut`` is a refused path (connections reset, new ones refused). ``blackhole`` is a partition that
+refuses nothing: connections are accepted and kept, bytes are received but relayed nowhere, so a
+client's query just never returns (what a path that silently drops packets looks like to an
+application). ``heal`` relays everything again, including what was held back.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import threading
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:<port> to ``target``. ``cut()`` drops every connection and refuses new ones."""
+    """Forwards 127.0.0.1:<port> to ``target``; see the module docstring for the faults."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
@@ -20,6 +26,7 @@ class TcpProxy:
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._hold = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -42,12 +49,22 @@ class TcpProxy:
                 sock.close()
             self._conns.clear()
 
+    def blackhole(self) -> None:
+        """The partition: accept and hold connections, relay nothing, refuse nothing."""
+        self._hold.set()
+
+    def heal(self) -> None:
+        """End a black hole: relay again, what was held back first."""
+        self._hold.clear()
+
     def _serve(self) -> None:
         sel = selectors.DefaultSelector()
+        accept_only = selectors.DefaultSelector()
         assert self._listener is not None
         sel.register(self._listener, selectors.EVENT_READ, None)
+        accept_only.register(self._listener, selectors.EVENT_READ, None)
         while not self._stop.is_set():
-            for key, _ in sel.select(0.1):
+            for key, _ in (accept_only if self._hold.is_set() else sel).select(0.1):
                 if key.data is None:
                     client, _addr = self._listener.accept()
                     try:
@@ -75,4 +92,5 @@ class TcpProxy:
                         pass
                     s.close()
         sel.close()
+        accept_only.close()
         self._listener.close()
