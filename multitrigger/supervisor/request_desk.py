@@ -46,18 +46,23 @@ class _Ask:
 class RequestDesk:
     """Per-loop queues, served round robin by one lane, each request answered within ``timeout``."""
 
-    def __init__(self, lane: Lane, timeout: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, lane: Lane, timeout: float, clock: Callable[[], float] = time.monotonic,
+        answer: Callable[[BaseModel], tuple[dict | None, dict | None]] = requests.answer,
+    ) -> None:
         self.lane = lane
         self.timeout = timeout
         self.clock = clock
+        self._answer = answer  # Airflow's handlers (``requests.answer``); injectable for tests
         self._queues: dict[str, deque[_Ask]] = {}
         self._turn: deque[str] = deque()  # loops with queued requests, in serving order
         self._in_flight: _Ask | None = None
+        self._last_loop: str | None = None
 
     def ask(self, loop: str, msg: BaseModel, reply: Reply) -> None:
         """Queue ``msg`` from ``loop``; ``reply(body, error)`` is called exactly once, on the selector thread."""
         if type(msg) in requests.LOCAL:
-            reply(*requests.answer(msg))
+            reply(*self._answer(msg))
             return
         queue = self._queues.setdefault(loop, deque())
         if not queue:
@@ -77,12 +82,14 @@ class RequestDesk:
                 queue.popleft().answer(None, requests.unreachable(self.timeout))
         self._turn = deque(loop for loop in self._turn if self._queues.get(loop))
         if self._in_flight is None and self._turn:
-            loop = self._turn.popleft()
+            if len(self._turn) > 1 and self._turn[0] == self._last_loop:
+                self._turn.rotate(-1)  # the loop just served waits behind the others
+            loop = self._last_loop = self._turn.popleft()
             ask = self._queues[loop].popleft()
             if self._queues[loop]:
                 self._turn.append(loop)
             self._in_flight = ask
-            self.lane.submit(f"request {type(ask.msg).__name__}", lambda: requests.answer(ask.msg), self._done)
+            self.lane.submit(f"request {type(ask.msg).__name__}", lambda: self._answer(ask.msg), self._done)
 
     def _done(self, done: Done[tuple[dict | None, dict | None]]) -> None:
         ask, self._in_flight = self._in_flight, None

@@ -1,0 +1,140 @@
+"""Pure pieces of the supervisor, tested without processes: poison policy, lanes, the request desk.
+
+Lanes run real threads; clocks are injected where time matters.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from airflow.sdk.execution_time import comms as c
+from multitrigger.poison import PoisonPolicy
+from multitrigger.supervisor.lanes import Lane
+from multitrigger.supervisor.outcomes import Outcomes
+from multitrigger.supervisor.request_desk import RequestDesk
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_poison_verdict_at_the_threshold_with_every_reason() -> None:
+    clock = Clock()
+    policy = PoisonPolicy("team_a", threshold=3, clock=clock)
+    assert policy.strike(7, "killed by SIGKILL") is None
+    assert policy.strike(8, "exited with code 1") is None  # another trigger's strikes are its own
+    assert policy.strike(7, "killed by SIGSEGV") is None
+    assert policy.strikes(7) == 2
+    verdict = policy.strike(7, "exited with code 1")
+    assert verdict is not None and verdict.trigger_id == 7
+    assert verdict.reasons == ("killed by SIGKILL", "killed by SIGSEGV", "exited with code 1")
+    lines = verdict.traceback()
+    assert lines[0] == "trigger crashed its loop 'team_a' 3 times: exited with code 1\n"
+    assert lines[1:] == ["  crash 1: killed by SIGKILL\n", "  crash 2: killed by SIGSEGV\n", "  crash 3: exited with code 1\n"]
+    assert policy.strikes(7) == 0 and policy.strikes(8) == 1
+
+
+def test_poison_strikes_expire_after_the_window_and_are_forgotten_with_the_trigger() -> None:
+    clock = Clock()
+    policy = PoisonPolicy("l", threshold=2, clock=clock, window=60)
+    assert policy.strike(1, "a") is None
+    clock.now += 61
+    assert policy.strike(1, "b") is None  # the first strike is too old to count
+    assert policy.strikes(1) == 1
+    policy.forget(1)
+    assert policy.strikes(1) == 0 and policy.strike(1, "c") is None
+
+
+def _pump(lanes: list[Lane], until, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < deadline, "lane did not complete"
+        for lane in lanes:
+            lane.run_completions()
+        time.sleep(0.005)
+
+
+def test_lane_runs_steps_in_order_off_the_calling_thread_and_completes_on_it() -> None:
+    woken = threading.Event()
+    lane = Lane("t", woken.set)
+    seen: list[tuple[str, object, bool]] = []
+    main = threading.current_thread()
+    lane.submit("one", lambda: threading.current_thread() is not main, lambda d: seen.append(("one", d.value, threading.current_thread() is main)))
+    lane.submit("two", lambda: 1 / 0, lambda d: seen.append(("two", type(d.error).__name__, threading.current_thread() is main)))
+    assert not lane.idle
+    _pump([lane], lambda: len(seen) == 2)
+    assert seen == [("one", True, True), ("two", "ZeroDivisionError", True)]
+    assert lane.idle and woken.is_set()
+    lane.close()
+
+
+def test_lane_says_which_step_is_stuck_and_for_how_long() -> None:
+    clock = Clock()
+    release = threading.Event()
+    lane = Lane("db", lambda: None, clock)
+    lane.submit("tick", release.wait, lambda d: None)
+    _pump([], lambda: lane.busy_for() is not None)
+    clock.now += 12.5
+    assert lane.busy_for() == ("tick", 12.5)
+    release.set()
+    _pump([lane], lambda: lane.idle)
+    assert lane.busy_for() is None
+    lane.close()
+
+
+def test_request_desk_answers_round_robin_and_within_its_bound_when_the_db_hangs() -> None:
+    clock = Clock()
+    gate = threading.Event()
+    order: list[str] = []
+
+    def answer(msg):  # type: ignore[no-untyped-def]
+        order.append(msg.conn_id)
+        if msg.conn_id == "hang":
+            gate.wait(10)
+        return {"conn_id": msg.conn_id}, None
+
+    lane = Lane("requests", lambda: None, clock)
+    desk = RequestDesk(lane, timeout=30, clock=clock, answer=answer)
+    replies: dict[str, tuple] = {}
+    ask = lambda loop, conn: desk.ask(loop, c.GetConnection(conn_id=conn), lambda b, e: replies.setdefault(conn, (b, e)))  # noqa: E731
+    # team_a floods; team_b's one request is served second, not after the whole flood.
+    for i in range(3):
+        ask("team_a", f"a{i}")
+    ask("team_b", "b0")
+    _pump([lane], lambda: len(replies) == 4 and lane.idle, timeout=5)
+    assert order == ["a0", "b0", "a1", "a2"]
+    assert replies["b0"] == ({"conn_id": "b0"}, None)
+
+    # A request that never returns, and one queued behind it: both get "unreachable" at the bound.
+    ask("team_a", "hang")
+    ask("team_b", "behind")
+    _pump([], lambda: order[-1] == "hang")
+    clock.now += 29
+    desk.pump()
+    assert "hang" not in replies and "behind" not in replies
+    clock.now += 2
+    desk.pump()
+    for conn in ("hang", "behind"):
+        body, error = replies[conn]
+        assert body is None and "metadata DB unreachable" in error["detail"]["message"]
+    gate.set()  # the late answer is dropped: each request is answered exactly once
+    _pump([lane], lambda: lane.idle)
+    assert replies["hang"][0] is None
+    lane.close()
+
+
+def test_outcomes_put_back_keeps_order_and_pending_ids_cover_the_batch_in_flight() -> None:
+    outcomes = Outcomes()
+    outcomes.add_failure(1, ["refused\n"])
+    batch = outcomes.take()
+    outcomes.add_failure(2, ["crashed\n"])
+    assert outcomes.pending_ids() == {1, 2} and len(batch) == 1
+    outcomes.put_back()  # the DB was unreachable
+    assert [tid for tid, _ in outcomes.take().failures] == [1, 2]
+    outcomes.done()
+    assert outcomes.pending_ids() == set() and not outcomes
