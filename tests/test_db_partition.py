@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from multitrigger.sandbox.home import FIRE_AT, AirflowHome, DeferSpec, deferring_bundle
+from mt_testsupport.home import FIRE_AT, AirflowHome, DeferSpec, deferring_bundle
 from tests.conftest import pg_url
 from tests.tcp_proxy import TcpProxy
 from tests.test_supervisor_faults import fired, loop_pids
