@@ -119,3 +119,27 @@ def test_a_black_holed_db_kills_no_loop_blames_no_trigger_and_loses_nothing(pg_h
     assert stopped < SHUTDOWN_GRACE + 2, f"stopped {stopped:.1f}s after SIGTERM"
     assert "shutting down" in mt.text()
     assert code is not None
+
+
+def test_a_stalled_supervisor_kills_no_loop_for_its_own_deafness(tmp_path, start_triggerer):
+    """SIGSTOP the supervisor (swapped out, frozen) past the hang threshold: its loops kept running
+    and kept writing; after SIGCONT none is judged hung, and what fired meanwhile is persisted."""
+    home = AirflowHome.create(tmp_path / "home", {"team_a": deferring_bundle("dag_a", n_tasks=2)})
+    mt = start_triggerer(home, "--skip-serve-logs", config='[loops.team_a]\nbundles = ["team_a"]\n',
+                         env={"AIRFLOW__TRIGGERER__RUNNER_HEALTH_CHECK_THRESHOLD": str(HANG_THRESHOLD)})
+    _until("supervisor start", lambda: "multitrigger supervisor starting" in mt.text(), 90)
+    stop_at = time.monotonic() + 8
+    record = tmp_path / "during-stop"
+    (ref,) = home.defer_many([DeferSpec("dag_a", "t0", FIRE_AT, {"moment": _at(stop_at + 3), "record_path": str(record)})])
+    _until("the trigger started", lambda: record.exists() and "start" in record.read_text(), max(1.0, stop_at - time.monotonic()))
+    time.sleep(max(0.0, stop_at - time.monotonic()))
+    mt.popen.send_signal(signal.SIGSTOP)
+    _until("the trigger fired while the supervisor was stopped", lambda: fired(record) == 1, 10)
+    time.sleep(max(0.0, stop_at + HANG_THRESHOLD + 4 - time.monotonic()))
+    mt.popen.send_signal(signal.SIGCONT)
+    states = home.wait_for_states([ref], "scheduled", timeout=30)
+    assert states[ref].next_method == "execute_complete"
+    time.sleep(2)  # a few passes after the stall, in which a wrongly judged loop would be killed
+    text = mt.text()
+    assert len(loop_pids(text)["team_a"]) == 1 and "loop ready" in text
+    assert "killing loop" not in text and "loop process ended" not in text
