@@ -440,3 +440,39 @@ def test_start_method(tmp_path: Path) -> None:
     assert config.loops["a"].start_method == "exec" and config.loops["b"].start_method == "fork"
     assert_problem(problems(path, '[loops.a]\nbundles = ["a"]\nstart_method = "spawn"\n'), path,
                    "loops.a.start_method", "unknown start method 'spawn'", '"fork"', '"exec"')
+
+
+# --- where loops find trigger code (python_path, python_path_mode, bundle_code) --------------
+
+
+def test_python_path_keys_resolve_against_the_file_and_default_to_extend(tmp_path: Path) -> None:
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "etc").mkdir()
+    path = write(tmp_path / "etc", """
+        [loops.a]
+        bundles = ["a"]
+        python_path = ["../lib", "/"]
+        [loops.b]
+        bundles = ["b"]
+        python_path_mode = "replace"
+        bundle_code = false
+        """)
+    loops = load_config(path).loops
+    assert loops["a"].python_path == (tmp_path / "lib", Path("/"))
+    assert (loops["a"].python_path_mode, loops["a"].bundle_code) == ("extend", True)
+    assert (loops["b"].python_path, loops["b"].python_path_mode, loops["b"].bundle_code) == ((), "replace", False)
+    assert loops[DEFAULT_LOOP].bundle_code and loops[DEFAULT_LOOP].python_path == ()
+
+
+@pytest.mark.parametrize(("text", "key", "fragments"), [
+    ('python_path = ["missing"]', "loops.a.python_path[0]", ("missing does not exist", "create the directory")),
+    ('python_path = "/tmp"', "loops.a.python_path", ("array",)),
+    ("python_path = [1]", "loops.a.python_path[0]", ("non-empty string",)),
+    ('python_path_mode = "prepend"', "loops.a.python_path_mode", ('"extend"', '"replace"')),
+    ('bundle_code = "no"', "loops.a.bundle_code", ("true or false",)),
+    ("bundle_code = 0", "loops.a.bundle_code", ("true or false",)),
+], ids=["missing-dir", "not-a-list", "not-a-string", "bad-mode", "string-bool", "int-bool"])
+def test_python_path_keys_are_validated(tmp_path: Path, text: str, key: str, fragments: tuple[str, ...]) -> None:
+    path = tmp_path / "multitrigger.toml"
+    lines = problems(path, f'[loops.a]\nbundles = ["a"]\n{text}\n')
+    assert_problem(lines, path, key, *fragments)

@@ -15,6 +15,9 @@ Format (``$AIRFLOW_HOME/multitrigger.toml``; every table optional)::
     venv = "/opt/venvs/team_a"      # or python = "..."; relative to this file
     allowed_triggers = ["pkg.triggers.*"]
     start_method = "fork"           # or "exec": a fresh interpreter per (re)start
+    python_path = ["lib"]           # extra sys.path entries; relative to this file
+    python_path_mode = "extend"     # or "replace": drop PYTHONPATH, plugins folder, config dir
+    bundle_code = true              # the loop's LocalDagBundle roots on its sys.path
     [loops.team_a.restart]          # backoff_*, jitter, stable_after, poison_threshold
     [supervisor]                    # db_retry_limit, db_timeout, request_timeout, log limits
 """
@@ -57,6 +60,9 @@ class LoopConfig:
     allowed_triggers: tuple[str, ...] | None  # None: every trigger is allowed
     restart: RestartSettings = RestartSettings()
     start_method: str = "fork"  # "fork": from its interpreter's warm zygote; "exec": fresh each start
+    python_path: tuple[Path, ...] = ()  # extra sys.path entries (supervisor.trigger_path)
+    python_path_mode: str = "extend"  # "extend": after the inherited entries; "replace": instead of them
+    bundle_code: bool = True  # the roots of this loop's LocalDagBundles on its sys.path
 
     @property
     def level(self) -> Literal["process", "venv"]:
@@ -140,7 +146,8 @@ def _loop(name: str, table: LoopTable) -> LoopConfig:
     python = table.venv / "bin" / "python" if table.venv else table.python or Path(sys.executable)
     allowed = tuple(table.allowed_triggers) if table.allowed_triggers is not None else None
     return LoopConfig(name, frozenset(table.bundles or ()), python, table.venv, allowed,
-                      table.restart, table.start_method)
+                      table.restart, table.start_method, tuple(table.python_path or ()),
+                      table.python_path_mode, table.bundle_code)
 
 
 def _probe_all(config: Config) -> None:

@@ -109,10 +109,18 @@ def _existing_interpreter(python: Path) -> Path:
     return python
 
 
+def _existing_path_entry(entry: Path) -> Path:
+    if not entry.exists():
+        raise _fail("path_entry", f"{entry} does not exist",
+                    "create the directory, or fix the path (a relative one is relative to the config file)")
+    return entry
+
+
 _Bundle = Annotated[str, Field(min_length=1)]
 _Venv = Annotated[Path, BeforeValidator(_relative_to_file), AfterValidator(_existing_venv)]
 _Python = Annotated[Path, BeforeValidator(_relative_to_file), AfterValidator(_existing_interpreter)]
 _Classpath = Annotated[str, AfterValidator(_classpath)]
+_PathEntry = Annotated[Path, BeforeValidator(_relative_to_file), AfterValidator(_existing_path_entry)]
 #: RestartSettings is a dataclass (it extends BackoffSettings), so strictness is per field: a
 #: strict *dataclass* would refuse the TOML table itself (a dict), not only coerced values.
 _Float = Annotated[float, Strict()]
@@ -182,7 +190,12 @@ class LoopTable(BaseModel):
     start_method: Literal["fork", "exec"] = Field(
         "fork", description='"fork" (from a warm zygote; the default) or "exec" (a fresh interpreter each start)')
     restart: RestartSettings = RestartSettings()
-
+    python_path: list[_PathEntry] | None = Field(
+        None, description="an array of directory paths (strings)", examples=['python_path = ["/opt/airflow/lib"]'])
+    python_path_mode: Literal["extend", "replace"] = Field(
+        "extend", description='"extend" (after PYTHONPATH, plugins folder and config dir; the default) '
+                              'or "replace" (instead of them)')
+    bundle_code: bool = Field(True, description="true or false", examples=["bundle_code = false"])
 
 
 class FileTable(BaseModel):

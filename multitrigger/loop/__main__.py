@@ -6,7 +6,9 @@ Checked against Airflow 3.3.2. The supervisor hands the loop:
 * fd 0: the request socket (Airflow comms framing, see ``multitrigger.protocol``);
 * fd 1 and 2: a socket for anything user code prints;
 * ``MULTITRIGGER_LOG_FD``: a socket for JSON log lines (routed to per-trigger log files);
-* ``AIRFLOW_HOME``: a private directory with no ``airflow.cfg``; no database URL, no Fernet key.
+* ``AIRFLOW_HOME``: a private directory with no ``airflow.cfg``; no database URL, no Fernet key;
+* ``MULTITRIGGER_SYS_PATH``: where to find trigger code (``multitrigger.loop.sys_path``), applied
+  first, before Airflow or any user code is imported (a forked loop replaces its zygote's entries).
 
 Set-up order matters and mirrors ``airflow.sdk.execution_time.supervisor._fork_main``: reset
 signals, send logs over the JSON channel, block ORM access, then run the trigger runner.
@@ -17,10 +19,12 @@ from __future__ import annotations
 import os
 import sys
 
+from multitrigger.loop import sys_path
 from multitrigger.protocol import ENV_LOG_FD
 
 
 def main() -> None:
+    sys_path.apply()
     from airflow.sdk.execution_time.supervisor import (
         _configure_logs_over_json_channel,
         _reset_signals,

@@ -8,7 +8,8 @@ import, kwargs decoding, templated fields for ``start_from_trigger``), ``run_tri
 ``on_kill`` on user action, ``cleanup``, greenback portal for sync SDK calls), ``cancel_triggers``,
 ``cleanup_finished_triggers``, the blocked-loop watchdog and the comms decoder.
 
-Only the main loop (``arun``) is replaced, because the stock one checks in once a second:
+``get_trigger_by_classpath`` only adds, to an import error, where the loop looked
+(``multitrigger.loop.sys_path.where_looked``). Only the main loop (``arun``) is replaced, because the stock one checks in once a second:
 
 * a **poll task** keeps one empty ``TriggerStateChanges`` outstanding; the supervisor answers it
   when it has work for this loop (see ``multitrigger.protocol``), so new triggers and cancels arrive
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow.jobs.triggerer_job_runner import TriggerRunner, messages
+from multitrigger.loop import sys_path
 from multitrigger.loop.blame import BlamedCoroutine, BlameSlot
 from multitrigger.protocol import ENV_BLAME_FILE
 
@@ -144,6 +146,15 @@ class LoopRunner(TriggerRunner):
             finally:
                 self._blame(0)
                 self.to_create = queue
+
+    def get_trigger_by_classpath(self, classpath: str) -> Any:
+        """Stock import (and cache); a class that does not import fails its trigger (stock), with
+        the places this loop looked appended to the error its task gets."""
+        try:
+            return super().get_trigger_by_classpath(classpath)
+        except ImportError as err:
+            raise ImportError(f"cannot import trigger class {classpath!r}: {err}\n{sys_path.where_looked()}",
+                              name=err.name, path=err.path) from err
 
     def run_trigger(self, trigger_id: int, *args: Any, **kwargs: Any) -> Coroutine:  # type: ignore[override]
         coro = super().run_trigger(trigger_id, *args, **kwargs)

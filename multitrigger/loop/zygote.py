@@ -25,6 +25,11 @@ supervisor's own imports instead of following them.
 Control socket (fd 0) and its messages: ``multitrigger.zygote_protocol`` (the wire spec). Requests
 are dispatched through a handler table keyed by message type.
 
+``sys.path``: the zygote applies the supervisor-wide trigger-code entries (``PYTHONPATH``, plugins
+folder, config directory: ``multitrigger.loop.sys_path``) before it imports Airflow, as the stock
+triggerer has them at import; a forked loop replaces them with its own loop's entries
+(``python_path``, bundle roots) in ``loop.__main__.main`` before any user code is imported.
+
 In the child: fd 0 = requests, fd 1 and 2 = output, the log socket keeps its number, which goes
 into ``MULTITRIGGER_LOG_FD``. The zygote exits when the control socket closes; its children have
 ``PR_SET_PDEATHSIG=SIGKILL`` and die with it, and it has the same towards the supervisor.
@@ -45,6 +50,7 @@ import traceback
 from collections.abc import Callable
 from typing import NoReturn
 
+from multitrigger.loop import sys_path
 from multitrigger.pdeathsig import set_pdeathsig
 from multitrigger.zygote_protocol import (
     CONTROL_FD, ENV_PRELOAD, ENV_STAGED, FORK_FDS, RECV_SIZE, TO_ZYGOTE, Configure, Exited, Failed, Fork,
@@ -292,6 +298,7 @@ def main() -> NoReturn:
             timings["prewarm_s"] = round(time.monotonic() - started, 3)
             await_environment(ctl)
             timings["configured_after_s"] = round(time.monotonic() - started, 3)
+        sys_path.apply()  # the supervisor-wide entries; a forked loop applies its own (loop.__main__)
         modules = warm(extra)
         # Airflow 3.3.2 starts no thread at import; a thread here would make fork() unsafe.
         threads = len(os.listdir("/proc/self/task"))

@@ -41,6 +41,7 @@ from multitrigger.supervisor.request_desk import RequestDesk
 from multitrigger.supervisor.zygote_pool import ZygotePool
 from multitrigger.supervisor.settings import RunSettings
 from multitrigger.supervisor.slot import LoopSlot, SlotSinks
+from multitrigger.supervisor.trigger_path import TriggerPaths
 from multitrigger.supervisor.store import DatabaseUnavailable, Tick, TriggerStore, raise_if_unreachable
 
 log = structlog.get_logger(__name__)
@@ -84,7 +85,9 @@ class Supervisor:
         self._exit_code = 0
         self._listened = 0.0  # the listening clock (seconds); see _listen
         self._last_listen = clock()
-        self.zygotes = ZygotePool(config, settings.state_dir, self.selector, clock=clock)
+        self.paths = TriggerPaths.compute(config)  # where each loop finds trigger code, once
+        self.zygotes = ZygotePool(config, settings.state_dir, self.selector, clock=clock,
+                                  env_for=lambda home: loop_env(home) | self.paths.zygote_env())
         self.slots = {name: self._make_slot(loop) for name, loop in config.loops.items()}
         self.routes: dict[int, str] = {}  # trigger id → loop name, decided once
         self._output_turn = 0
@@ -97,7 +100,7 @@ class Supervisor:
         return LoopSlot(
             config=loop,
             argv=loop_bootstrap_args(loop.python),
-            env=loop_env(home),
+            env=loop_env(home) | self.paths.loop_env(loop.name),
             cwd=home,
             policy=RestartPolicy(loop.restart, clock=self.clock),
             poison=PoisonPolicy(loop.name, loop.restart.poison_threshold, clock=self.clock),
