@@ -10,6 +10,10 @@ other teams' connections; trigger code asks the supervisor for them). Its ``AIRF
 ``[triggerer]`` and ``[logging]`` settings are passed explicitly so trigger semantics (timeouts,
 ``on_kill_timeout``, blocked-loop threshold) match the supervisor's configuration.
 
+``PYTHONPATH`` itself is not passed: its entries reach a loop, with the plugins folder and config
+directory, as ``MULTITRIGGER_SYS_PATH`` (``supervisor.trigger_path``), which the loop applies itself,
+so a zygote's forked loops can each get their own loop's list.
+
 ``early_loop_env`` is what a zygote is exec'd with before the supervisor has imported Airflow
 (``supervisor.prestart``): the same, minus *every* ``AIRFLOW__*`` variable — it needs no Airflow to
 compute and holds no secret whatever Airflow would call sensitive.

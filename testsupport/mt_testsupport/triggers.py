@@ -3,8 +3,8 @@
 
 Each serializes to ``("mt_testsupport.triggers.<Name>", kwargs)``: a loop re-hydrates it by
 importing this package, which is installed (editable) into the project venv, so every loop sees
-it -- the supervisor's interpreter and layered bundle venvs alike (loops do not inherit
-``PYTHONPATH``). Events carry ``pid`` / ``executable`` / ``loop``.
+it -- the supervisor's interpreter and layered bundle venvs alike, whatever a loop's
+``python_path``. Events carry ``pid`` / ``executable`` / ``loop``.
 
 Importing this module imports Airflow (3.3.2).  Test code that only needs a class path uses the
 constants of :mod:`mt_testsupport.home`.
