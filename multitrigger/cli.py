@@ -73,11 +73,16 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 2
+    from multitrigger.supervisor.trigger_path import TriggerPaths
+
+    paths = TriggerPaths.compute(config, log_entries=False)  # reads this host's Airflow config
     source = config.source or "(no config file: built-in default)"
     print(f"{source}: OK")
     for loop in config.loops.values():
         bundles = ", ".join(sorted(loop.bundles)) or "(every bundle not listed elsewhere)"
         print(f"  loop {loop.name}: {loop.level}, python {loop.python}, bundles {bundles}")
+        for entry in paths.loops[loop.name]:
+            print(f"    trigger code: {entry.source}: {entry.path}")
     return 0
 
 

@@ -33,6 +33,11 @@ def test_venv_create_then_config_check_hand_shakes_with_the_venv(home, tmp_path)
     checked = mt(home, "config", "check", "--config", str(config))
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert f"loop team_a: venv, python {venv}/bin/python, bundles team_a" in checked.stdout
+    # Where the loop finds trigger code: the home's plugins folder, config dir and its bundle's root.
+    for line in (f"trigger code: plugins_folder: {home.path / 'plugins'}",
+                 f"trigger code: AIRFLOW_HOME/config: {home.path / 'config'}",
+                 f"trigger code: bundle team_a: {home.bundles['team_a']}"):
+        assert line in checked.stdout, checked.stdout
 
 
 def test_bad_config_stops_start_up_naming_file_key_and_fix(home, tmp_path):

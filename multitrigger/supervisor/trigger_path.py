@@ -82,11 +82,11 @@ class TriggerPaths:
 
     @classmethod
     def compute(cls, config: Config, inherited: list[PathEntry] | None = None,
-                roots: Mapping[str, Path] | None = None) -> TriggerPaths:
+                roots: Mapping[str, Path] | None = None, *, log_entries: bool = True) -> TriggerPaths:
         inherited = inherited_entries() if inherited is None else inherited
         roots = local_bundle_roots() if roots is None else roots
         loops = {name: tuple(_for_loop(loop, config, inherited, roots)) for name, loop in config.loops.items()}
-        for name, entries in loops.items():
+        for name, entries in loops.items() if log_entries else ():
             log.info("loop trigger path", loop=name, entries=[f"{e.source}={e.path}" for e in entries])
         return cls(tuple(inherited), loops)
 
