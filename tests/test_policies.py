@@ -10,6 +10,7 @@ import time
 
 from airflow.sdk.execution_time import comms as c
 from multitrigger.poison import PoisonPolicy
+from multitrigger.supervisor.db_health import DbHealth
 from multitrigger.supervisor.lanes import Lane
 from multitrigger.supervisor.outcomes import Outcomes
 from multitrigger.supervisor.request_desk import RequestDesk
@@ -138,3 +139,39 @@ def test_outcomes_put_back_keeps_order_and_pending_ids_cover_the_batch_in_flight
     assert [tid for tid, _ in outcomes.take().failures] == [1, 2]
     outcomes.done()
     assert outcomes.pending_ids() == set() and not outcomes
+
+
+def test_db_health_backs_off_gives_up_past_the_limit_and_recovers() -> None:
+    clock = Clock()
+    health = DbHealth(retry_limit=60, step_bound=12, retry_after_error=1, clock=clock)
+    start = clock.now
+    health.unreachable("refused", queued=3)
+    assert health.down_since == start and health.retry_at == start + 1 and not health.may_try
+    clock.now += 1
+    health.unreachable("refused", queued=3)
+    assert health.retry_at == clock.now + 2  # 0.5 × 2^n, capped at MAX_BACKOFF
+    for _ in range(6):
+        health.unreachable("refused", queued=3)
+    assert health.retry_at == clock.now + 10
+    clock.now = start + 60
+    assert not health.exhausted
+    clock.now = start + 61
+    assert health.exhausted
+    health.ok()
+    assert health.down_since is None and health.failures == 0 and not health.exhausted
+
+
+def test_db_health_declares_an_outage_when_a_step_outlives_every_bound() -> None:
+    clock = Clock()
+    health = DbHealth(retry_limit=30, step_bound=12, retry_after_error=1, clock=clock)
+    health.running("tick", 11.9)
+    assert health.down_since is None
+    health.running("tick", 13)
+    assert health.down_since == clock.now - 13  # the outage began when the step did
+    clock.now += 18
+    health.running("tick", 31)
+    assert health.exhausted
+    # A step failing for another reason (not connectivity) is just tried again later.
+    other = DbHealth(retry_limit=30, step_bound=12, retry_after_error=1, clock=clock)
+    other.failed(ValueError("constraint"))
+    assert other.retry_at == clock.now + 1 and other.down_since is None

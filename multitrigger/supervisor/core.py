@@ -10,6 +10,10 @@ The selector thread never waits on the database or on remote log storage: that w
 (``multitrigger.supervisor.lanes``: DB steps, loop requests, log uploads), one thread each, whose
 completions run back here. While the DB is slow or gone the selector keeps reading every loop,
 answering check-ins and holding events; hang detection counts only time in which it listened.
+
+Length: ~390 lines, because the verbs share the supervisor's state (slots, routes, outcomes,
+lanes); each policy it consults is its own module (``RestartPolicy``, ``PoisonPolicy``,
+``DbHealth``, ``Router``, ``ZygotePool``, ``RequestDesk``).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from multitrigger.poison import PoisonPolicy
 from multitrigger.restart import RestartPolicy
 from multitrigger.routing import Refusal, Router
 from multitrigger.supervisor import prestart
+from multitrigger.supervisor.db_health import DbHealth
 from multitrigger.supervisor.lanes import Done, Lane
 from multitrigger.supervisor.launch import loop_env
 from multitrigger.supervisor.loop_process import read_order
@@ -77,12 +82,10 @@ class Supervisor:
         self._log_sink = store.log_line_consumer()
         self._signals: list[int] = []
         self._next_tick = 0.0
-        self._db_retry_at = 0.0
-        self._db_down_since: float | None = None
-        self._db_failures = 0
-        self._stuck_reported = False
+        self.db_health = DbHealth(settings.db_retry_limit, step_bound=settings.db_timeout + 2,
+                                  retry_after_error=settings.claim_interval, clock=clock)
         self._last_step = "tick"  # the DB lane alternates persist and tick when both are due
-        self._exit_code = 0
+        self._gave_up = False
         self._listened = 0.0  # the listening clock (seconds); see _listen
         self._last_listen = clock()
         self.paths = TriggerPaths.compute(config)  # where each loop finds trigger code, once
@@ -155,9 +158,12 @@ class Supervisor:
         gc.collect()
         gc.freeze()
         log.info("multitrigger supervisor starting", loops=sorted(self.slots), job_id=self.store.job.id)
-        while not self._signals and not self._exit_code:
+        while not self._signals and not self.db_health.exhausted:
             self._service(self._next_wakeup())
             self._reconcile()
+        self._gave_up = self.db_health.exhausted  # exit 1: a service manager restarts us, HA takes over
+        if self._gave_up:
+            log.critical("metadata DB unreachable for too long; exiting", limit=self.settings.db_retry_limit)
         return self.shutdown()
 
     def _next_wakeup(self) -> float:
@@ -165,7 +171,7 @@ class Supervisor:
         deadlines = [self.desk.next_deadline()] + [s.poll_deadline() for s in self.slots.values()]
         deadlines += [s.relay.next_due() for s in self.slots.values()]
         if self.db.idle:
-            deadlines.append(max(self._db_retry_at, self._next_tick if not self.outcomes else now))
+            deadlines.append(max(self.db_health.retry_at, self._next_tick if not self.outcomes else now))
         for name, s in self.slots.items():  # a waiting loop's deadline is the pool's
             if s.process is None and self._wanted(name, s) and not self._waiting_for_zygote(s, now):
                 deadlines.append(s.start_at)
@@ -230,9 +236,10 @@ class Supervisor:
     def _drive_db(self, now: float) -> None:
         """Give the DB lane its next step (one at a time, in order); notice a step that never ends."""
         if not self.db.idle:
-            self._check_stuck(now)
+            if busy := self.db.busy_for():
+                self.db_health.running(*busy)
             return
-        if now < self._db_retry_at:
+        if not self.db_health.may_try:
             return
         if self.outcomes and not (now >= self._next_tick and self._last_step == "persist"):
             self._submit_persist()
@@ -289,52 +296,18 @@ class Supervisor:
         self.slots[route.loop].add(workload)
 
     def _db_done(self, done: Done, on_ok: Callable) -> None:
-        """A DB step ended: on an outage retry with backoff, loops untouched; past the limit, exit 1.
-
-        Giving up exits 1 so a service manager restarts the supervisor and, meanwhile, other
-        triggerers take its triggers over (Airflow's HA).
-        """
-        now = self.clock()
-        self._stuck_reported = False
+        """A DB step ended: its result goes on, or the outage is handled (loops untouched)."""
         if done.error is None:
-            if self._db_down_since is not None:
-                log.info("metadata DB reachable again", outage=round(now - self._db_down_since, 1))
-            self._db_down_since, self._db_failures = None, 0
+            self.db_health.ok()
             on_ok(done.value)
             return
         self.outcomes.put_back()
         try:
             raise_if_unreachable(done.error)
         except DatabaseUnavailable as down:
-            self._db_outage(now, str(down))
+            self.db_health.unreachable(str(down), queued=len(self.outcomes))
             return
-        log.error("DB step failed; retrying next claim interval", error=repr(done.error), exc_info=done.error)
-        self._db_retry_at = now + self.settings.claim_interval
-
-    def _db_outage(self, now: float, error: str, since: float | None = None) -> None:
-        self._db_down_since = self._db_down_since or since or now
-        self._db_failures += 1
-        self._db_retry_at = now + min(10.0, 0.5 * 2 ** min(self._db_failures, 5))
-        outage = now - self._db_down_since
-        log.error("metadata DB unreachable; retrying", error=error, outage=round(outage, 1),
-                  queued_outcomes=len(self.outcomes), retry_in=round(self._db_retry_at - now, 1))
-        if outage > self.settings.db_retry_limit:
-            log.critical("metadata DB unreachable for too long; exiting", limit=self.settings.db_retry_limit)
-            self._exit_code = 1
-
-    def _check_stuck(self, now: float) -> None:
-        """A DB step running past every bound (a driver without one): the DB is unreachable now."""
-        busy = self.db.busy_for()
-        if busy is None or busy[1] <= self.settings.db_timeout + 2:
-            return
-        step, seconds = busy
-        if not self._stuck_reported:
-            self._stuck_reported = True
-            log.error("metadata DB unreachable: a DB step has not returned", step=step, seconds=round(seconds, 1))
-        self._db_down_since = self._db_down_since or now - seconds
-        if now - self._db_down_since > self.settings.db_retry_limit:
-            log.critical("metadata DB unreachable for too long; exiting", limit=self.settings.db_retry_limit)
-            self._exit_code = 1
+        self.db_health.failed(done.error)
 
     def _on_finished(self, loop: str, trigger_id: int) -> None:
         self.routes.pop(trigger_id, None)
@@ -378,22 +351,22 @@ class Supervisor:
         self._finish_db(deadline)
         for lane in (self.db, self.desk.lane, self.uploads):
             lane.close()
-        return self._exit_code
+        return 1 if self._gave_up else 0
 
     def _drive_persist_only(self) -> None:
-        if self.db.idle and self.outcomes and self.clock() >= self._db_retry_at:
+        if self.db.idle and self.outcomes and self.db_health.may_try:
             self._submit_persist()
 
     def _finish_db(self, deadline: float) -> None:
         """Persist what is left and hand triggers back, within the grace period; skip if the DB is down."""
         deadline = max(deadline, self.clock() + 1.0)
-        while self.clock() < deadline and self._db_down_since is None and (self.outcomes or not self.db.idle):
+        while self.clock() < deadline and self.db_health.down_since is None and (self.outcomes or not self.db.idle):
             self._drive_persist_only()
             self._service(0.05)
         if self.outcomes:
             log.error("metadata DB unreachable at shutdown: outcomes not persisted; their triggers run again elsewhere",
                       count=len(self.outcomes))
-        if self._db_down_since is not None or not self.db.idle:
+        if self.db_health.down_since is not None or not self.db.idle:
             log.warning("not handing triggers back (DB unreachable); other triggerers take them after the health threshold")
             return
         routes = list(self.routes)
