@@ -13,7 +13,6 @@ constants of :mod:`mt_testsupport.home`.
 from __future__ import annotations
 
 import asyncio
-import datetime as _dt
 import importlib
 import os
 from collections.abc import AsyncIterator
@@ -23,7 +22,7 @@ from typing import Any
 from airflow.triggers.base import BaseEventTrigger, BaseTrigger, TriggerEvent
 
 from multitrigger.demo import triggers as demo
-from multitrigger.demo.triggers import classpath, parse_moment, process_info, utcnow
+from multitrigger.demo.triggers import classpath, process_info
 
 
 class FireAtTrigger(demo.FireAtTrigger):
@@ -55,28 +54,16 @@ class FireAtTrigger(demo.FireAtTrigger):
             yield event
 
 
-class FireAtEventTrigger(BaseEventTrigger):
+class FireAtEventTrigger(demo.FireAtTrigger, BaseEventTrigger):
     """Asset-watcher flavour of :class:`FireAtTrigger`: fires once at ``moment``, then waits forever.
 
     (An asset trigger that *returned* would be restarted by the triggerer and fire again at once.)
     Every (re)start after ``moment`` fires immediately once more.
     """
 
-    def __init__(self, moment: str, payload: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if isinstance(moment, _dt.datetime):
-            moment = parse_moment(moment).isoformat()
-        self.moment = moment
-        self.payload = payload
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return classpath(self), {"moment": self.moment, "payload": self.payload}
-
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        delay = (parse_moment(self.moment) - utcnow()).total_seconds()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        yield TriggerEvent({"fired_at": utcnow().isoformat(), **process_info(), **(self.payload or {})})
+        async for event in super().run():
+            yield event
         await asyncio.Event().wait()
 
 
