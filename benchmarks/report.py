@@ -73,7 +73,7 @@ def write_json(doc: dict[str, Any], out_root: Path, stamp: str) -> tuple[Path, P
     return path, latest
 
 
-COLORS = {"fireat": "tab:blue", "datetime": "tab:orange", "others": "tab:green", "crashed_bundle_healthy": "tab:red",
+COLORS = {"calm": "tab:green", "calm_flood": "tab:red", "fireat": "tab:blue", "datetime": "tab:orange", "others": "tab:green", "crashed_bundle_healthy": "tab:red",
           "x_fork_healthy": "tab:red", "x_venv_healthy": "tab:purple", "x_exec_healthy": "tab:brown"}
 STYLE = {STOCK: "-", MULTI: "--"}
 
@@ -166,6 +166,20 @@ def _kill_bits(cr: dict[str, Any], what: str, limit: int) -> list[str]:
     return bits
 
 
+def flood_summary(run: dict[str, Any]) -> str:
+    """The flood run: its duration, p99 with vs without it, supervisor memory, markers."""
+    fl, st = run.get("flood") or {}, run.get("stats") or {}
+    calm, flooded = (st.get("calm") or {}).get("p99"), (st.get("calm_flood") or {}).get("p99")
+    delta = f"{(flooded - calm) * 1000:+.0f} ms" if calm is not None and flooded is not None else "n/a"
+    done = (run.get("states") or {}).get("flood", {})
+    return (f"flood ran {_f(fl.get('start_to_done_s'), 's')} ({fl.get('dues_inside_flood')} calm_flood dues inside it), "
+            f"p99 with flood - without {delta}; supervisor RSS {_f(fl.get('rss_before_mb'), ' MB')} before, "
+            f"peak +{_f(fl.get('rss_growth_mb'), ' MB')}; flooding trigger {done}; cut-line markers: "
+            f"{fl.get('cut_lines_in_trigger_log')} in its trigger log ({_f((fl.get('trigger_log_bytes') or 0) / 2**20, ' MiB')}), "
+            f"{fl.get('cut_lines_in_triggerer_log')} in the triggerer log; {fl.get('drop_markers')} drop markers "
+            f"({_f((fl.get('dropped_bytes') or 0) / 2**20, ' MiB')} dropped)")
+
+
 def storm_summary(cr: dict[str, Any]) -> str:
     """One crashing bundle of the storm: kills, and kill → its pending healthy triggers running again."""
     kills = cr.get("per_kill", [])
@@ -230,6 +244,8 @@ def table(doc: dict[str, Any]) -> str:
                     bits.append(f"whole triggerer: {storm_summary(storms[0][1])}")
                 else:
                     bits += [f"{bundle}: {storm_summary(cr)}" for bundle, cr in storms]
+            if sc["name"] == "flood":
+                bits.append(flood_summary(run))
             if sc["name"] == "noisy":
                 nz = run.get("noisy") or {}
                 bits.append(f"{nz.get('blocks_overlapping_window')} blocks of the noisy loop overlapped the due window, "

@@ -1,6 +1,6 @@
 """Run the triggerer benchmarks: stock ``airflow triggerer`` vs ``multitrigger run``.
 
-    .venv/bin/python -m benchmarks.run [--scenarios light,throughput,noisy,crash,idle,storm] [--out benchmarks/results]
+    .venv/bin/python -m benchmarks.run [--scenarios light,throughput,noisy,crash,idle,storm,flood] [--out benchmarks/results]
 
 See benchmarks/README.md for what each scenario measures and how to read the output.
 """

@@ -45,6 +45,8 @@ PARAMS: dict[str, dict[str, Any]] = {
     "idle": {"bundles": 4, "per_bundle": 3, "idle": 15.0, "start_timeout": 120.0, "pss_samples": 3},
     "storm": {"others": 3, "per_bundle": 20, "window": 30.0, "crashed_healthy": 8, "kill_offset": 3.0,
               "kill_every": 3.0, "stagger": 0.7, "margin": 40.0, "restart_delay": 2.0, "grace": 60.0},
+    "flood": {"others": 2, "per_bundle": 30, "window": 20.0, "flood_window": 8.0, "gap": 3.0, "margin": 30.0, "grace": 60.0,
+              "lines": 2, "line_mib": 256, "stdout_line_mib": 32, "stdout_mib": 64},
 }
 
 QUICK: dict[str, dict[str, Any]] = {  # smoke-test sizes (--quick); numbers are not comparable
@@ -54,6 +56,7 @@ QUICK: dict[str, dict[str, Any]] = {  # smoke-test sizes (--quick); numbers are 
     "crash": {"per_bundle": 5, "window": 10.0, "crashed_healthy": 4, "margin": 30.0},
     "idle": {"idle": 5.0},
     "storm": {"per_bundle": 5, "window": 15.0, "crashed_healthy": 3, "grace": 30.0},
+    "flood": {"per_bundle": 5, "window": 8.0, "flood_window": 4.0, "line_mib": 16, "stdout_line_mib": 4, "stdout_mib": 8},
 }
 
 

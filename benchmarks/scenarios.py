@@ -1,5 +1,6 @@
 """Scenarios 1-3 and 5: light load, throughput, noisy neighbour, idle memory and start-up; and the
-registry of all six (the crash scenarios are in ``benchmarks.crash_scenarios``). Each runs the same
+registry of all seven (the crash scenarios are in ``benchmarks.crash_scenarios``, the output flood
+in ``benchmarks.flood_scenario``). Each runs the same
 workload under stock ``airflow triggerer`` and under ``multitrigger run`` (one loop per bundle),
 each on a freshly seeded metadata DB; see ``benchmarks.runs`` for the steps they share.
 """
@@ -13,6 +14,7 @@ from typing import Any
 from benchmarks import harness as h
 from benchmarks import runs as r
 from benchmarks.crash_scenarios import crash, storm
+from benchmarks.flood_scenario import flood
 from benchmarks.harness import Item
 from benchmarks.runs import Ctx
 
@@ -174,4 +176,5 @@ SCENARIOS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "crash": crash,
     "idle": idle,
     "storm": storm,
+    "flood": flood,
 }
