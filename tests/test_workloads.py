@@ -25,7 +25,9 @@ with create_session() as s:
     job = Job(); job.job_type = "TriggererJob"; s.add(job); s.commit(); s.refresh(job); s.expunge(job)
     ids = set(s.scalars(select(Trigger.id)))
 stock_built = TriggerRunnerSupervisor.build_trigger_workloads(_StockWorkloads(job), ids)
-ours_built = [w for w, _ in TriggerStore(job, Claim(100, None, None, 30)).build(ids)]
+built, failures = TriggerStore(job, Claim(100, None, None, 30)).build(ids)
+assert not failures, failures
+ours_built = [w for w, _ in built]
 kwargs = {w.id: Trigger._decrypt_kwargs(w.encrypted_kwargs) for w in stock_built}
 same_kwargs = all(Trigger._decrypt_kwargs(w.encrypted_kwargs) == kwargs[w.id] for w in ours_built)
 stock = {w.id: w.model_dump(mode="json") for w in stock_built}
