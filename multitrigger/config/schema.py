@@ -130,6 +130,18 @@ _Int = Annotated[int, Strict()]
 # --- the schema: also the settings objects the rest of the code reads ---------------------------
 
 
+def _not_below(field: str, other: str, fix: str):  # type: ignore[no-untyped-def]
+    """A validator: ``field`` must be >= the (earlier) field ``other``."""
+
+    def check(cls, value: float, info: ValidationInfo) -> float:  # type: ignore[no-untyped-def]
+        floor = info.data.get(other)
+        if floor is not None and value < floor:
+            raise _fail("order", f"must be >= {other} ({floor}), got {value}", fix)
+        return value
+
+    return field_validator(field)(classmethod(check))
+
+
 @pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class RestartSettings(BackoffSettings):
     """How a crashed loop is restarted: the restart policy's backoff (``restart.BackoffSettings``:
@@ -143,14 +155,7 @@ class RestartSettings(BackoffSettings):
     stable_after: Annotated[_Float, Field(ge=0)] = BackoffSettings.stable_after
     poison_threshold: Annotated[_Int, Field(ge=1)] = 3  # crashes blamed on one trigger before it is failed
 
-    @field_validator("backoff_max")
-    @classmethod
-    def _not_below_initial(cls, value: float, info: ValidationInfo) -> float:
-        initial = info.data.get("backoff_initial")
-        if initial is not None and value < initial:
-            raise _fail("order", f"must be >= backoff_initial ({initial}), got {value}",
-                        "raise backoff_max or lower backoff_initial")
-        return value
+    _not_below_initial = _not_below("backoff_max", "backoff_initial", "raise backoff_max or lower backoff_initial")
 
 
 class SupervisorSettings(BaseModel):
@@ -166,14 +171,7 @@ class SupervisorSettings(BaseModel):
     log_bytes_per_second: int = Field(8 * _MiB, ge=1024)  # per-loop log processing budget
     log_buffer_bytes: int = Field(16 * _MiB, validate_default=True)  # per-loop unprocessed-log cap
 
-    @field_validator("log_buffer_bytes")
-    @classmethod
-    def _holds_a_line(cls, value: int, info: ValidationInfo) -> int:
-        line = info.data.get("max_log_line_bytes")
-        if line is not None and value < line:
-            raise _fail("order", f"must be >= max_log_line_bytes ({line}), got {value}",
-                        "raise log_buffer_bytes or lower max_log_line_bytes")
-        return value
+    _holds_a_line = _not_below("log_buffer_bytes", "max_log_line_bytes", "raise log_buffer_bytes or lower max_log_line_bytes")
 
 
 class LoopTable(BaseModel):
