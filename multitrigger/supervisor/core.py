@@ -11,7 +11,7 @@ The selector thread never waits on the database or on remote log storage: that w
 completions run back here. While the DB is slow or gone the selector keeps reading every loop,
 answering check-ins and holding events; hang detection counts only time in which it listened.
 
-Length: ~390 lines, because the verbs share the supervisor's state (slots, routes, outcomes,
+Length: ~410 lines, because the verbs share the supervisor's state (slots, routes, outcomes,
 lanes); each policy it consults is its own module (``RestartPolicy``, ``PoisonPolicy``,
 ``DbHealth``, ``Router``, ``ZygotePool``, ``RequestDesk``).
 """
@@ -43,6 +43,7 @@ from multitrigger.supervisor.loop_process import read_order
 from multitrigger.supervisor.output import OutputLimits
 from multitrigger.supervisor.outcomes import Batch, Outcomes
 from multitrigger.supervisor.request_desk import RequestDesk
+from multitrigger.supervisor.sd_notify import Notifier
 from multitrigger.supervisor.zygote_pool import ZygotePool
 from multitrigger.supervisor.settings import RunSettings
 from multitrigger.supervisor.slot import LoopSlot, SlotSinks
@@ -94,6 +95,7 @@ class Supervisor:
         self.slots = {name: self._make_slot(loop) for name, loop in config.loops.items()}
         self.routes: dict[int, str] = {}  # trigger id → loop name, decided once
         self._output_turn = 0
+        self.notifier = Notifier()  # systemd Type=notify; a no-op without $NOTIFY_SOCKET
 
     # -- set-up -------------------------------------------------------------------------------
 
@@ -176,6 +178,7 @@ class Supervisor:
             if s.process is None and self._wanted(name, s) and not self._waiting_for_zygote(s, now):
                 deadlines.append(s.start_at)
         deadlines.append(self.zygotes.next_deadline(now))
+        deadlines.append(self.notifier.next_deadline(now))
         return max(0.0, min(deadlines) - now)
 
     def _service(self, timeout: float) -> None:
@@ -230,6 +233,16 @@ class Supervisor:
                 slot.start(self.selector)
         self.desk.pump()
         self._drive_db(now)
+        self.notifier.tick(now, self._health)
+
+    def _health(self) -> tuple[bool, str]:
+        """Every wanted loop up (it has sent its first frame), and a one-line summary for systemd."""
+        wanted = [s for name, s in self.slots.items() if self._wanted(name, s)]
+        up = sum(s.process is not None and s.last_heard != math.inf for s in wanted)
+        restarting = sum(s.stats.restarts > 0 for s in wanted if s.process is None or s.last_heard == math.inf)
+        db = "ok" if self.db_health.down_since is None else "unreachable"
+        return up == len(wanted), (f"{up} loops running, {len(wanted) - up - restarting} starting, {restarting} restarting; "
+                                   f"{len(self.routes)} triggers; DB {db}")
 
     # -- the DB lane --------------------------------------------------------------------------
 
@@ -270,6 +283,7 @@ class Supervisor:
 
     def _ticked(self, tick: Tick) -> None:
         """Back on the selector thread: cancel what we no longer hold, route what is new."""
+        self.notifier.claimed = True
         for trigger_id in set(self.routes) - tick.held:
             self.slots[self.routes[trigger_id]].cancel(trigger_id)
         for trigger_id, traceback in tick.failures:
@@ -329,6 +343,7 @@ class Supervisor:
         the supervisor is gone by the end of the grace period (DB steps are on their own thread).
         """
         log.info("shutting down", signal=self._signals[0] if self._signals else None)
+        self.notifier.stopping("metadata DB unreachable; exiting" if self._gave_up else "shutting down")
         first = len(self._signals)
         for slot in self.slots.values():
             if slot.process is not None:

@@ -30,7 +30,10 @@ _ENV_KEY = re.compile(r"^AIRFLOW__(?P<section>[A-Z0-9_]+?)__(?P<key>[A-Z0-9_]+?)
 _PASSED_SECTIONS = ("triggerer", "logging")
 _NEVER_PASSED_SECTIONS = {"database"}
 _NEVER_PASSED_KEYS = {("core", "fernet_key"), ("api_auth", "jwt_secret"), ("api", "secret_key")}
-_NEVER_PASSED_NAMES = ("AIRFLOW_HOME", "AIRFLOW_CONFIG", "_AIRFLOW_PROCESS_CONTEXT", "PYTHONPATH")
+#: systemd's notify socket and watchdog are the supervisor's (``sd_notify``): user code must not
+#: claim readiness or feed the watchdog for it (``NotifyAccess=main`` also drops what loops send).
+_SYSTEMD_NAMES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+_NEVER_PASSED_NAMES = ("AIRFLOW_HOME", "AIRFLOW_CONFIG", "_AIRFLOW_PROCESS_CONTEXT", "PYTHONPATH", *_SYSTEMD_NAMES)
 #: Airflow's environment-variables secrets backend: connections and variables of every team. Trigger
 #: code still gets them, from the supervisor (a GetConnection/GetVariable request), never from its env.
 _NEVER_PASSED_PREFIXES = ("AIRFLOW_CONN_", "AIRFLOW_VAR_")
