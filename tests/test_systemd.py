@@ -120,7 +120,8 @@ def test_supervisor_sends_ready_status_watchdog_which_stops_when_wedged_and_stop
         listener.receive(4.0)
         pings = [t for t, m in listener.messages if m == "WATCHDOG=1" and t > time.monotonic() - 4.0]
         assert len(pings) >= 3, listener.messages[-10:]
-        assert max(b - a for a, b in zip(pings, pings[1:])) < 1.6, pings
+        # What systemd needs: no gap reaches WATCHDOG_USEC (2 s); slack for this shared 2-core machine.
+        assert max(b - a for a, b in zip(pings, pings[1:])) < 2.0, pings
 
         # A wedged main loop (stopped: it cannot run its selector pass) sends no WATCHDOG=1.
         os.kill(mt.popen.pid, signal.SIGSTOP)
