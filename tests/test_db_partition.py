@@ -47,15 +47,6 @@ def _heartbeat(home: AirflowHome, job_id: int) -> dt.datetime:
     return value
 
 
-def _until(what: str, predicate, timeout: float) -> float:  # type: ignore[no-untyped-def]
-    """Poll ``predicate`` (no exceptions swallowed); return when it held."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-    return time.monotonic()
-
-
 def test_a_black_holed_db_kills_no_loop_blames_no_trigger_and_loses_nothing(pg_home, start_triggerer, tmp_path):
     home = pg_home
     proxy = TcpProxy(("127.0.0.1", 5432))
@@ -66,7 +57,7 @@ def test_a_black_holed_db_kills_no_loop_blames_no_trigger_and_loses_nothing(pg_h
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": via_proxy,
         "AIRFLOW__TRIGGERER__RUNNER_HEALTH_CHECK_THRESHOLD": str(HANG_THRESHOLD),
     })
-    _until("supervisor start", lambda: "multitrigger supervisor starting" in mt.text(), 90)
+    home.wait_for(lambda: "multitrigger supervisor starting" in mt.text(), 90, message="supervisor start")
     (job_id,) = [r[0] for r in home.sql("SELECT id FROM job WHERE job_type = 'TriggererJob'")]
 
     # Due times: two before the partition, two during it (in each loop), two after it.
@@ -80,19 +71,20 @@ def test_a_black_holed_db_kills_no_loop_blames_no_trigger_and_loses_nothing(pg_h
         for (w, d), rec in records.items()
     ])
     assert time.monotonic() < base - 2, "deferring took too long for the timeline"
-    _until("every trigger started in its loop", lambda: all(r.exists() and "start" in r.read_text() for r in records.values()), base - time.monotonic())
-    _until("both loops ready", lambda: {"team_a", "default"} <= set(re.findall(r"loop ready .*?loop=(\S+)", mt.text())), 10)
+    home.wait_for(lambda: all(r.exists() and "start" in r.read_text() for r in records.values()), base - time.monotonic(), message="every trigger started in its loop")
+    home.wait_for(lambda: {"team_a", "default"} <= set(re.findall(r"loop ready .*?loop=(\S+)", mt.text())), 10, message="both loops ready")
     pids_before = loop_pids(mt.text())
-    _until("the 'before' triggers persisted", lambda: all(s.state == "scheduled" for s in home.ti_states(refs[:2]).values()), cut_at - time.monotonic())
+    home.wait_for(lambda: all(s.state == "scheduled" for s in home.ti_states(refs[:2]).values()), cut_at - time.monotonic(), message="the 'before' triggers persisted")
     time.sleep(max(0.0, cut_at - time.monotonic()))
 
     # The partition, longer than the hang threshold.
     heartbeat_at_cut = _heartbeat(home, job_id)
     proxy.blackhole()
     cut = time.monotonic()
-    named = _until("the outage named in the log", lambda: "metadata DB unreachable" in mt.text(), 30)
+    home.wait_for(lambda: "metadata DB unreachable" in mt.text(), 30, message="the outage named in the log")
+    named = time.monotonic()
     assert named - cut < DB_TIMEOUT + 5, f"outage named {named - cut:.1f}s after it began"
-    _until("the 'during' triggers fired in their loops", lambda: all(fired(records[("during", d)]) == 1 for d in ("dag_a", "dag_s")), heal_at - time.monotonic())
+    home.wait_for(lambda: all(fired(records[("during", d)]) == 1 for d in ("dag_a", "dag_s")), heal_at - time.monotonic(), message="the 'during' triggers fired in their loops")
     assert {s.state for s in home.ti_states(refs[2:4]).values()} == {"deferred"}  # not persisted yet
     time.sleep(max(0.0, heal_at - time.monotonic()))
     assert time.monotonic() - cut > HANG_THRESHOLD + 5
@@ -102,7 +94,7 @@ def test_a_black_holed_db_kills_no_loop_blames_no_trigger_and_loses_nothing(pg_h
     states = home.wait_for_states(refs, "scheduled", timeout=60)
     assert all(s.next_method == "execute_complete" for s in states.values())
     assert all(fired(rec) == 1 for rec in records.values()), {k: rec.read_text() for k, rec in records.items()}
-    _until("heartbeat after the partition", lambda: _heartbeat(home, job_id) > heartbeat_at_cut, 30)
+    home.wait_for(lambda: _heartbeat(home, job_id) > heartbeat_at_cut, 30, message="heartbeat after the partition")
     text = mt.text()
     assert loop_pids(text) == pids_before and all(len(p) == 1 for p in pids_before.values())
     assert "killing loop" not in text and "blamed" not in text and "loop process ended" not in text
@@ -110,7 +102,7 @@ def test_a_black_holed_db_kills_no_loop_blames_no_trigger_and_loses_nothing(pg_h
 
     # A second partition; SIGTERM during it still stops the supervisor within its grace.
     proxy.blackhole()
-    _until("the second outage named", lambda: text.count("metadata DB unreachable") < mt.text().count("metadata DB unreachable"), 30)
+    home.wait_for(lambda: text.count("metadata DB unreachable") < mt.text().count("metadata DB unreachable"), 30, message="the second outage named")
     t0 = time.monotonic()
     mt.popen.send_signal(signal.SIGTERM)
     code = mt.popen.wait(SHUTDOWN_GRACE + 10)
@@ -127,14 +119,14 @@ def test_a_stalled_supervisor_kills_no_loop_for_its_own_deafness(tmp_path, start
     home = AirflowHome.create(tmp_path / "home", {"team_a": deferring_bundle("dag_a", n_tasks=2)})
     mt = start_triggerer(home, "--skip-serve-logs", config='[loops.team_a]\nbundles = ["team_a"]\n',
                          env={"AIRFLOW__TRIGGERER__RUNNER_HEALTH_CHECK_THRESHOLD": str(HANG_THRESHOLD)})
-    _until("supervisor start", lambda: "multitrigger supervisor starting" in mt.text(), 90)
+    home.wait_for(lambda: "multitrigger supervisor starting" in mt.text(), 90, message="supervisor start")
     stop_at = time.monotonic() + 8
     record = tmp_path / "during-stop"
     (ref,) = home.defer_many([DeferSpec("dag_a", "t0", FIRE_AT, {"moment": _at(stop_at + 3), "record_path": str(record)})])
-    _until("the trigger started", lambda: record.exists() and "start" in record.read_text(), max(1.0, stop_at - time.monotonic()))
+    home.wait_for(lambda: record.exists() and "start" in record.read_text(), max(1.0, stop_at - time.monotonic()), message="the trigger started")
     time.sleep(max(0.0, stop_at - time.monotonic()))
     mt.popen.send_signal(signal.SIGSTOP)
-    _until("the trigger fired while the supervisor was stopped", lambda: fired(record) == 1, 10)
+    home.wait_for(lambda: fired(record) == 1, 10, message="the trigger fired while the supervisor was stopped")
     time.sleep(max(0.0, stop_at + HANG_THRESHOLD + 4 - time.monotonic()))
     mt.popen.send_signal(signal.SIGCONT)
     states = home.wait_for_states([ref], "scheduled", timeout=30)

@@ -42,10 +42,10 @@ from multitrigger.restart import RestartPolicy
 from multitrigger.supervisor.loop_process import LoopCallbacks, LoopProcess
 from multitrigger.supervisor.output import OutputLimits, cut_json_record
 from multitrigger.supervisor.relay import LogRelay, Stream
+from multitrigger.supervisor.request_desk import Reply
 from multitrigger.supervisor.zygote_client import Zygote
 
 _decoder: TypeAdapter[Any] = TypeAdapter(ToTriggerSupervisor)
-Reply = Callable[[dict | None, dict | None], None]
 
 
 @dataclass
