@@ -19,6 +19,7 @@ Format (``$AIRFLOW_HOME/multitrigger.toml``; every table optional)::
     python_path_mode = "extend"     # or "replace": drop PYTHONPATH, plugins folder, config dir
     bundle_code = true              # the loop's LocalDagBundle roots on its sys.path
     [loops.team_a.restart]          # backoff_*, jitter, stable_after, poison_threshold
+    [loops.team_a.limits]           # memory, memory_high, cpu, pids, best_effort: its cgroup
     [supervisor]                    # db_retry_limit, db_timeout, request_timeout, log limits
 """
 
@@ -38,11 +39,11 @@ from pydantic import ValidationError
 
 from multitrigger import interpreter_probe
 from multitrigger.config.problems import ConfigError, Problem, problems_from
-from multitrigger.config.schema import (DEFAULT_LOOP, REMOVED_KEYS, FileTable, LoopTable, RestartSettings,
+from multitrigger.config.schema import (DEFAULT_LOOP, REMOVED_KEYS, FileTable, Limits, LoopTable, RestartSettings,
                                         SupervisorSettings, relations, schema_at)
 
 __all__ = [
-    "DEFAULT_LOOP", "Config", "ConfigError", "LoopConfig", "Problem", "RestartSettings",
+    "DEFAULT_LOOP", "Config", "ConfigError", "Limits", "LoopConfig", "Problem", "RestartSettings",
     "SupervisorSettings", "default_config", "load_config",
 ]
 
@@ -63,6 +64,7 @@ class LoopConfig:
     python_path: tuple[Path, ...] = ()  # extra sys.path entries (supervisor.trigger_path)
     python_path_mode: str = "extend"  # "extend": after the inherited entries; "replace": instead of them
     bundle_code: bool = True  # the roots of this loop's LocalDagBundles on its sys.path
+    limits: Limits | None = None  # its cgroup's limits (multitrigger.cgroups); None: no cgroup
 
     @property
     def level(self) -> Literal["process", "venv"]:
@@ -147,7 +149,7 @@ def _loop(name: str, table: LoopTable) -> LoopConfig:
     allowed = tuple(table.allowed_triggers) if table.allowed_triggers is not None else None
     return LoopConfig(name, frozenset(table.bundles or ()), python, table.venv, allowed,
                       table.restart, table.start_method, tuple(table.python_path or ()),
-                      table.python_path_mode, table.bundle_code)
+                      table.python_path_mode, table.bundle_code, table.limits)
 
 
 def _probe_all(config: Config) -> None:

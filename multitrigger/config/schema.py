@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict,
-                      ValidationInfo, field_validator)
+                      ValidationInfo, field_validator, model_validator)
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pydantic_core import PydanticCustomError
 
@@ -170,8 +170,64 @@ class SupervisorSettings(BaseModel):
     max_log_line_bytes: int = Field(_MiB, ge=1024)  # longer log/stdout lines are cut with a marker
     log_bytes_per_second: int = Field(8 * _MiB, ge=1024)  # per-loop log processing budget
     log_buffer_bytes: int = Field(16 * _MiB, validate_default=True)  # per-loop unprocessed-log cap
+    cgroup_root: str = Field("/sys/fs/cgroup", min_length=1, description="the cgroup filesystem's mount point",
+                             examples=['cgroup_root = "/sys/fs/cgroup"'])  # where loops' cgroups are made
 
     _holds_a_line = _not_below("log_buffer_bytes", "max_log_line_bytes", "raise log_buffer_bytes or lower max_log_line_bytes")
+
+
+#: "512M", "1.5G", "64MiB", "1048576" or an integer of bytes; K/M/G/T are powers of 1024, as for
+#: systemd's MemoryMax= and the kernel's cgroup files.
+_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+#: Below this a loop cannot even hold a forked interpreter's private pages.
+MIN_MEMORY = 16 * _MiB
+
+
+def _byte_size(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and (m := _SIZE_RE.match(value.strip())):
+        size = int(float(m[1]) * _UNITS[m[2].upper()])
+    else:
+        raise _fail("size", f"{value!r} is not a size" if isinstance(value, str) else f"must be a size, not {toml_type(value)}",
+                    'write a size in quotes with a unit, e.g. "512M" or "2G" (K/M/G/T = 1024^n bytes)')
+    if size < MIN_MEMORY:
+        raise _fail("size", f"{value!r}{' bytes' if isinstance(value, int) else ''} is below the minimum of 16M", 'use at least "16M" (a forked loop alone needs ~15M)')
+    return size
+
+
+_ByteSize = Annotated[int, BeforeValidator(_byte_size)]
+
+
+class Limits(BaseModel):
+    """``[loops.<name>.limits]``: the loop's cgroup (``multitrigger.cgroups``). Frozen; a loop with
+    no table has ``LoopConfig.limits = None`` (no cgroup)."""
+
+    model_config = _TABLE
+
+    memory: _ByteSize | None = Field(None, description='a size such as "512M"', examples=['memory = "512M"'])
+    memory_high: _ByteSize | None = Field(None, description='a size such as "400M"', examples=['memory_high = "400M"'])
+    cpu: float | None = Field(None, ge=0.01, le=1024, description="a number of cores between 0.01 and 1024",
+                              examples=["cpu = 0.5"])
+    pids: int | None = Field(None, ge=8, le=4_194_304, description="an integer >= 8 (processes and threads)",
+                             examples=["pids = 256"])
+    best_effort: bool = Field(False, description="true or false", examples=["best_effort = true"])
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Limits:
+        if self.memory is None and self.memory_high is None and self.cpu is None and self.pids is None:
+            raise _fail("empty", "sets no limit", 'set at least one of memory, memory_high, cpu, pids, or remove the table')
+        if self.memory is not None and self.memory_high is not None and self.memory_high > self.memory:
+            raise _fail("order", f"memory_high ({self.memory_high} bytes) is above memory ({self.memory} bytes)",
+                        "make memory_high at most memory (it throttles before memory kills)")
+        return self
+
+    @property
+    def controllers(self) -> frozenset[str]:
+        """The cgroup controllers these limits need."""
+        wanted = {"memory": self.memory or self.memory_high, "cpu": self.cpu, "pids": self.pids}
+        return frozenset(name for name, value in wanted.items() if value is not None)
 
 
 class LoopTable(BaseModel):
@@ -194,6 +250,8 @@ class LoopTable(BaseModel):
         "extend", description='"extend" (after PYTHONPATH, plugins folder and config dir; the default) '
                               'or "replace" (instead of them)')
     bundle_code: bool = Field(True, description="true or false", examples=["bundle_code = false"])
+    limits: Limits | None = Field(None, description="a [loops.<name>.limits] table",
+                                  examples=['[loops.team_a.limits] memory = "512M"'])
 
 
 class FileTable(BaseModel):
@@ -224,6 +282,8 @@ def schema_at(path: tuple[str, ...]) -> type | None:
             return LoopTable
         case ("loops", _, "restart"):
             return RestartSettings
+        case ("loops", _, "limits"):
+            return Limits
     return None
 
 
