@@ -54,6 +54,7 @@ class RunSettings:
     max_log_line_bytes: int = _FILE.max_log_line_bytes
     log_bytes_per_second: int = _FILE.log_bytes_per_second
     log_buffer_bytes: int = _FILE.log_buffer_bytes
+    cgroup_root: str = _FILE.cgroup_root  # where loops' cgroups are made (multitrigger.cgroups)
 
 
 def resolve_run_settings(config: Config) -> RunSettings:
