@@ -12,6 +12,11 @@ Checked against the Airflow 3.3.2 schema:
 * asset-watcher trigger: the bundle of the DAG(s) scheduled on the watched asset (the DAG that
   declares the watcher); several bundles → ambiguous → ``None``;
 * anything else → ``None``, which ``Router`` sends to the default loop (stock behaviour).
+
+A task-instance trigger also has the bundle version its DAG run is pinned to
+(``dag_run.bundle_version``; ``None`` for unversioned bundles such as ``LocalDagBundle``, or a DAG
+with ``disable_bundle_versioning``): ``Router`` keeps it on the ``Route`` when the loop runs bundle
+code (``bundle_code``), and ``supervisor.bundle_versions`` runs it in that version's own process.
 """
 
 from __future__ import annotations
@@ -20,12 +25,13 @@ from collections import defaultdict
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
 from airflow.models.asset import AssetWatcherModel, DagScheduleAssetReference
 from airflow.models.callback import Callback
 from airflow.models.dag import DagModel
+from airflow.models.dagrun import DagRun
 from airflow.models.taskinstance import TaskInstance
 from multitrigger.config import DEFAULT_LOOP, LoopConfig
 
@@ -36,6 +42,15 @@ class Route:
 
     loop: str
     bundle: str | None
+    version: str | None = None  # run it with this bundle version's code (its own process)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a trigger comes from: its bundle and the bundle version its DAG run is pinned to."""
+
+    bundle: str | None
+    version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -57,11 +72,12 @@ class Router:
     def loop_for(self, bundle: str | None) -> str:
         return self._by_bundle.get(bundle, DEFAULT_LOOP) if bundle is not None else DEFAULT_LOOP
 
-    def route(self, classpath: str, bundle: str | None) -> Route | Refusal:
+    def route(self, classpath: str, bundle: str | None, version: str | None = None) -> Route | Refusal:
         loop = self.loop_for(bundle)
         allowed = self._loops[loop].allowed_triggers
         if allowed is None or any(_matches(classpath, pattern) for pattern in allowed):
-            return Route(loop, bundle)
+            versioned = version is not None and bundle is not None and self._loops[loop].bundle_code
+            return Route(loop, bundle, version if versioned else None)
         return Refusal(loop, bundle, f"trigger {classpath} is not in loop {loop!r}'s allowed_triggers (bundle {bundle!r})")
 
 
@@ -91,3 +107,15 @@ def bundles_for(trigger_ids: Collection[int], session: Session) -> dict[int, str
             if bundle:
                 found[trigger_id].add(bundle)
     return {tid: (next(iter(found[tid])) if len(found[tid]) == 1 else None) for tid in ids}
+
+
+def origins_for(trigger_ids: Collection[int], session: Session) -> dict[int, Origin]:
+    """``bundles_for``, plus the bundle version of every task-instance trigger's DAG run."""
+    ids = list(trigger_ids)
+    bundles = bundles_for(ids, session)
+    versions = dict(session.execute(
+        select(TaskInstance.trigger_id, DagRun.bundle_version)
+        .join(DagRun, and_(DagRun.dag_id == TaskInstance.dag_id, DagRun.run_id == TaskInstance.run_id))
+        .where(TaskInstance.trigger_id.in_(ids), DagRun.bundle_version.is_not(None))
+    ).all()) if ids else {}
+    return {tid: Origin(bundle, versions.get(tid) if bundle is not None else None) for tid, bundle in bundles.items()}

@@ -154,6 +154,23 @@ def test_router_routes_by_bundle_then_allow_list(tmp_path: Path) -> None:
     # The default loop (unknown bundles, no bundle) has no allow-list here: everything runs.
     assert router.route("anything.At.all", "other") == Route("default", "other")
     assert router.route("anything.At.all", None) == Route("default", None)
+    # A bundle version stays on the route of a loop that runs bundle code (bundle_versions runs it).
+    assert router.route("pkg.mod.Exact", "t", "abc123") == Route("t", "t", "abc123")
+    assert router.route("x.Y", None, "abc123") == Route("default", None)
+
+
+def test_bundle_code_false_runs_no_versions_and_the_cap_is_per_loop(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        [loops.a]
+        bundles = ["a"]
+        bundle_code = false
+        [loops.b]
+        bundles = ["b"]
+        max_bundle_versions = 2
+        """)
+    config = load_config(path)
+    assert Router(config.loops).route("x.Y", "a", "abc123") == Route("a", "a")
+    assert (config.loops["a"].max_bundle_versions, config.loops["b"].max_bundle_versions) == (4, 2)
 
 
 def test_relative_venv_is_relative_to_the_config_file(tmp_path: Path) -> None:
@@ -217,6 +234,8 @@ def test_bundle_in_two_loops_names_both(tmp_path: Path) -> None:
      "between 0 and 1"),
     ('[loops.a]\nbundles = ["a"]\n[loops.a.restart]\nbackoff_initial = 5\nbackoff_max = 1\n',
      "loops.a.restart.backoff_max", ">= backoff_initial"),
+    ('[loops.a]\nbundles = ["a"]\nmax_bundle_versions = 0\n', "loops.a.max_bundle_versions", ">= 1"),
+    ('[loops.a]\nbundles = ["a"]\nmax_bundle_versions = true\n', "loops.a.max_bundle_versions", "an integer"),
 ])
 def test_invalid_values(tmp_path: Path, text: str, key: str, fragment: str) -> None:
     path = write(tmp_path, text)

@@ -17,7 +17,8 @@ Format (``$AIRFLOW_HOME/multitrigger.toml``; every table optional)::
     start_method = "fork"           # or "exec": a fresh interpreter per (re)start
     python_path = ["lib"]           # extra sys.path entries; relative to this file
     python_path_mode = "extend"     # or "replace": drop PYTHONPATH, plugins folder, config dir
-    bundle_code = true              # the loop's LocalDagBundle roots on its sys.path
+    bundle_code = true              # the loop's LocalDagBundle roots on its sys.path; versioned bundles
+    max_bundle_versions = 4         # versions of one bundle (GitDagBundle) running at once
     [loops.team_a.restart]          # backoff_*, jitter, stable_after, poison_threshold
     [loops.team_a.limits]           # memory, memory_high, cpu, pids, best_effort: its cgroup
     [supervisor]                    # db_retry_limit, db_timeout, request_timeout, log limits
@@ -63,7 +64,8 @@ class LoopConfig:
     start_method: str = "fork"  # "fork": from its interpreter's warm zygote; "exec": fresh each start
     python_path: tuple[Path, ...] = ()  # extra sys.path entries (supervisor.trigger_path)
     python_path_mode: str = "extend"  # "extend": after the inherited entries; "replace": instead of them
-    bundle_code: bool = True  # the roots of this loop's LocalDagBundles on its sys.path
+    bundle_code: bool = True  # the roots of this loop's LocalDagBundles on its sys.path; versioned bundles
+    max_bundle_versions: int = 4  # versions of one versioned bundle running at once (supervisor.bundle_versions)
     limits: Limits | None = None  # its cgroup's limits (multitrigger.cgroups); None: no cgroup
 
     @property
@@ -149,7 +151,8 @@ def _loop(name: str, table: LoopTable) -> LoopConfig:
     allowed = tuple(table.allowed_triggers) if table.allowed_triggers is not None else None
     return LoopConfig(name, frozenset(table.bundles or ()), python, table.venv, allowed,
                       table.restart, table.start_method, tuple(table.python_path or ()),
-                      table.python_path_mode, table.bundle_code, table.limits)
+                      table.python_path_mode, table.bundle_code, limits=table.limits,
+                      max_bundle_versions=table.max_bundle_versions)
 
 
 def _probe_all(config: Config) -> None:

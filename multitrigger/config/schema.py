@@ -252,6 +252,9 @@ class LoopTable(BaseModel):
     bundle_code: bool = Field(True, description="true or false", examples=["bundle_code = false"])
     limits: Limits | None = Field(None, description="a [loops.<name>.limits] table",
                                   examples=['[loops.team_a.limits] memory = "512M"'])
+    max_bundle_versions: int = Field(
+        4, ge=1, description="an integer >= 1 (versions of one bundle running at once, each its own process)",
+        examples=["max_bundle_versions = 4"])
 
 
 class FileTable(BaseModel):

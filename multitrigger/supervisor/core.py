@@ -13,7 +13,8 @@ answering check-ins and holding events; hang detection counts only time in which
 
 Length: ~410 lines, because the verbs share the supervisor's state (slots, routes, outcomes,
 lanes); each policy it consults is its own module (``RestartPolicy``, ``PoisonPolicy``,
-``DbHealth``, ``Router``, ``ZygotePool``, ``RequestDesk``).
+``DbHealth``, ``Router``, ``ZygotePool``, ``RequestDesk``), and the slots of versioned bundles
+(one per bundle version in use, made and ended on demand) are ``BundleVersions``'.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ from multitrigger.config import DEFAULT_LOOP, Config, LoopConfig
 from multitrigger.interpreter_probe import loop_bootstrap_args
 from multitrigger.poison import PoisonPolicy
 from multitrigger.restart import RestartPolicy
-from multitrigger.routing import Refusal, Router
+from multitrigger.routing import Origin, Refusal, Router
 from multitrigger.supervisor import prestart
+from multitrigger.supervisor.bundle_versions import BundleVersions
 from multitrigger.supervisor.db_health import DbHealth
 from multitrigger.supervisor.lanes import Done, Lane
 from multitrigger.supervisor.launch import loop_env
@@ -93,19 +95,23 @@ class Supervisor:
         self.zygotes = ZygotePool(config, settings.state_dir, self.selector, clock=clock,
                                   env_for=lambda home: loop_env(home) | self.paths.zygote_env())
         self.slots = {name: self._make_slot(loop) for name, loop in config.loops.items()}
-        self.routes: dict[int, str] = {}  # trigger id → loop name, decided once
+        self.versions = BundleVersions(config.loops, self.slots, self.paths, make_slot=self._make_slot,
+                                       fail=self.outcomes.add_failure, forget=self.desk.forget,
+                                       wake=self._wake_up, clock=clock)
+        self.routes: dict[int, str] = {}  # trigger id → slot name (a loop's, or a bundle version's), decided once
         self._output_turn = 0
         self.notifier = Notifier()  # systemd Type=notify; a no-op without $NOTIFY_SOCKET
 
     # -- set-up -------------------------------------------------------------------------------
 
-    def _make_slot(self, loop: LoopConfig) -> LoopSlot:
+    def _make_slot(self, loop: LoopConfig, paths_of: str | None = None) -> LoopSlot:
+        """A slot for ``loop``, finding trigger code where loop ``paths_of`` (default: itself) does."""
         home = self.settings.state_dir / "loops" / loop.name
         home.mkdir(parents=True, exist_ok=True)
         return LoopSlot(
             config=loop,
             argv=loop_bootstrap_args(loop.python),
-            env=loop_env(home) | self.paths.loop_env(loop.name),
+            env=loop_env(home) | self.paths.loop_env(paths_of or loop.name),
             cwd=home,
             policy=RestartPolicy(loop.restart, clock=self.clock),
             poison=PoisonPolicy(loop.name, loop.restart.poison_threshold, clock=self.clock),
@@ -141,13 +147,16 @@ class Supervisor:
     def _wanted(self, name: str, slot: LoopSlot) -> bool:
         """Should this loop run now? The default loop of a config where every bundle has its own
         loop often never gets a trigger: it starts with its first one (a fork: ~20 ms), not before,
-        and saves a process (~30 MB PSS) until then. An "exec" default loop starts up front."""
-        lazy = name == DEFAULT_LOOP and len(self.slots) > 1 and self.config.loops[name].start_method == "fork"
+        and saves a process (~30 MB PSS) until then. An "exec" default loop starts up front. A
+        bundle version's slot runs while it has triggers, once its checkout is on disk."""
+        if self.versions.owns(name):
+            return bool(slot.assigned) and self.versions.may_start(name)
+        lazy = name == DEFAULT_LOOP and len(self.config.loops) > 1 and slot.config.start_method == "fork"
         return not lazy or bool(slot.assigned)
 
     def _waiting_for_zygote(self, slot: LoopSlot, now: float) -> bool:
         """A loop's first start waits (bounded) for its zygote: N exec'd loops cost N x 120 MB."""
-        return self.zygotes.waiting(self.config.loops[slot.name], slot.stats.restarts == 0, now)
+        return self.zygotes.waiting(slot.config, slot.stats.restarts == 0, now)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -178,6 +187,7 @@ class Supervisor:
             if s.process is None and self._wanted(name, s) and not self._waiting_for_zygote(s, now):
                 deadlines.append(s.start_at)
         deadlines.append(self.zygotes.next_deadline(now))
+        deadlines.append(self.versions.next_deadline(now))
         deadlines.append(self.notifier.next_deadline(now))
         return max(0.0, min(deadlines) - now)
 
@@ -198,6 +208,7 @@ class Supervisor:
                 proc.service(self.selector, sock, reader)
         for lane in (self.db, self.desk.lane, self.uploads):
             lane.run_completions()
+        self.versions.run_completions()
         self._deliver_output()
 
     def _deliver_output(self) -> None:
@@ -222,6 +233,7 @@ class Supervisor:
     def _reconcile(self) -> None:
         now = self.clock()
         self.zygotes.tend(now)
+        self.versions.tend(now)
         for name, slot in self.slots.items():
             slot.answer_poll(self.selector, now)
             if slot.reap(self.selector, now) is not None:
@@ -229,7 +241,7 @@ class Supervisor:
             slot.check_hang()
             if (slot.process is None and now >= slot.start_at and self._wanted(name, slot)
                     and not self._waiting_for_zygote(slot, now)):
-                slot.zygote = self.zygotes.for_loop(self.config.loops[name])
+                slot.zygote = self.zygotes.for_loop(slot.config)
                 slot.start(self.selector)
         self.desk.pump()
         self._drive_db(now)
@@ -278,8 +290,8 @@ class Supervisor:
     def _persisted(self, batch: Batch, persisted: set[int]) -> None:
         self.outcomes.done()
         for loop, entry in batch.events:
-            if entry.persist_seq is not None and entry.trigger_id in persisted:
-                self.slots[loop].persisted(entry.persist_seq)
+            if entry.persist_seq is not None and entry.trigger_id in persisted and (slot := self.slots.get(loop)):
+                slot.persisted(entry.persist_seq)
 
     def _ticked(self, tick: Tick) -> None:
         """Back on the selector thread: cancel what we no longer hold, route what is new."""
@@ -289,9 +301,9 @@ class Supervisor:
         for trigger_id, traceback in tick.failures:
             self.outcomes.add_failure(trigger_id, traceback)
         pending = self.outcomes.pending_ids()
-        for workload, bundle in tick.built:
+        for workload, origin in tick.built:
             if workload.id not in self.routes and workload.id not in pending:
-                self._route(workload, bundle)
+                self._route(workload, origin)
         if tick.built and tick.alone:
             # A backlog is claimed max_trigger_to_select_per_loop at a time: come back for the
             # rest at once, not a claim interval later (nothing built: no hurry, no spinning).
@@ -299,15 +311,18 @@ class Supervisor:
             # HA triggerers, and claiming again every 50 ms would take them all.
             self._next_tick = min(self._next_tick, self.clock() + BACKLOG_CLAIM_DELAY)
 
-    def _route(self, workload: workloads.RunTrigger, bundle: str | None) -> None:
-        route = self.router.route(workload.classpath, bundle)
-        if isinstance(route, Refusal):
-            log.error("trigger refused", loop=route.loop, bundle=bundle, trigger_id=workload.id, reason=route.reason)
-            self.outcomes.add_failure(workload.id, [route.reason + "\n"])
+    def _route(self, workload: workloads.RunTrigger, origin: Origin) -> None:
+        route = self.router.route(workload.classpath, origin.bundle, origin.version)
+        placed = route if isinstance(route, Refusal) else self.versions.slot_for(route)
+        if isinstance(placed, Refusal):
+            log.error("trigger refused", loop=placed.loop, bundle=origin.bundle, version=origin.version,
+                      trigger_id=workload.id, reason=placed.reason)
+            self.outcomes.add_failure(workload.id, [placed.reason + "\n"])
             return
-        self.routes[workload.id] = route.loop
-        log.info("trigger routed", loop=route.loop, bundle=bundle, trigger_id=workload.id, classpath=workload.classpath)
-        self.slots[route.loop].add(workload)
+        self.routes[workload.id] = placed
+        log.info("trigger routed", loop=placed, bundle=origin.bundle, version=origin.version, trigger_id=workload.id,
+                 classpath=workload.classpath)
+        self.slots[placed].add(workload)
 
     def _db_done(self, done: Done, on_ok: Callable) -> None:
         """A DB step ended: its result goes on, or the outage is handled (loops untouched)."""
@@ -361,6 +376,7 @@ class Supervisor:
             self.desk.pump()
             self._drive_persist_only()
         self.zygotes.close()
+        self.versions.close()
         for slot in self.slots.values():
             slot.relay.flush()
         self._finish_db(deadline)

@@ -34,7 +34,7 @@ from airflow.utils.state import TaskInstanceState
 from airflow.triggers.base import BaseTaskEndEvent, TriggerEvent
 from airflow._shared.timezones import timezone  # what airflow.models.trigger uses (3.3.2)
 from airflow.utils.session import create_session
-from multitrigger.routing import bundles_for
+from multitrigger.routing import Origin, origins_for
 
 log = structlog.get_logger(__name__)
 
@@ -173,10 +173,10 @@ def plain_kwargs(encrypted_kwargs: str) -> str:
 
 @dataclass(frozen=True)
 class Tick:
-    """What one claim pass found: every id we hold, new workloads with their bundles, failures."""
+    """What one claim pass found: every id we hold, new workloads with their origins, failures."""
 
     held: set[int]
-    built: list[tuple[workloads.RunTrigger, str | None]]
+    built: list[tuple[workloads.RunTrigger, Origin]]
     failures: list[tuple[int, list[str]]]
     alone: bool
 
@@ -240,12 +240,13 @@ class TriggerStore:
             )
         return not others
 
-    def build(self, trigger_ids: set[int]) -> tuple[list[tuple[workloads.RunTrigger, str | None]], list[tuple[int, list[str]]]]:
-        """Stock workloads for new trigger ids, each with its bundle (``None`` if unknown), and the
-        failures of those that cannot run (kwargs that do not decrypt), for the outcome queue."""
+    def build(self, trigger_ids: set[int]) -> tuple[list[tuple[workloads.RunTrigger, Origin]], list[tuple[int, list[str]]]]:
+        """Stock workloads for new trigger ids, each with its origin (bundle, ``None`` if unknown,
+        and its DAG run's bundle version), and the failures of those that cannot run (kwargs that
+        do not decrypt), for the outcome queue."""
         built = self._stock.build(trigger_ids)
         with create_session() as session:
-            bundles = bundles_for([w.id for w in built], session)
+            origins = origins_for([w.id for w in built], session)
         result, failures = [], []
         for workload in built:
             try:
@@ -253,7 +254,7 @@ class TriggerStore:
             except Exception as err:  # wrong key: fail this trigger, not the loop (stock would crash the runner)
                 failures.append((workload.id, [f"cannot decrypt trigger kwargs: {err!r}\n"]))
                 continue
-            result.append((workload, bundles.get(workload.id)))
+            result.append((workload, origins.get(workload.id, Origin(None))))
         return result, failures
 
     def submit_events(self, entries: Iterable[tuple[int, TriggerEvent]]) -> list[int]:

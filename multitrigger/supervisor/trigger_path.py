@@ -13,7 +13,10 @@ it. Checked against Airflow 3.3.2:
 * beyond stock, each ``LocalDagBundle``'s ``path`` (``DagBundlesManager`` over ``[dag_processor]
   dag_bundle_config_list``), on the loop its bundle is routed to only — as a worker appends it
   (``dag_processing/dagbag.py`` ``BundleDagBag``) — so ``team_a/utils.py`` and ``team_b/utils.py``
-  never meet. Versioned bundles (``GitDagBundle``) are not covered yet.
+  never meet;
+* a versioned bundle's checkout at one version (``GitDagBundle``, made by
+  ``supervisor.bundle_versions``), appended to its loop's list in that version's own process only
+  (:meth:`TriggerPaths.version_env`).
 
 Per loop: ``python_path`` entries after the inherited front entries (``python_path_mode =
 "extend"``) or instead of every inherited entry (``"replace"``); ``bundle_code = false`` leaves the
@@ -34,6 +37,7 @@ from multitrigger.config import DEFAULT_LOOP, Config, LoopConfig
 from multitrigger.loop.sys_path import ENV_SYS_PATH, PathEntry, encode
 
 log = structlog.get_logger(__name__)
+_BUNDLE_SOURCE = "bundle "  # a PathEntry source naming bundle code: "bundle <name>[ version <v>]"
 
 
 def inherited_entries(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> list[PathEntry]:
@@ -96,6 +100,14 @@ class TriggerPaths:
     def loop_env(self, name: str) -> dict[str, str]:
         return {ENV_SYS_PATH: encode(self.loops[name])}
 
+    def version_env(self, name: str, bundle: str, version: str, root: Path) -> dict[str, str]:
+        """Loop ``name``'s entries, but of bundle code only ``root``: ``bundle``'s checkout at
+        ``version`` (the process runs that bundle's triggers only, so another bundle's same-named
+        module never shadows it)."""
+        own = [e for e in self.loops[name] if not e.source.startswith(_BUNDLE_SOURCE)]
+        own.append(PathEntry(str(root), f"{_BUNDLE_SOURCE}{bundle} version {version}", "back"))
+        return {ENV_SYS_PATH: encode(own)}
+
 
 def _for_loop(loop: LoopConfig, config: Config, inherited: list[PathEntry],
               roots: Mapping[str, Path]) -> list[PathEntry]:
@@ -104,6 +116,6 @@ def _for_loop(loop: LoopConfig, config: Config, inherited: list[PathEntry],
     front = [e for e in base if e.position == "front"] + own
     back = [e for e in base if e.position == "back"]
     if loop.bundle_code:
-        back += [PathEntry(str(roots[b]), f"bundle {b}", "back") for b in loop_bundles(loop, config, roots)
+        back += [PathEntry(str(roots[b]), f"{_BUNDLE_SOURCE}{b}", "back") for b in loop_bundles(loop, config, roots)
                  if b in roots]
     return front + back

@@ -15,6 +15,7 @@ Importing this module does not import Airflow.  Typical use::
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -38,6 +39,7 @@ from multitrigger.demo.home import (
 )
 from mt_testsupport.dag_sources import asset_watcher_dag_source, broken_dag_source
 from mt_testsupport.databases import airflow_version, ensure_pg_database, ensure_template_db, template_db_path
+from mt_testsupport.git_bundles import bundle_entries
 from mt_testsupport.rows import StateReader, TriggerRow
 from mt_testsupport.workers import prestart_zygote, run_worker
 
@@ -76,6 +78,24 @@ IMPORT_VERSION = "mt_testsupport.triggers.ImportVersionTrigger"
 
 class AirflowHome(demo_home.AirflowHome, StateReader):
     """A demo home with the test-only operations; built from the template DB, run by forked workers."""
+
+    @classmethod
+    def create(cls, path: Path | str, bundles: Mapping[str, Mapping[str, str]], db_url: str | None = None,
+               extra_config: Mapping[str, Mapping[str, Any]] | None = None, *,
+               git_bundles: Mapping[str, Mapping[str, Any]] | None = None, **kwargs: Any) -> AirflowHome:
+        """The demo's ``create``, plus ``git_bundles``: bundle name → ``GitDagBundle`` kwargs
+        (``mt_testsupport.git_bundles.GitRepo.bundle_kwargs``), beside the local ``bundles``."""
+        if git_bundles:
+            path = Path(path).resolve()
+            local = {name: path / "bundles" / name for name in bundles}  # where the demo's create puts them
+            extra = {section: dict(values) for section, values in (extra_config or {}).items()}
+            extra.setdefault("dag_processor", {})["dag_bundle_config_list"] = json.dumps(
+                bundle_entries(path, local, git_bundles))
+            extra_config = extra
+        home = super().create(path, bundles, db_url, extra_config, **kwargs)
+        if git_bundles and home.bundles != local:
+            raise HomeError(f"local bundles moved: {home.bundles} != {local}")
+        return home
 
     def _prepare_database(self, *, own_sqlite: bool, timeout: float) -> dict[str, bool]:
         """The home's own SQLite file starts as a copy of the migrated template (ms, not seconds)."""
