@@ -7,7 +7,8 @@ Commit 1's ``mytrig.MyTrigger`` yields ``{"v": 1}``, commit 2's ``{"v": 2}``, co
 version's process with its own checkout's code; a third version past the cap
 (``max_bundle_versions = 2``) fails its task with the reason; a local bundle's same-named module
 in the same loop runs from the loop's own slot, as before. Once the versions have no triggers left
-their processes end, and the freed cap lets commit 3 run.
+their processes end, and the freed cap lets commit 3 run; a run pinned to a commit the repository
+does not have fails its task with the checkout's error.
 """
 
 from __future__ import annotations
@@ -31,20 +32,36 @@ CONFIG = """
 
 
 def _mytrig(v: object) -> str:
+    """``mytrig.MyTrigger`` of one commit: records its start, fires with ``{"v": v}`` once the
+    test opens the gate (a file), so every trigger is provably running before any fires."""
     return textwrap.dedent(f'''\
+        import asyncio
+        import os
+
         from airflow.triggers.base import TriggerEvent
+        from multitrigger.demo.triggers import process_info, utcnow
         from mt_testsupport.triggers import FireAtTrigger
 
         class MyTrigger(FireAtTrigger):
             async def run(self):
-                async for event in super().run():
-                    yield TriggerEvent({{**event.payload, "v": {v!r}, "file": __file__}})
+                self._record("start")
+                while not os.path.exists(self.payload["gate"]):
+                    await asyncio.sleep(0.05)
+                self._record("fire")
+                yield TriggerEvent({{"fired_at": utcnow().isoformat(), **process_info(), "v": {v!r}, "file": __file__}})
         ''')
 
 
-def _spec(dag: str, task: str, run_id: str, moment: str, record: Path) -> DeferSpec:
-    return DeferSpec(dag, task, "mytrig.MyTrigger", {"moment": moment, "record_path": str(record)},
-                     run_id=run_id, validate=False)
+def _spec(dag: str, task: str, run_id: str, tmp: Path) -> DeferSpec:
+    kwargs = {"moment": iso_in(0), "payload": {"gate": str(tmp / "gate")}, "record_path": str(tmp / "record.txt")}
+    return DeferSpec(dag, task, "mytrig.MyTrigger", kwargs, run_id=run_id, validate=False)
+
+
+def _records(tmp: Path) -> list[tuple[str, str]]:
+    """(what, loop) per line the triggers recorded: ``start``/``fire``."""
+    path = tmp / "record.txt"
+    return [(what, loop) for what, _pid, loop in (line.split() for line in path.read_text().splitlines())] \
+        if path.exists() else []
 
 
 def _traceback(state) -> str:
@@ -57,49 +74,56 @@ def test_each_pinned_version_runs_its_own_code_at_once_and_the_cap_fails_the_nex
     home = AirflowHome.create(tmp_path / "home", {"loc": {"dag_l.py": deferring_dag_source("dag_l", 1),
                                                           "mytrig.py": _mytrig("local")}},
                               git_bundles={"gitb": repo.bundle_kwargs()})
-    record = tmp_path / "record.txt"
-    moment = iso_in(25)
-    refs = {"v1": home.defer_many([_spec("dag_g", "t0", "v1", moment, record)])[0]}
+    refs = {"v1": home.defer_many([_spec("dag_g", "t0", "v1", tmp_path)])[0]}
     sha[2] = repo.commit({"mytrig.py": _mytrig(2)})
     home.serialize(["gitb"])  # what the DAG processor does: new runs are pinned to commit 2
-    refs["v2"], refs["loc"] = home.defer_many([_spec("dag_g", "t0", "v2", moment, record),
-                                               _spec("dag_l", "t0", "loc", moment, record)])
+    refs["v2"], refs["loc"] = home.defer_many([_spec("dag_g", "t0", "v2", tmp_path), _spec("dag_l", "t0", "loc", tmp_path)])
     sha[3] = repo.commit({"mytrig.py": _mytrig(3)})
     home.serialize(["gitb"])
     pinned = dict(home.sql("SELECT run_id, bundle_version FROM dag_run"))
     assert pinned == {"v1": sha[1], "v2": sha[2], "loc": None}
 
     mt = start_triggerer(home, "--skip-serve-logs", config=CONFIG)
-    home.wait_for(lambda: mt.text().count("bundle version checked out") >= 2, timeout=90)
-    # Both versions are in use (their triggers wait for the moment): a third is past the cap.
-    refs["v3"] = home.defer_many([_spec("dag_g", "t0", "v3", moment, record)])[0]
-    states = home.wait_for_states(list(refs.values()), "scheduled", timeout=90)
-    state = {name: states[ref] for name, ref in refs.items()}
+    loops = {n: f"team_g[gitb@{sha[n][:12]}]" for n in sha}
+    home.wait_for(lambda: len(_records(tmp_path)) == 3, timeout=90)
+    # All three run at once: commit 1's and 2's in their own processes, the local bundle's in the loop's.
+    assert sorted(_records(tmp_path)) == sorted([("start", loops[1]), ("start", loops[2]), ("start", "team_g")])
+    # Both versions are in use: a third is past the cap and fails its task, saying why.
+    refs["v3"] = home.defer_many([_spec("dag_g", "t0", "v3", tmp_path)])[0]
+    v3 = home.wait_for_states([refs["v3"]], "scheduled", timeout=60)[refs["v3"]]
+    assert v3.next_method == "__fail__"
+    refused = _traceback(v3)
+    assert "max_bundle_versions" in refused and sha[3] in refused and "'gitb'" in refused, refused
 
+    (tmp_path / "gate").touch()
+    states = home.wait_for_states(list(refs.values()), "scheduled", timeout=60)
+    state = {name: states[ref] for name, ref in refs.items()}
     storage = home.path / "bundle-storage" / "gitb" / "versions"
     for n in (1, 2):
         assert state[f"v{n}"].next_method == "execute_complete", _traceback(state[f"v{n}"])
         event = state[f"v{n}"].event
-        assert event["v"] == n
+        assert (event["v"], event["loop"]) == (n, loops[n])
         assert event["file"] == str(storage / sha[n] / "mytrig.py")
-        assert event["loop"] == f"team_g[gitb@{sha[n][:12]}]"
     assert state["v1"].event["pid"] != state["v2"].event["pid"]
-    # At the same time: both were running before either fired, and both fired at the moment.
-    lines = record.read_text().split()
-    kinds = [lines[i] for i in range(0, len(lines), 3)]
-    assert kinds[:2] == ["start", "start"] and kinds.count("start") == kinds.count("fire") == 3, lines
     fired = [dt.datetime.fromisoformat(state[k].event["fired_at"]) for k in ("v1", "v2")]
-    assert min(fired) >= dt.datetime.fromisoformat(moment) and abs(fired[0] - fired[1]) < dt.timedelta(seconds=5)
-    # The unversioned bundle in the same loop: its own module, in the loop's own process.
+    assert abs(fired[0] - fired[1]) < dt.timedelta(seconds=5)
+    # The unversioned bundle in the same loop: its own same-named module, in the loop's own process.
     assert (state["loc"].event["v"], state["loc"].event["loop"]) == ("local", "team_g")
     assert state["loc"].event["file"] == str(home.bundles["loc"] / "mytrig.py")
 
-    assert state["v3"].next_method == "__fail__"
-    refused = _traceback(state["v3"])
-    assert "max_bundle_versions" in refused and sha[3] in refused and "'gitb'" in refused, refused
-
-    # No triggers left: both version processes end.
+    # No triggers left: both version processes end, which frees the cap: commit 3 runs now, and a
+    # run pinned to a commit the repository does not have fails its task with the checkout's error.
     home.wait_for(lambda: mt.text().count("bundle version ended") >= 2, timeout=60)
+    missing = "0123456789abcdef" * 2 + "01234567"
+    home.dag_run("dag_g", "gone", missing)
+    later = dict(zip(("v3", "gone"), home.defer_many([_spec("dag_g", "t1", "v3", tmp_path),
+                                                      _spec("dag_g", "t0", "gone", tmp_path)])))
+    states = home.wait_for_states(list(later.values()), "scheduled", timeout=60)
+    assert states[later["v3"]].next_method == "execute_complete", _traceback(states[later["v3"]])
+    assert (states[later["v3"]].event["v"], states[later["v3"]].event["loop"]) == (3, loops[3])
+    gone = _traceback(states[later["gone"]])
+    assert states[later["gone"]].next_method == "__fail__"
+    assert f"cannot check out bundle 'gitb' at version {missing}" in gone and "not found" in gone, gone
     assert mt.popen.poll() is None
 
 

@@ -8,6 +8,7 @@ Airflow 3.3.2.
 * ``seed``       -- connections and variables.
 * ``check_trigger_timeouts`` -- one scheduler pass over expired deferrals.
 * ``triggerer_callback``     -- a queued ``TriggererCallback`` and its trigger row.
+* ``dag_run``    -- a DAG run pinned to a given bundle version (``defer`` then reuses it).
 """
 
 from __future__ import annotations
@@ -133,12 +134,34 @@ def cmd_triggerer_callback(req: dict[str, Any]) -> dict[str, Any]:
         return {"callback_id": str(callback.id), "trigger_id": callback.trigger_id, "type": callback.type}
 
 
+def cmd_dag_run(req: dict[str, Any]) -> dict[str, Any]:
+    """A manual, running DagRun (``SerializedDAG.create_dagrun``, as ``defer`` makes one) pinned to
+    ``bundle_version`` instead of the bundle's latest: a run started on a version since gone."""
+    from airflow.models.dagbag import DBDagBag
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState
+    from airflow.utils.types import DagRunTriggeredByType, DagRunType
+
+    with create_session() as session:
+        dag = DBDagBag().get_latest_version_of_dag(req["dag_id"], session=session)
+        if dag is None:
+            raise LookupError(f"DAG {req['dag_id']!r} is not serialized in this home")
+        now = demo_worker._now()
+        run = dag.create_dagrun(run_id=req["run_id"], logical_date=None, run_after=now, run_type=DagRunType.MANUAL,
+                                triggered_by=DagRunTriggeredByType.REST_API, state=DagRunState.RUNNING,
+                                start_date=now, session=session)
+        run.bundle_version = req["bundle_version"]
+        session.flush()
+        return {"run_id": run.run_id, "bundle_version": run.bundle_version}
+
+
 COMMANDS: dict[str, demo_worker.Command] = {
     **demo_worker.COMMANDS,
     "seed": cmd_seed,
     "clear": cmd_clear,
     "check_trigger_timeouts": cmd_check_trigger_timeouts,
     "triggerer_callback": cmd_triggerer_callback,
+    "dag_run": cmd_dag_run,
 }
 
 

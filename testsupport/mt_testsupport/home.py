@@ -201,6 +201,10 @@ class AirflowHome(demo_home.AirflowHome, StateReader):
         """Add connections (``Connection(**kwargs)``, e.g. ``conn_id``, ``conn_type``, ``host``) and variables."""
         self._run_worker("seed", {"connections": [dict(c) for c in connections], "variables": dict(variables or {})})
 
+    def dag_run(self, dag_id: str, run_id: str, bundle_version: str | None) -> None:
+        """A running DAG run pinned to ``bundle_version`` (not the bundle's latest); defer into it."""
+        self._run_worker("dag_run", {"dag_id": dag_id, "run_id": run_id, "bundle_version": bundle_version})
+
     def clear_tis(self, refs: Iterable[TaskRef], *, schedule: bool = True) -> list[dict[str, Any]]:
         return self._run_worker("clear", {"refs": [r.key() for r in refs], "schedule": schedule})["cleared"]
 
