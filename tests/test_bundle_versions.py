@@ -14,6 +14,7 @@ does not have fails its task with the checkout's error.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import textwrap
 from pathlib import Path
 
@@ -24,6 +25,9 @@ from mt_testsupport.home import AirflowHome, DeferSpec, decode_serde, deferring_
 
 pytestmark = pytest.mark.timeout(240)
 
+#: The git connection's token: the supervisor has it (``AIRFLOW_CONN_GIT_DEFAULT``, the bundle's
+#: ``git_conn_id``); no loop may.
+TOKEN = "s3cret-git-token"
 CONFIG = """
     [loops.team_g]
     bundles = ["gitb", "loc"]
@@ -48,7 +52,10 @@ def _mytrig(v: object) -> str:
                 while not os.path.exists(self.payload["gate"]):
                     await asyncio.sleep(0.05)
                 self._record("fire")
-                yield TriggerEvent({{"fired_at": utcnow().isoformat(), **process_info(), "v": {v!r}, "file": __file__}})
+                yield TriggerEvent({{"fired_at": utcnow().isoformat(), **process_info(), "v": {v!r}, "file": __file__,
+                                    "secrets": sorted(k for k, val in os.environ.items()
+                                                      if k.startswith("AIRFLOW_CONN_") or "{TOKEN}" in val),
+                                    "dotgit": os.path.exists(os.path.join(os.path.dirname(__file__), ".git"))}})
         ''')
 
 
@@ -83,7 +90,9 @@ def test_each_pinned_version_runs_its_own_code_at_once_and_the_cap_fails_the_nex
     pinned = dict(home.sql("SELECT run_id, bundle_version FROM dag_run"))
     assert pinned == {"v1": sha[1], "v2": sha[2], "loc": None}
 
-    mt = start_triggerer(home, "--skip-serve-logs", config=CONFIG)
+    connection = {"conn_type": "git", "host": str(repo.path), "login": "mt", "password": TOKEN}
+    mt = start_triggerer(home, "--skip-serve-logs", config=CONFIG,
+                         env={"AIRFLOW_CONN_GIT_DEFAULT": json.dumps(connection)})
     loops = {n: f"team_g[gitb@{sha[n][:12]}]" for n in sha}
     home.wait_for(lambda: len(_records(tmp_path)) == 3, timeout=90)
     # All three run at once: commit 1's and 2's in their own processes, the local bundle's in the loop's.
@@ -104,6 +113,8 @@ def test_each_pinned_version_runs_its_own_code_at_once_and_the_cap_fails_the_nex
         event = state[f"v{n}"].event
         assert (event["v"], event["loop"]) == (n, loops[n])
         assert event["file"] == str(storage / sha[n] / "mytrig.py")
+        # The checkout was made with the supervisor's connection; the loop got none of it.
+        assert (event["secrets"], event["dotgit"]) == ([], False)
     assert state["v1"].event["pid"] != state["v2"].event["pid"]
     fired = [dt.datetime.fromisoformat(state[k].event["fired_at"]) for k in ("v1", "v2")]
     assert abs(fired[0] - fired[1]) < dt.timedelta(seconds=5)
