@@ -47,6 +47,8 @@ PARAMS: dict[str, dict[str, Any]] = {
               "kill_every": 3.0, "stagger": 0.7, "margin": 40.0, "restart_delay": 2.0, "grace": 60.0},
     "flood": {"others": 2, "per_bundle": 30, "window": 20.0, "flood_window": 8.0, "gap": 3.0, "margin": 30.0, "grace": 60.0,
               "lines": 2, "line_mib": 256, "stdout_line_mib": 32, "stdout_mib": 64},
+    "memhog": {"others": 2, "per_bundle": 30, "window": 20.0, "hog_window": 15.0, "gap": 3.0, "margin": 30.0,
+               "grace": 40.0, "limit_mib": 512, "target_mib": 1024, "step_mib": 32, "step_s": 0.1, "hold_s": 5.0},
 }
 
 QUICK: dict[str, dict[str, Any]] = {  # smoke-test sizes (--quick); numbers are not comparable
@@ -57,6 +59,7 @@ QUICK: dict[str, dict[str, Any]] = {  # smoke-test sizes (--quick); numbers are 
     "idle": {"idle": 5.0},
     "storm": {"per_bundle": 5, "window": 15.0, "crashed_healthy": 3, "grace": 30.0},
     "flood": {"per_bundle": 5, "window": 8.0, "flood_window": 4.0, "line_mib": 16, "stdout_line_mib": 4, "stdout_mib": 8},
+    "memhog": {"per_bundle": 5, "window": 8.0, "hog_window": 6.0, "limit_mib": 128, "target_mib": 256},
 }
 
 

@@ -15,6 +15,7 @@ from benchmarks import harness as h
 from benchmarks import runs as r
 from benchmarks.crash_scenarios import crash, storm
 from benchmarks.flood_scenario import flood
+from benchmarks.memhog_scenario import memhog
 from benchmarks.harness import Item
 from benchmarks.runs import Ctx
 
@@ -177,4 +178,5 @@ SCENARIOS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "idle": idle,
     "storm": storm,
     "flood": flood,
+    "memhog": memhog,
 }

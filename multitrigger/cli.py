@@ -108,7 +108,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     from multitrigger.supervisor.entry import run_triggerer
 
-    return run_triggerer(args, config)
+    try:
+        return run_triggerer(args, config)
+    except ConfigError as err:  # a limit this host cannot apply (multitrigger.cgroups.loops)
+        print(err, file=sys.stderr)
+        return 2
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -12,7 +12,8 @@ when a loop starts and again when it dies by SIGKILL: if it went up, the loop ra
 
 The counter is per cgroup, so a loop sharing a cgroup with others (no per-loop cgroup) can be
 mislabelled only if another member was OOM-killed in the same window: the reason says which
-cgroup's counter rose. Per-loop cgroups (a later isolation level) make it exact.
+cgroup's counter rose. A loop with ``[loops.<name>.limits]`` has a cgroup of its own (``multitrigger.cgroups``), whose
+counter is watched directly (``watch_file``): exact.
 """
 
 from __future__ import annotations
@@ -70,6 +71,11 @@ def read_oom_kills(counter_file: Path) -> int | None:
     except (OSError, ValueError):
         return None
     return None
+
+
+def watch_file(counter: Path) -> OomWatch:
+    """Watch a known counter file (a loop's own cgroup, ``multitrigger.cgroups``)."""
+    return OomWatch(counter, read_oom_kills(counter) or 0)
 
 
 def watch(pid: int, root: Path = CGROUP_ROOT, proc: Path = Path("/proc")) -> OomWatch | None:

@@ -46,3 +46,60 @@ def test_bad_limits_name_the_key_and_the_fix(tmp_path: Path, text: str, key: str
     line = str(err.value)
     assert f"multitrigger.toml: loops.team_a.limits{'' if key == 'limits' else '.' + key}: " in line
     assert expected in line and " — " in line, line
+
+
+# -- limits this host cannot apply ------------------------------------------------------------------
+# "No writable cgroups" is simulated by pointing [supervisor] cgroup_root at a directory that does
+# not exist: the tests run as root, which writes through any file mode, so a read-only cgroupfs
+# would need a mount of its own; a missing one is what a container without /sys/fs/cgroup sees.
+
+from multitrigger.cgroups.loops import LoopCgroups  # noqa: E402
+from mt_testsupport.home import FIRE_AT, AirflowHome, DeferSpec, deferring_bundle, iso_in  # noqa: E402
+
+
+def test_a_limit_on_a_host_without_cgroups_stops_start_up_with_the_fix(tmp_path: Path) -> None:
+    config = _load(tmp_path, 'memory = "64M"\npids = 64\n')
+    with pytest.raises(ConfigError) as err:
+        LoopCgroups.open(config, tmp_path / "no-cgroupfs", "x")
+    lines = str(err.value).splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(f"{tmp_path}/multitrigger.toml: loops.team_a.limits.memory: no cgroup filesystem at ")
+    assert "set [supervisor] cgroup_root" in lines[0] and "or set best_effort = true" in lines[0]
+    assert "loops.team_a.limits.pids: " in lines[1]
+
+
+def test_a_unit_without_delegation_names_delegate_yes(tmp_path: Path) -> None:
+    root = tmp_path / "fake-cgroup2"  # a v2 tree whose unit cgroup got no controllers (see test_cgroups_v2)
+    unit = root / "system.slice" / "mt.service"
+    unit.mkdir(parents=True)
+    for d in (root, unit):
+        (d / "cgroup.controllers").write_text("\n")
+    (unit / "cgroup.procs").write_text("")
+    config = _load(tmp_path, 'memory = "64M"\n')
+    with pytest.raises(ConfigError, match=r"loops\.team_a\.limits\.memory: cgroup v2 controller memory is not "
+                                          r"available .* — add Delegate=yes"):
+        LoopCgroups.open(config, root, "x", own="/system.slice/mt.service")
+
+
+def test_best_effort_starts_without_the_limits_and_says_so(tmp_path: Path) -> None:
+    config = _load(tmp_path, 'memory = "64M"\nbest_effort = true\n')
+    groups = LoopCgroups.open(config, tmp_path / "no-cgroupfs", "x")
+    assert groups.get("team_a") is None
+    assert groups.lost["team_a"] == [f"memory: no cgroup filesystem at {tmp_path / 'no-cgroupfs'}"]
+
+
+@pytest.mark.timeout(180)
+def test_multitrigger_run_refuses_then_best_effort_runs_and_warns(tmp_path: Path, start_triggerer) -> None:
+    home = AirflowHome.create(tmp_path / "home", {"team_a": deferring_bundle("dag_a", n_tasks=1)})
+    base = (f'[supervisor]\ncgroup_root = "{tmp_path}/no-cgroupfs"\n[loops.team_a]\nbundles = ["team_a"]\n'
+            '[loops.team_a.limits]\nmemory = "64M"\n')
+    refused = start_triggerer(home, "--skip-serve-logs", config=base)
+    assert refused.popen.wait(120) == 2
+    assert "loops.team_a.limits.memory: no cgroup filesystem at" in refused.text()
+    assert "or set best_effort = true" in refused.text()
+
+    (ref,) = home.defer_many([DeferSpec("dag_a", "t0", FIRE_AT, {"moment": iso_in(1)})])
+    runs = start_triggerer(home, "--skip-serve-logs", config=base + "best_effort = true\n")
+    assert home.wait_for_states([ref], "scheduled", timeout=120)[ref].next_method == "execute_complete"
+    assert "LOOP RUNS WITHOUT ITS LIMITS (best_effort = true)" in runs.text()
+    assert runs.stop() == 0

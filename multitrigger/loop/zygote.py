@@ -30,7 +30,10 @@ folder, config directory: ``multitrigger.loop.sys_path``) before it imports Airf
 triggerer has them at import; a forked loop replaces them with its own loop's entries
 (``python_path``, bundle roots) in ``loop.__main__.main`` before any user code is imported.
 
-In the child: fd 0 = requests, fd 1 and 2 = output, the log socket keeps its number, which goes
+In the child, first of all, the loop joins its cgroup when it has one (``MULTITRIGGER_CGROUP_PROCS``,
+``multitrigger.cgroups.join``). Pages it shares with the zygote (the imported Airflow, frozen by
+``gc.freeze()``) stay charged to the zygote's cgroup; the loop is charged only for the pages it
+touches first or copies on write after the fork. Then: fd 0 = requests, fd 1 and 2 = output, the log socket keeps its number, which goes
 into ``MULTITRIGGER_LOG_FD``. The zygote exits when the control socket closes; its children have
 ``PR_SET_PDEATHSIG=SIGKILL`` and die with it, and it has the same towards the supervisor.
 """
@@ -50,6 +53,7 @@ import traceback
 from collections.abc import Callable
 from typing import NoReturn
 
+from multitrigger.cgroups.join import join_or_exit, procs_files
 from multitrigger.loop import sys_path
 from multitrigger.pdeathsig import set_pdeathsig
 from multitrigger.zygote_protocol import (
@@ -233,6 +237,9 @@ class Zygote:
     def _child(self, request: Fork, fds: list[int]) -> NoReturn:
         """Become a loop process; see the module docstring. Never returns into the zygote."""
         code = 1
+        # Its cgroup first (``multitrigger.cgroups.join``): every page this loop touches from now
+        # on is charged to its own limits, not the zygote's.
+        join_or_exit(procs_files(request.env))
         try:
             os.setsid()
             set_pdeathsig(signal.SIGKILL)

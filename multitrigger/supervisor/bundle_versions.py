@@ -20,6 +20,8 @@ version in use:
   ``Router``) under the name ``<loop>[<bundle>@<sha12>]``, whose ``sys.path`` is the loop's plus
   the checkout. It lives in the supervisor's slot table, so starting (forked from the loop's
   zygote), restarting, hang checks, output budgets and shutdown are the supervisor's, unchanged.
+  A loop with ``limits`` gives each version process a cgroup of its own with the same limits
+  (``cgroups.loops.LoopCgroups.for_slot``): per process, like the loop's own.
 * **Ended with its last trigger.** A version slot with no trigger for ``IDLE_LINGER`` seconds is
   sent SIGTERM and, once its process is gone, removed and its lock released. A trigger of that
   version arriving meanwhile simply lands in it again.
@@ -246,6 +248,8 @@ class BundleVersions:
     def _remove(self, name: str) -> None:
         slot = self._slots.pop(name)
         slot.relay.flush()
+        if slot.cgroup is not None:  # its own, with the loop's limits (multitrigger.cgroups.loops.for_slot)
+            slot.cgroup.remove()
         shutil.rmtree(slot.cwd, ignore_errors=True)  # its private AIRFLOW_HOME and blame file
         self._forget(name)
         del self._versions[name]

@@ -26,11 +26,13 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import structlog
 
 from airflow.executors import workloads
 from airflow.jobs.triggerer_job_runner import TriggerLoggingFactory
+from multitrigger.cgroups.loops import LoopCgroups, instance_name
 from multitrigger.config import DEFAULT_LOOP, Config, LoopConfig
 from multitrigger.interpreter_probe import loop_bootstrap_args
 from multitrigger.poison import PoisonPolicy
@@ -91,6 +93,8 @@ class Supervisor:
         self._gave_up = False
         self._listened = 0.0  # the listening clock (seconds); see _listen
         self._last_listen = clock()
+        # Loops' cgroups before any loop or zygote forks; a limit this host cannot apply raises ConfigError.
+        self.cgroups = LoopCgroups.open(config, Path(settings.cgroup_root), instance_name(settings.state_dir))
         self.paths = TriggerPaths.compute(config)  # where each loop finds trigger code, once
         self.zygotes = ZygotePool(config, settings.state_dir, self.selector, clock=clock,
                                   env_for=lambda home: loop_env(home) | self.paths.zygote_env())
@@ -128,6 +132,7 @@ class Supervisor:
             listening=lambda: self._listened,
             limits=OutputLimits.of(self.settings),
             clock=self.clock,
+            cgroup=self.cgroups.for_slot(loop.name, paths_of or loop.name, loop.limits),
         )
 
     def _install_signals(self) -> None:
@@ -239,6 +244,7 @@ class Supervisor:
             if slot.reap(self.selector, now) is not None:
                 self.desk.forget(name)
             slot.check_hang()
+            slot.note_descendants(now)
             if (slot.process is None and now >= slot.start_at and self._wanted(name, slot)
                     and not self._waiting_for_zygote(slot, now)):
                 slot.zygote = self.zygotes.for_loop(slot.config)
@@ -377,6 +383,7 @@ class Supervisor:
             self._drive_persist_only()
         self.zygotes.close()
         self.versions.close()
+        self.cgroups.close()  # kills anything still inside, removes them
         for slot in self.slots.values():
             slot.relay.flush()
         self._finish_db(deadline)

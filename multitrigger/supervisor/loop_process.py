@@ -5,7 +5,8 @@ The process runs its loop's interpreter (``<venv>/bin/python``), so a bundle's l
 that bundle's environment. It is started one of two ways, behind one ``ProcessHandle``:
 
 * ``spawn``: exec'd cold (a ``subprocess.Popen``; ~5 s to import Airflow). It asks the kernel to
-  SIGKILL it when the supervisor dies (``PR_SET_PDEATHSIG``).
+  SIGKILL it when the supervisor dies (``PR_SET_PDEATHSIG``) and, with limits, joins its cgroup
+  before the exec (``multitrigger.cgroups.join``).
 * ``spawn_forked``: forked by that interpreter's warm zygote (``multitrigger.loop.zygote``; ~40 ms,
   shares the zygote's memory). Its exit status comes from the zygote's reports; it has PDEATHSIG
   towards the zygote, which has it towards the supervisor.
@@ -33,6 +34,7 @@ from typing import Protocol
 import structlog
 
 from airflow.sdk.execution_time.comms import _RequestFrame
+from multitrigger.cgroups.join import join_or_exit, procs_files
 from multitrigger.pdeathsig import die_with_parent
 from multitrigger.protocol import ENV_LOG_FD, ENV_LOOP_NAME, FrameError, FrameReader, encode_response
 from multitrigger.supervisor.output import CutLine, LineCutter, OutputLimits
@@ -130,7 +132,7 @@ class LoopProcess:
                 cwd=cwd,
                 close_fds=True,
                 start_new_session=True,
-                preexec_fn=die_with_parent,
+                preexec_fn=_preexec(procs_files(env)),
             )
         finally:
             for sock in (req_child, out_child, log_child):
@@ -281,6 +283,17 @@ class LoopProcess:
         """``describe_exit`` plus how the loop was lost, e.g. 'killed by SIGKILL with its zygote'."""
         note = getattr(self.handle, "exit_note", None)
         return f"{describe_exit(returncode)} {note}" if note else describe_exit(returncode)
+
+
+def _preexec(cgroup_procs: list[str]) -> Callable[[], None]:
+    """In the forked child, before the exec: join the loop's cgroup (so the whole interpreter is
+    charged to it), then die with the supervisor."""
+
+    def preexec() -> None:
+        join_or_exit(cgroup_procs)
+        die_with_parent()
+
+    return preexec
 
 
 def read_order(ready: tuple[selectors.SelectorKey, int]) -> int:

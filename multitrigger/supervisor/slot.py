@@ -19,6 +19,7 @@ and, once a process runs, ``pid`` (``self.log``).
 from __future__ import annotations
 
 import math
+import os
 import selectors
 import signal
 import time
@@ -34,6 +35,9 @@ from airflow.executors import workloads
 from airflow.jobs.triggerer_job_runner import ToTriggerSupervisor, TriggerEventEntry, messages
 from airflow.sdk.execution_time.comms import _RequestFrame
 from multitrigger import oom
+from multitrigger.cgroups import LoopCgroup
+from multitrigger.cgroups.join import ENV_CGROUP_PROCS
+from multitrigger.cgroups.leftovers import NOTE_EVERY, Leftovers
 from multitrigger.config import LoopConfig
 from multitrigger.loop.blame import read_blame, reset_blame
 from multitrigger.poison import PoisonPolicy
@@ -88,6 +92,7 @@ class LoopSlot:
     clock: Callable[[], float] = time.monotonic  # the output budget's
     process: LoopProcess | None = None
     zygote: Zygote | None = None  # of this loop's interpreter; set by the supervisor
+    cgroup: LoopCgroup | None = None  # with [loops.<name>.limits] (multitrigger.cgroups.loops)
     start_at: float = 0.0
     stats: LoopStats = field(default_factory=LoopStats)
     assigned: dict[int, workloads.RunTrigger] = field(default_factory=dict)
@@ -98,6 +103,8 @@ class LoopSlot:
     _persisted_seqs: list[int] = field(default_factory=list)
     _kill_reason: str | None = None
     _oom: oom.OomWatch | None = None
+    _leftovers: Leftovers | None = None  # without a cgroup: what the process started
+    _next_note: float = 0.0
     _held_poll: int | None = None
     _held_until: float = 0.0
     relay: LogRelay = field(init=False)  # this loop's output lines on their way to the sinks
@@ -130,6 +137,8 @@ class LoopSlot:
     def start(self, selector: selectors.BaseSelector) -> None:
         reset_blame(self.blame_file)
         env = {**self.env, ENV_BLAME_FILE: str(self.blame_file)}
+        if self.cgroup is not None:
+            env[ENV_CGROUP_PROCS] = os.pathsep.join(self.cgroup.join_files)
         self.process = process = LoopProcess.spawn(self.name, self.argv, env, self.cwd, zygote=self.zygote)
         self.log = self.log.bind(pid=process.pid)
         output = Stream(lambda line: self.sinks.on_output(self.name, process.pid, line.decode("utf-8", "replace")))
@@ -145,7 +154,9 @@ class LoopSlot:
             self.limits,
         )
         self.policy.started()
-        self._oom = oom.watch(process.pid)
+        counter = self.cgroup.oom_counter_file if self.cgroup is not None else None
+        self._oom = oom.watch_file(counter) if counter is not None else oom.watch(process.pid)
+        self._leftovers = Leftovers(process.pid) if self.cgroup is None else None
         self.last_heard = math.inf  # a cold start is not a hang
         self._held_poll = None
         self._undelivered = dict(self.assigned)
@@ -170,6 +181,7 @@ class LoopSlot:
             reason = self._oom.describe()
         level = self.log.info if code == 0 and self._kill_reason is None else self.log.error
         level("loop process ended", reason=reason, triggers=len(self.assigned))
+        self._kill_leftovers()
         self.process.close(selector)
         self.process = None
         self.log = self.log.unbind("pid")
@@ -184,6 +196,20 @@ class LoopSlot:
         self.start_at = self.policy.died()
         self.stats.restarts += 1
         return reason
+
+    def _kill_leftovers(self) -> None:
+        """Nothing outlives its loop: whatever its triggers started dies with it."""
+        if self.cgroup is not None:
+            if count := self.cgroup.kill_all():
+                self.log.warning("killed processes left in the loop's cgroup", count=count, cgroup=str(self.cgroup.path))
+        elif self._leftovers is not None and (killed := self._leftovers.kill()):
+            self.log.warning("killed processes the loop left behind", pids=killed)
+
+    def note_descendants(self, now: float) -> None:
+        """Without a cgroup: remember the live loop's descendants now and then (``Leftovers``)."""
+        if self._leftovers is not None and self.process is not None and now >= self._next_note:
+            self._next_note = now + NOTE_EVERY
+            self._leftovers.note()
 
     def _blame(self, trigger_id: int, reason: str) -> None:
         """Strike the trigger whose code was running when the loop died; fail it on a verdict."""
