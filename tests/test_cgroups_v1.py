@@ -45,6 +45,8 @@ pytestmark = [
 MULTITRIGGER = str(Path(sys.executable).parent / "multitrigger")
 CG = "mt_testsupport.cgroup_triggers."
 CPU_LIMIT = 0.2
+#: A neighbour's trigger fires at most this late: generous, the 2 cores here are shared with other work.
+LATE_BOUND = 2.0
 CONFIG = f"""
 [loops.x_mem]
 bundles = ["x_mem"]
@@ -171,7 +173,7 @@ def test_neighbours_fire_on_time_throughout(run) -> None:
     for ref in run["neighbours"]:
         event = run["states"][ref].event
         late = dt.datetime.fromisoformat(event["fired_at"]) - dt.datetime.fromisoformat(event["due"])
-        assert late.total_seconds() < 1.5, (ref, late)
+        assert late.total_seconds() < LATE_BOUND, (ref, late)
     assert len(re.findall(r"loop started .*loop=team_a\b", run["log"])) == 1  # never restarted
 
 

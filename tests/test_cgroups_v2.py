@@ -68,10 +68,15 @@ def unit(cgroup2: Path):
     yield path, stand_in
     stand_in.kill()
     stand_in.wait()
-    for child in sorted(path.glob("*/"), reverse=True):
-        if child.is_dir():
-            child.rmdir()
+    for child in [c for c in path.iterdir() if c.is_dir()]:
+        files.write(child / "cgroup.kill", 1)  # whatever a failed test left inside
+        files.wait_for(lambda c=child: files.read_keyed(c / "cgroup.events").get("populated") == "0", 5)
+        child.rmdir()
     path.rmdir()
+
+
+def _poll(check, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    return files.wait_for(check, timeout)
 
 
 def _place_forked(procs_files: tuple[str, ...], pid_file: Path) -> int:
@@ -102,11 +107,10 @@ def test_no_internal_processes_then_a_leaf_then_loops_that_die_together(unit, tm
     assert group.path == path / "loop-team_a" and (group.path / "hugetlb.2MB.max").exists()
     pid_file = tmp_path / "sleep.pid"
     loop = _place_forked(group.join_files, pid_file)
-    deadline = time.monotonic() + 10
-    while not (pid_file.exists() and pid_file.read_text().strip()) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    assert _poll(lambda: pid_file.exists() and pid_file.read_text().strip())
     stray = int(pid_file.read_text())
-    assert os.getsid(stray) == stray != os.getsid(loop)  # its own session: no process group reaches it
+    assert _poll(lambda: os.getsid(stray) == stray)  # its own session (once setsid ran): no process group reaches it
+    assert os.getsid(loop) != stray
     assert group.pids() == {loop, stray}
     assert files.read_keyed(group.path / "cgroup.events")["populated"] == "1"
 
