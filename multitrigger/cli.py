@@ -4,7 +4,8 @@
 ``multitrigger run`` replaces ``airflow triggerer`` and takes its flags with their stock meaning —
 they are Airflow's own ``Arg`` objects (checked against Airflow 3.3.2), plus ``--config``.
 ``multitrigger config check`` validates the config including a real handshake with every loop's
-interpreter; ``multitrigger venv create`` makes a layered bundle virtualenv.
+interpreter; ``multitrigger venv create`` makes a layered bundle virtualenv; ``multitrigger status``
+shows a running supervisor's loops (``multitrigger.status``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,24 @@ def _add_config_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_status_parser(sub) -> None:  # type: ignore[no-untyped-def]
+    status = sub.add_parser("status", help="Show a running supervisor's loops (exit 0 when healthy)")
+    _add_config_arg(status)
+    status.add_argument("--url", default=None, help="health server URL (default: the running supervisor's, "
+                        "from $AIRFLOW_HOME/multitrigger/health.json, else [health] host and port)")
+    status.add_argument("--json", action="store_true", help="print the /loops document as JSON")
+    status.add_argument("--watch", nargs="?", const=2.0, type=float, default=None, metavar="SECONDS",
+                        help="redraw every SECONDS (default 2) until interrupted")
+    status.set_defaults(func=cmd_status)
+
+
+def _status_only_parser() -> argparse.ArgumentParser:
+    """``multitrigger status`` alone: a probe must not pay for importing Airflow (~4 s)."""
+    parser = argparse.ArgumentParser(prog="multitrigger")
+    _add_status_parser(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="multitrigger", description="Multi-loop, isolated Airflow triggerer.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -37,7 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
                 a.ARG_VERBOSE, a.ARG_SKIP_SERVE_LOGS, a.ARG_QUEUES, a.ARG_TRIGGERER_TEAM_NAME):
         arg.add_to_parser(run)
     _add_config_arg(run)
+    health = run.add_argument_group("health server (overrides [health] in the config)")
+    health.add_argument("--health-host", default=None, help="address to bind the health server to (default 127.0.0.1)")
+    health.add_argument("--health-port", type=int, default=None, help="port of the health server (default 8796; 0: any free port)")
+    health.add_argument("--no-health", action="store_true", help="do not start the health server")
     run.set_defaults(func=cmd_run)
+
+    _add_status_parser(sub)
 
     config = sub.add_parser("config", help="Configuration commands").add_subparsers(dest="config_command", required=True)
     check = config.add_parser("check", help="Validate the config and hand-shake with every loop's interpreter")
@@ -109,10 +134,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     from multitrigger.supervisor.entry import run_triggerer
 
     try:
-        return run_triggerer(args, config)
+        return run_triggerer(args, _with_health_flags(config, args))
     except ConfigError as err:  # a limit this host cannot apply (multitrigger.cgroups.loops)
         print(err, file=sys.stderr)
         return 2
+
+
+def _with_health_flags(config, args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """``config`` with ``--health-host``/``--health-port``/``--no-health`` applied to ``[health]``."""
+    import dataclasses
+
+    from multitrigger.config import HealthSettings
+
+    update = {k: v for k, v in (("host", args.health_host), ("port", args.health_port)) if v is not None}
+    if args.no_health:
+        update["enabled"] = False
+    if not update:
+        return config
+    health = HealthSettings.model_validate(config.health.model_dump() | update)
+    return dataclasses.replace(config, health=health)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from multitrigger.status import run_status
+
+    return run_status(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -127,5 +173,5 @@ def main(argv: list[str] | None = None) -> None:
         from multitrigger.supervisor.prestart import prestart_for_argv
 
         prestart_for_argv(argv[1:])
-    args = build_parser().parse_args(argv)
+    args = (_status_only_parser() if argv[:1] == ["status"] else build_parser()).parse_args(argv)
     sys.exit(args.func(args) or 0)

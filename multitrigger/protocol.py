@@ -23,6 +23,12 @@ length followed by a msgpack ``_RequestFrame`` (loop → supervisor) or ``_Respo
     pushes as soon as a trigger fires (after a few-millisecond coalescing window), instead of the
     stock once-a-second check-in.
 
+  - A poll may carry the loop's own measurements under the extra body key ``HEALTH_KEY``
+    (a ``HealthReport``: event-loop lag, blocked episodes naming their trigger, its Airflow
+    version; see ``multitrigger.loop.health``). Airflow's message model ignores the extra key;
+    the supervisor reads it before decoding the message. A report that does not convert is
+    ignored (health is never a reason to kill a loop).
+
 * A frame longer than ``MAX_FRAME_BYTES``, or one that does not decode, means the loop is broken
   (or hostile): the supervisor treats it as crashed. It is never trusted.
 
@@ -45,6 +51,34 @@ MAX_FRAME_BYTES = 64 * 1024 * 1024
 ENV_LOG_FD = "MULTITRIGGER_LOG_FD"
 ENV_LOOP_NAME = "MULTITRIGGER_LOOP"
 ENV_BLAME_FILE = "MULTITRIGGER_BLAME_FILE"
+
+
+#: The body key of a poll that carries a ``HealthReport``.
+HEALTH_KEY = "multitrigger_health"
+
+
+class HealthReport(msgspec.Struct, frozen=True):
+    """A loop's measurements of itself since its previous report (``multitrigger.loop.health``)."""
+
+    airflow_version: str
+    python_version: str
+    lag_p50: float | None  # seconds, over the loop's window
+    lag_p99: float | None
+    lag_max: float | None
+    samples: int
+    threshold: float  # [triggerer] blocked_main_thread_warning_threshold, as the loop applies it
+    blocked: list[tuple[int, float]] = []  # episodes: (trigger id, or 0 for the runner's own code; seconds)
+    blocked_unlisted: int = 0  # episodes beyond the report's list (counted only)
+
+    def to_body(self) -> dict[str, Any]:
+        return msgspec.to_builtins(self)
+
+    @classmethod
+    def from_body(cls, raw: Any) -> HealthReport | None:
+        try:
+            return msgspec.convert(raw, cls)
+        except (msgspec.ValidationError, TypeError):
+            return None
 
 
 class FrameError(Exception):

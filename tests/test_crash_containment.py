@@ -104,7 +104,10 @@ def test_every_misbehaviour_stays_in_its_own_loop(home, start_triggerer, tmp_pat
     log = mt.text()
     restarted = set(re.findall(r"loop process ended.*?loop=(\S+)", log))
     assert restarted == set(MISBEHAVIOURS) - {"x_badinit"}, restarted
-    assert "hello from PrintTrigger" in log
+    # ... and it belongs to its trigger: in that trigger's log file, not the supervisor's log.
+    assert "hello from PrintTrigger" not in log
+    print_logs = [p for p in home.logs_dir.rglob("*.trigger.*.log") if "dag_id=dag_x_print" in str(p)]
+    assert any("hello from PrintTrigger" in p.read_text() for p in print_logs), print_logs
     # The supervisor kept heartbeating throughout: its job is still alive by Airflow's own test
     # (heartbeat newer than [triggerer] triggerer_health_check_threshold, 30 s), with margin.
     ((beat,),) = home.sql("SELECT latest_heartbeat FROM job WHERE job_type = 'TriggererJob' AND end_date IS NULL")

@@ -22,6 +22,7 @@ Format (``$AIRFLOW_HOME/multitrigger.toml``; every table optional)::
     [loops.team_a.restart]          # backoff_*, jitter, stable_after, poison_threshold
     [loops.team_a.limits]           # memory, memory_high, cpu, pids, best_effort: its cgroup
     [supervisor]                    # db_retry_limit, db_timeout, request_timeout, log limits
+    [health]                        # enabled, host, port, live_threshold (multitrigger.health)
 """
 
 from __future__ import annotations
@@ -40,11 +41,11 @@ from pydantic import ValidationError
 
 from multitrigger import interpreter_probe
 from multitrigger.config.problems import ConfigError, Problem, problems_from
-from multitrigger.config.schema import (DEFAULT_LOOP, REMOVED_KEYS, FileTable, Limits, LoopTable, RestartSettings,
-                                        SupervisorSettings, relations, schema_at)
+from multitrigger.config.schema import (DEFAULT_LOOP, REMOVED_KEYS, FileTable, HealthSettings, Limits, LoopTable,
+                                        RestartSettings, SupervisorSettings, relations, schema_at)
 
 __all__ = [
-    "DEFAULT_LOOP", "Config", "ConfigError", "Limits", "LoopConfig", "Problem", "RestartSettings",
+    "DEFAULT_LOOP", "Config", "ConfigError", "HealthSettings", "Limits", "LoopConfig", "Problem", "RestartSettings",
     "SupervisorSettings", "default_config", "load_config",
 ]
 
@@ -82,6 +83,7 @@ class Config:
     source: Path | None
     loops: Mapping[str, LoopConfig]
     supervisor: SupervisorSettings = SupervisorSettings()
+    health: HealthSettings = HealthSettings()
 
     def __post_init__(self) -> None:
         if DEFAULT_LOOP not in self.loops:
@@ -143,7 +145,7 @@ def _parse(source: Path, data: dict[str, Any]) -> Config:
     if problems:
         raise ConfigError(source, problems)
     loops = {DEFAULT_LOOP: _default_loop()} | {name: _loop(name, t) for name, t in table.loops.items()}
-    return Config(source, loops, table.supervisor)
+    return Config(source, loops, table.supervisor, table.health)
 
 
 def _loop(name: str, table: LoopTable) -> LoopConfig:

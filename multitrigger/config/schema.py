@@ -230,6 +230,19 @@ class Limits(BaseModel):
         return frozenset(name for name, value in wanted.items() if value is not None)
 
 
+class HealthSettings(BaseModel):
+    """``[health]``: the supervisor's HTTP health server (``multitrigger.health``). Overridden by
+    ``multitrigger run --health-host/--health-port/--no-health``."""
+
+    model_config = _TABLE
+
+    enabled: bool = Field(True, description="true or false", examples=["enabled = false"])
+    host: str = Field("127.0.0.1", min_length=1, description="an address to bind, e.g. \"127.0.0.1\" (loopback) or \"0.0.0.0\"",
+                      examples=['host = "127.0.0.1"'])
+    port: int = Field(8796, ge=0, le=65535, description="a TCP port (0: any free port)", examples=["port = 8796"])
+    live_threshold: float = Field(10.0, gt=0)  # /health/live fails once the main loop's snapshot is older (s)
+
+
 class LoopTable(BaseModel):
     """``[loops.<name>]`` as written (``multitrigger.config`` makes the ``LoopConfig``)."""
 
@@ -263,6 +276,7 @@ class FileTable(BaseModel):
     loops: dict[Annotated[str, AfterValidator(_loop_name)], LoopTable] = Field(
         {}, description="one [loops.<name>] section per loop")
     supervisor: SupervisorSettings = SupervisorSettings()
+    health: HealthSettings = HealthSettings()
 
 
 #: Keys that used to exist: rejected with what to do instead.
@@ -281,6 +295,8 @@ def schema_at(path: tuple[str, ...]) -> type | None:
             return FileTable
         case ("supervisor",):
             return SupervisorSettings
+        case ("health",):
+            return HealthSettings
         case ("loops", _):
             return LoopTable
         case ("loops", _, "restart"):

@@ -7,15 +7,22 @@ the event loop) cannot say why. So the loop keeps the id of the trigger whose co
 that page even when the process is SIGKILLed, and the supervisor reads it after the exit to blame
 the right trigger. ``0`` means the runner's own code (idle, or between steps): nobody to blame.
 
-Cost: two 8-byte writes per coroutine step of a trigger.
+The slot also times each step (``enter``/``leave``): a step longer than ``long_step`` seconds
+blocked the event loop, and ``on_long_step`` gets the culprit's id and the step's duration (see
+``multitrigger.loop.health``). That is how a blocked-loop warning names its trigger.
+
+Cost: two 8-byte writes and two ``perf_counter`` reads per coroutine step of a trigger.
 """
 
 from __future__ import annotations
 
 import collections.abc
+import math
 import mmap
 import os
 import struct
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +33,32 @@ _SIZE = struct.calcsize(_FORMAT)
 class BlameSlot:
     """The writer side, in the loop process."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, long_step: float = math.inf,
+                 on_long_step: Callable[[int, float], None] | None = None) -> None:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             os.ftruncate(fd, _SIZE)
             self._map = mmap.mmap(fd, _SIZE)
         finally:
             os.close(fd)
+        self.long_step, self.on_long_step = long_step, on_long_step
+        self._id, self._since = 0, 0.0
 
     def set(self, trigger_id: int) -> None:
         struct.pack_into(_FORMAT, self._map, 0, trigger_id)
+
+    def enter(self, trigger_id: int) -> None:
+        """``trigger_id``'s code starts running (one step, or its constructor)."""
+        struct.pack_into(_FORMAT, self._map, 0, trigger_id)
+        self._id, self._since = trigger_id, time.perf_counter()
+
+    def leave(self) -> None:
+        """The step ended; if it held the event loop past ``long_step``, report its trigger."""
+        struct.pack_into(_FORMAT, self._map, 0, 0)
+        took = time.perf_counter() - self._since
+        if took > self.long_step and self.on_long_step is not None and self._id:
+            self.on_long_step(self._id, took)
+        self._id = 0
 
 
 def read_blame(path: Path) -> int:
@@ -60,18 +83,18 @@ class BlamedCoroutine(collections.abc.Coroutine):
         self._coro, self._id, self._slot = coro, trigger_id, slot
 
     def send(self, value: Any) -> Any:
-        self._slot.set(self._id)
+        self._slot.enter(self._id)
         try:
             return self._coro.send(value)
         finally:
-            self._slot.set(0)
+            self._slot.leave()
 
     def throw(self, *args: Any) -> Any:
-        self._slot.set(self._id)
+        self._slot.enter(self._id)
         try:
             return self._coro.throw(*args)
         finally:
-            self._slot.set(0)
+            self._slot.leave()
 
     def close(self) -> None:
         self._coro.close()

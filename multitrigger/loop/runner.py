@@ -6,7 +6,11 @@ Checked against Airflow 3.3.2 (``airflow.jobs.triggerer_job_runner.TriggerRunner
 Everything that gives triggers their semantics is inherited unchanged: ``create_triggers`` (class
 import, kwargs decoding, templated fields for ``start_from_trigger``), ``run_trigger`` (timeouts,
 ``on_kill`` on user action, ``cleanup``, greenback portal for sync SDK calls), ``cancel_triggers``,
-``cleanup_finished_triggers``, the blocked-loop watchdog and the comms decoder.
+``cleanup_finished_triggers`` and the comms decoder.
+
+The stock blocked-loop watchdog (``block_watchdog``) is replaced by ``multitrigger.loop.health``'s
+lag probe, which also names the trigger that blocked; polls carry its report. ``print()`` from a
+trigger goes to that trigger's log (``multitrigger.loop.output``).
 
 ``get_trigger_by_classpath`` only adds, to an import error, where the loop looked
 (``multitrigger.loop.sys_path.where_looked``). Only the main loop (``arun``) is replaced, because the stock one checks in once a second:
@@ -32,7 +36,9 @@ from typing import Any
 from airflow.jobs.triggerer_job_runner import TriggerRunner, messages
 from multitrigger.loop import sys_path
 from multitrigger.loop.blame import BlamedCoroutine, BlameSlot
-from multitrigger.protocol import ENV_BLAME_FILE
+from multitrigger.loop.health import LoopHealth
+from multitrigger.loop.output import attribute_output
+from multitrigger.protocol import ENV_BLAME_FILE, HEALTH_KEY
 
 #: Events fired within this window are sent in one push.
 COALESCE_SECONDS = 0.002
@@ -52,6 +58,15 @@ class _WakingDeque(deque):
         self._on_append()
 
 
+class _Poll(messages.TriggerStateChanges):
+    """A poll with the loop's health report under ``HEALTH_KEY`` (see ``multitrigger.protocol``)."""
+
+    multitrigger_health: dict[str, Any] | None = None
+
+
+assert HEALTH_KEY in _Poll.model_fields
+
+
 class LoopRunner(TriggerRunner):
     """Stock ``TriggerRunner`` semantics; events leave the loop as soon as they fire."""
 
@@ -64,8 +79,11 @@ class LoopRunner(TriggerRunner):
         # The poll task parks new work here; only the main loop moves it into to_create/to_cancel,
         # so creation (below) sees one workload at a time and blames the right one.
         self._inbox: list[messages.TriggerStateSync] = []
+        self.health = LoopHealth(self.blocked_main_thread_warning_threshold)
         blame_path = os.environ.get(ENV_BLAME_FILE)
-        self.blame = BlameSlot(Path(blame_path)) if blame_path else None
+        self.blame = (BlameSlot(Path(blame_path), self.blocked_main_thread_warning_threshold, self.health.long_step)
+                      if blame_path else None)
+        attribute_output()
 
     def _request_wake(self) -> None:
         if self._wake is not None:
@@ -137,14 +155,16 @@ class LoopRunner(TriggerRunner):
         while self.to_create:
             workload = self.to_create.popleft()
             queue, self.to_create = self.to_create, deque([workload])
-            self._blame(workload.id)
+            if self.blame is not None:
+                self.blame.enter(workload.id)
             try:
                 await super().create_triggers()
             except Exception as err:
                 self.log.error("Trigger failed to inflate", error=err, trigger_id=workload.id)
                 self.failed_triggers.append((workload.id, err))
             finally:
-                self._blame(0)
+                if self.blame is not None:
+                    self.blame.leave()
                 self.to_create = queue
 
     def get_trigger_by_classpath(self, classpath: str) -> Any:
@@ -160,9 +180,9 @@ class LoopRunner(TriggerRunner):
         coro = super().run_trigger(trigger_id, *args, **kwargs)
         return BlamedCoroutine(coro, trigger_id, self.blame) if self.blame else coro
 
-    def _blame(self, trigger_id: int) -> None:
-        if self.blame is not None:
-            self.blame.set(trigger_id)
+    async def block_watchdog(self) -> None:
+        """Stock's watchdog, replaced: the lag probe (``multitrigger.loop.health``)."""
+        await self.health.probe(lambda: self.stop)
 
     def _watch_new_tasks(self) -> None:
         """Wake the main loop when any trigger task ends, so 'finished' is reported at once."""
@@ -174,7 +194,8 @@ class LoopRunner(TriggerRunner):
 
     async def _poll_forever(self) -> None:
         while not self.stop:
-            resp = await self.asend(messages.TriggerStateChanges())
+            report = self.health.report()
+            resp = await self.asend(_Poll(multitrigger_health=report.to_body() if report else None))
             if resp is None:
                 return
             self._inbox.append(resp)

@@ -34,6 +34,9 @@ from airflow.executors import workloads
 from airflow.jobs.triggerer_job_runner import TriggerLoggingFactory
 from multitrigger.cgroups.loops import LoopCgroups, instance_name
 from multitrigger.config import DEFAULT_LOOP, Config, LoopConfig
+from multitrigger.health import snapshot
+from multitrigger.health.airflow_stats import AirflowStats
+from multitrigger.health.server import HealthServer
 from multitrigger.interpreter_probe import loop_bootstrap_args
 from multitrigger.poison import PoisonPolicy
 from multitrigger.restart import RestartPolicy
@@ -105,6 +108,9 @@ class Supervisor:
         self.routes: dict[int, str] = {}  # trigger id → slot name (a loop's, or a bundle version's), decided once
         self._output_turn = 0
         self.notifier = Notifier()  # systemd Type=notify; a no-op without $NOTIFY_SOCKET
+        self.board = snapshot.Board(clock)  # what the health server and Airflow's metrics read
+        self.board.subscribers.append(AirflowStats())
+        self._health_server: HealthServer | None = None
 
     # -- set-up -------------------------------------------------------------------------------
 
@@ -174,6 +180,7 @@ class Supervisor:
         gc.collect()
         gc.freeze()
         log.info("multitrigger supervisor starting", loops=sorted(self.slots), job_id=self.store.job.id)
+        self._health_server = HealthServer.start(self.config.health, self.board, self.settings.state_dir)
         while not self._signals and not self.db_health.exhausted:
             self._service(self._next_wakeup())
             self._reconcile()
@@ -215,6 +222,8 @@ class Supervisor:
             lane.run_completions()
         self.versions.run_completions()
         self._deliver_output()
+        if self.board.due(now := self.clock()):
+            self.board.publish(snapshot.build(self, now))
 
     def _deliver_output(self) -> None:
         """Deliver queued output lines for at most ``OUTPUT_SLICE``, each pass starting with the
@@ -389,6 +398,8 @@ class Supervisor:
         self._finish_db(deadline)
         for lane in (self.db, self.desk.lane, self.uploads):
             lane.close()
+        if self._health_server is not None:
+            self._health_server.stop()
         return 1 if self._gave_up else 0
 
     def _drive_persist_only(self) -> None:

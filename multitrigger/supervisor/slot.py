@@ -23,6 +23,7 @@ import os
 import selectors
 import signal
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,9 +40,10 @@ from multitrigger.cgroups import LoopCgroup
 from multitrigger.cgroups.join import ENV_CGROUP_PROCS
 from multitrigger.cgroups.leftovers import NOTE_EVERY, Leftovers
 from multitrigger.config import LoopConfig
+from multitrigger.health.loop_health import ReportedHealth, TriggerInfo
 from multitrigger.loop.blame import read_blame, reset_blame
 from multitrigger.poison import PoisonPolicy
-from multitrigger.protocol import ENV_BLAME_FILE, POLL_HOLD_SECONDS
+from multitrigger.protocol import ENV_BLAME_FILE, HEALTH_KEY, POLL_HOLD_SECONDS, HealthReport
 from multitrigger.restart import RestartPolicy
 from multitrigger.supervisor.loop_process import LoopCallbacks, LoopProcess
 from multitrigger.supervisor.output import OutputLimits, cut_json_record
@@ -66,12 +68,16 @@ class SlotSinks:
 
 @dataclass
 class LoopStats:
-    """Counters shown by status/health surfaces."""
+    """Counters shown by status/health surfaces (``multitrigger.health.snapshot``)."""
 
     events: int = 0
     failures: int = 0
     restarts: int = 0
     last_exit: str | None = None
+    last_exit_at: float | None = None  # wall clock (time.time)
+    restart_times: deque[float] = field(default_factory=lambda: deque(maxlen=1000))  # wall clock
+    poison_failed: int = 0  # triggers failed for crashing their loop
+    health: ReportedHealth = field(default_factory=ReportedHealth)  # what the loop reports of itself
 
 
 @dataclass
@@ -154,6 +160,7 @@ class LoopSlot:
             self.limits,
         )
         self.policy.started()
+        self.stats.health.restarted()
         counter = self.cgroup.oom_counter_file if self.cgroup is not None else None
         self._oom = oom.watch_file(counter) if counter is not None else oom.watch(process.pid)
         self._leftovers = Leftovers(process.pid) if self.cgroup is None else None
@@ -185,7 +192,7 @@ class LoopSlot:
         self.process.close(selector)
         self.process = None
         self.log = self.log.unbind("pid")
-        self.stats.last_exit = reason
+        self.stats.last_exit, self.stats.last_exit_at = reason, time.time()
         self._kill_reason = None
         self._blame(read_blame(self.blame_file), reason)
         # Triggers we were cancelling are done with; the rest are re-delivered to the next process.
@@ -195,6 +202,7 @@ class LoopSlot:
         self._cancel_wanted.clear()
         self.start_at = self.policy.died()
         self.stats.restarts += 1
+        self.stats.restart_times.append(time.time())
         return reason
 
     def _kill_leftovers(self) -> None:
@@ -222,6 +230,7 @@ class LoopSlot:
             self.log.error("failing poison trigger", trigger_id=trigger_id, reason=verdict.traceback()[0].strip())
             self.sinks.on_failure(self.name, trigger_id, verdict.traceback())
             self.stats.failures += 1
+            self.stats.poison_failed += 1
             self._forget(trigger_id)
 
     def check_hang(self) -> None:
@@ -236,6 +245,9 @@ class LoopSlot:
         if self.last_heard == math.inf:  # its first frame: the process is up and talking
             self.log.info("loop ready", forked=process.forked, startup_s=round(time.monotonic() - process.started_at, 3))
         self.last_heard = self.listening()
+        if isinstance(frame.body, dict) and (raw := frame.body.get(HEALTH_KEY)) is not None:
+            if (report := HealthReport.from_body(raw)) is not None:
+                self.stats.health.take(report, self.describe, self.log)
         try:
             msg = _decoder.validate_python(frame.body)
         except Exception as err:
@@ -272,6 +284,14 @@ class LoopSlot:
                 self._respond_sync(selector, self._held_poll, empty=True)
             self._held_poll, self._held_until = req_id, time.monotonic() + POLL_HOLD_SECONDS
             self.answer_poll(selector, time.monotonic())
+
+    def describe(self, trigger_id: int) -> TriggerInfo | None:
+        """Name a trigger this loop holds: classpath and, for a task's trigger, its task."""
+        if (workload := self.assigned.get(trigger_id)) is None:
+            return None
+        ti = workload.ti
+        return TriggerInfo(workload.classpath, ti.dag_id if ti else None, ti.task_id if ti else None,
+                           ti.run_id if ti else None)
 
     def _forget(self, trigger_id: int) -> None:
         self.poison.forget(trigger_id)

@@ -307,7 +307,14 @@ class TriggerStore:
         Trigger.clean_unused()
 
     def heartbeat(self) -> None:
-        perform_heartbeat(self.job, heartbeat_callback=lambda session=None: None, only_if_necessary=True)
+        perform_heartbeat(self.job, heartbeat_callback=self._heartbeat_metric, only_if_necessary=True)
+
+    def _heartbeat_metric(self, session=None) -> None:  # type: ignore[no-untyped-def]
+        """Stock ``TriggerRunnerSupervisor.heartbeat_callback`` (Airflow 3.3.2): ``triggerer_heartbeat``."""
+        from airflow._shared.observability.metrics import stats
+
+        team = self.claim_filters.team_name
+        stats.incr("triggerer_heartbeat", 1, 1, tags={"team_name": team} if team else {})
 
     def release(self, trigger_ids: Iterable[int]) -> None:
         """Hand triggers back (``triggerer_id = NULL``) so another triggerer claims them at once."""

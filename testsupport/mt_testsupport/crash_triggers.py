@@ -199,3 +199,32 @@ class FloodTrigger(BaseTrigger):
         self.log.info("flood done")
         self._record("done")
         yield TriggerEvent({"flooded": True, "pid": os.getpid(), "flood_s": round(time.monotonic() - started, 2)})
+
+
+class BlockOnceTrigger(_Misbehaving):
+    """Blocks its event loop once for ``seconds`` (a ``time.sleep`` in async code), then waits.
+
+    Short enough that the loop is never killed for hanging: a blocked episode to be named, with
+    its trigger, in the loop's health report.
+    """
+
+    def __init__(self, after: float = 0.0, seconds: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(after=after, **kwargs)
+        self.seconds = seconds
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return f"{_PREFIX}.BlockOnceTrigger", {"after": self.after, "seconds": self.seconds}
+
+    def misbehave(self) -> None:
+        time.sleep(self.seconds)
+
+
+class PrintAndWaitTrigger(_Misbehaving):
+    """``print()`` to stdout and to stderr (one partial line too), then waits: its output belongs
+    in its own log file."""
+
+    def misbehave(self) -> None:
+        print("hello from PrintAndWaitTrigger on stdout")
+        sys.stdout.write("a partial ")
+        sys.stdout.write("line, completed\n")
+        print("hello from PrintAndWaitTrigger on stderr", file=sys.stderr)

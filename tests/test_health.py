@@ -1,0 +1,287 @@
+"""
+Per-loop health, for real: one `multitrigger run` supervisor with two loops and real deferred task
+instances, queried over real HTTP (``/health/*``, ``/loops``, ``/metrics``), through the
+``multitrigger status`` command, and through Airflow's own statsd metrics received on a real UDP
+socket opened by the test. One supervisor serves every test of this module (in order); the last
+test kills a loop, so it runs last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from mt_testsupport.home import WAIT_FOREVER, AirflowHome, DeferSpec, deferring_bundle
+from tests.conftest import MULTITRIGGER, Triggerer
+
+pytestmark = pytest.mark.timeout(240)
+CRASH = "mt_testsupport.crash_triggers."
+# team_a's first restart is immediate (RestartPolicy); the second comes 6 s after its crash, so a
+# test sees it down ("backing off") before it is back.
+CONFIG = """
+[loops.team_a]
+bundles = ["team_a"]
+[loops.team_a.restart]
+backoff_initial = 6.0
+backoff_max = 6.0
+jitter = 0.0
+[loops.team_b]
+bundles = ["team_b"]
+"""
+
+
+class Running:
+    def __init__(self, home: AirflowHome, mt: Triggerer, url: str, refs: dict, statsd: socket.socket) -> None:
+        self.home, self.mt, self.url, self.refs, self.statsd = home, mt, url, refs, statsd
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=10) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+
+    def loops(self) -> dict[str, dict]:
+        return {loop["name"]: loop for loop in json.loads(self.get("/loops")[1])["loops"]}
+
+    def trigger_id(self, key: str) -> int:
+        return self.home.ti_state(self.refs[key]).trigger_id
+
+    def status(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([MULTITRIGGER, "status", *args], env=self.home.env({"COLUMNS": "200"}),
+                              capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory):
+    statsd = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    statsd.bind(("127.0.0.1", 0))
+    statsd.settimeout(0.2)
+    root = tmp_path_factory.mktemp("health")
+    bundles = {"team_a": deferring_bundle("dag_a", n_tasks=3), "team_b": deferring_bundle("dag_b", n_tasks=4)}
+    home = AirflowHome.create(root / "home", bundles, extra_config={"metrics": {
+        "statsd_on": "True", "statsd_host": "127.0.0.1", "statsd_port": str(statsd.getsockname()[1]),
+        "statsd_prefix": "airflow", "statsd_influxdb_enabled": "True"}})
+    specs = {
+        **{f"a{i}": DeferSpec("dag_a", f"t{i}", WAIT_FOREVER, {"marker_path": str(root / f"a{i}")}) for i in range(3)},
+        "b0": DeferSpec("dag_b", "t0", WAIT_FOREVER, {"marker_path": str(root / "b0")}),
+        "block": DeferSpec("dag_b", "t1", CRASH + "BlockOnceTrigger", {"after": 1.0, "seconds": 1.0}, validate=False),
+        "print": DeferSpec("dag_b", "t2", CRASH + "PrintAndWaitTrigger", {"after": 0.5}, validate=False),
+    }
+    refs = dict(zip(specs, home.defer_many(list(specs.values()))))
+    cfg = home.path / "multitrigger.toml"
+    cfg.write_text(textwrap.dedent(CONFIG))
+    log = home.path / "mt.log"
+    with log.open("wb") as fh:
+        popen = subprocess.Popen([MULTITRIGGER, "run", "--skip-serve-logs", "--config", str(cfg), "--health-port", "0"],
+                                 env=home.env(), stdout=fh, stderr=subprocess.STDOUT, cwd=home.path)
+    mt = Triggerer(popen, log)
+    try:
+        address = home.path / "multitrigger" / "health.json"
+        home.wait_for(address.exists, timeout=120, message=lambda: mt.text()[-2000:])
+        doc = json.loads(address.read_text())
+        assert doc["pid"] == popen.pid and doc["url"].startswith("http://127.0.0.1:")  # loopback by default
+        yield Running(home, mt, doc["url"], refs, statsd)
+    finally:
+        mt.stop()
+        statsd.close()
+    assert not address.exists()  # removed at shutdown
+
+
+def test_ready_once_both_loops_are_up_and_live(running):
+    assert running.get("/health/live")[0] == 200
+    seen = []
+
+    def ready():
+        code, body = running.get("/health/ready")
+        seen.append((code, json.loads(body)))
+        return code == 200
+
+    running.home.wait_for(ready, timeout=120, message=lambda: str(seen[-1:]))
+    assert seen[-1][1] == {"ready": True, "not_ready": []}
+    for code, body in seen[:-1]:  # before: 503 with what was missing, in words
+        assert code == 503 and body["not_ready"] and all(
+            re.match(r"(loop team_[ab] is starting|has not claimed)", p) for p in body["not_ready"]), body
+    loops = running.loops()
+    assert {"team_a", "team_b", "default"} == set(loops)
+    assert loops["default"]["state"] == "idle" and not loops["default"]["wanted"]  # no trigger of its own
+    for name in ("team_a", "team_b"):
+        loop = loops[name]
+        assert loop["state"] == "running" and loop["pid"] and loop["bundles"] == [name], loop
+        assert loop["level"] == "process" and loop["interpreter"] == sys.executable
+        assert Path(f"/proc/{loop['pid']}").exists()
+
+
+def _metrics(running) -> dict[tuple[str, tuple], float]:
+    code, text = running.get("/metrics")
+    assert code == 200
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics_parse_and_match_the_db_and_airflow_stats_carry_the_loop(running):
+    home = running.home
+    ((job_id,),) = home.sql("SELECT id FROM job WHERE job_type = 'TriggererJob' AND end_date IS NULL")
+
+    def db_running(dag_id: str) -> int:
+        return home.sql("SELECT count(*) FROM trigger t JOIN task_instance ti ON ti.trigger_id = t.id "
+                        "WHERE t.triggerer_id = :job AND ti.dag_id = :dag", {"job": job_id, "dag": dag_id})[0][0]
+
+    def matches():
+        m = _metrics(running)
+        got = {loop: m.get(("multitrigger_loop_triggers_running", (("bundle", loop), ("loop", loop))))
+               for loop in ("team_a", "team_b")}
+        lag = ("multitrigger_loop_lag_seconds", (("bundle", "team_a"), ("loop", "team_a"), ("quantile", "0.99")))
+        return got if lag in m and got == {"team_a": db_running("dag_a"), "team_b": db_running("dag_b")} == {"team_a": 3, "team_b": 3} else None
+
+    home.wait_for(matches, timeout=60, message=lambda: str(_metrics(running)))
+    m = _metrics(running)
+    a = (("bundle", "team_a"), ("loop", "team_a"))
+    assert m[("multitrigger_ready", ())] == 1 and m[("multitrigger_triggers_running", ())] == 6
+    assert m[("multitrigger_loop_up", a)] == 1 and m[("multitrigger_loop_restarts_total", a)] == 0
+    assert m[("multitrigger_loop_state", a + (("state", "running"),))] == 1
+    assert m[("multitrigger_loop_memory_pss_bytes", a)] > 1_000_000 and m[("multitrigger_loop_cpu_seconds_total", a)] > 0
+    assert ("multitrigger_loop_lag_seconds", a + (("quantile", "0.99"),)) in m  # measured in the loop
+    info = [k for k in m if k[0] == "multitrigger_loop_info" and ("loop", "team_a") in k[1]]
+    assert info and ("airflow_version", "3.3.2") in info[0][1] and ("level", "process") in info[0][1]
+    assert m[("process_cpu_seconds_total", ())] > 0  # the supervisor's own
+
+    # Airflow's Stats (statsd, influx-style tags): the stock names, now tagged with loop and bundle.
+    grams: list[str] = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not {"running", "capacity", "beat"} <= {
+            k for k, pat in (("running", "airflow.triggers.running,"), ("capacity", "airflow.triggerer.capacity_left"),
+                             ("beat", "airflow.triggerer_heartbeat")) if any(g.startswith(pat) for g in grams)}:
+        try:
+            grams += running.statsd.recv(65536).decode().splitlines()
+        except TimeoutError:
+            pass
+    text = "\n".join(grams)
+    assert re.search(r"^airflow\.triggers\.running,hostname=[^,]+,loop=team_a,bundle=team_a:3\|g$", text, re.M), text[-3000:]
+    assert re.search(r"^airflow\.triggerer\.capacity_left,hostname=[^,]+:\d+\|g$", text, re.M), text[-3000:]
+    assert re.search(r"^airflow\.triggerer_heartbeat:1\|c$", text, re.M), text[-3000:]
+
+
+def test_blocking_trigger_is_a_blocked_episode_naming_it(running):
+    block_id = running.trigger_id("block")
+
+    def episode():
+        return [b for b in running.loops()["team_b"]["worst_blockers"] if b["trigger_id"] == block_id]
+
+    (blocker,) = running.home.wait_for(episode, timeout=60)
+    assert blocker["classpath"] == CRASH + "BlockOnceTrigger"
+    assert (blocker["dag_id"], blocker["task_id"]) == ("dag_b", "t1") and blocker["run_id"]
+    assert blocker["episodes"] == 1 and 0.9 < blocker["seconds_max"] < 5, blocker
+    assert running.loops()["team_b"]["blocked_episodes"] >= 1 and running.loops()["team_a"]["blocked_episodes"] == 0
+    # Logged once, in the supervisor's log, with the trigger and its task.
+    lines = [ln for ln in running.mt.text().splitlines() if "event loop blocked by trigger" in ln]
+    assert len(lines) == 1, lines
+    for field in (f"trigger_id={block_id}", f"classpath={CRASH}BlockOnceTrigger", "dag_id=dag_b", "task_id=t1",
+                  "loop=team_b", "bundle=team_b"):
+        assert field in lines[0], lines[0]
+    m = _metrics(running)
+    key = ("multitrigger_trigger_blocked_episodes_total", (("bundle", "team_b"), ("classpath", CRASH + "BlockOnceTrigger"),
+                                                           ("loop", "team_b"), ("trigger_id", str(block_id))))
+    assert m[key] == 1
+    assert "Triggerer's async thread was blocked" not in running.mt.text()  # stock's nameless warning is gone
+
+
+def test_print_from_a_trigger_goes_to_its_own_log_not_the_supervisors(running):
+    print_id = running.trigger_id("print")
+
+    def trigger_log():
+        for path in running.home.logs_dir.rglob("*.trigger.*.log"):
+            if "dag_id=dag_b" in str(path) and "task_id=t2" in str(path) and "on stderr" in path.read_text():
+                return path
+        return None
+
+    text = running.home.wait_for(trigger_log, timeout=60).read_text()
+    records = [json.loads(line) for line in text.splitlines()]
+    printed = [(r["event"], r["stream"]) for r in records if r.get("printed_by_trigger") == print_id]
+    assert printed == [("hello from PrintAndWaitTrigger on stdout", "stdout"), ("a partial line, completed", "stdout"),
+                       ("hello from PrintAndWaitTrigger on stderr", "stderr")], text
+    assert "PrintAndWaitTrigger on" not in running.mt.text()
+
+
+def test_status_table_and_json(running):
+    running.home.wait_for(lambda: running.get("/health/ready")[0] == 200, timeout=60)
+    result = running.status()
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert re.search(rf"multitrigger at {re.escape(running.url)}: healthy", out), out
+    header = re.search(r"^loop\s+bundles\s+state\s+pid\s+python/airflow\s+triggers\s+events\s+failures\s+"
+                       r"restarts \(10m\)\s+last exit\s+check-in\s+lag p50/p99 ms\s+blocked\s+memory\s+cpu s$", out, re.M)
+    assert header, out
+    rows = {m[1]: m[0] for m in re.finditer(r"^(\S+)\s+\S+\s+(?:running|idle).*$", out, re.M)}
+    assert {"team_a", "team_b", "default"} <= set(rows), out
+    assert re.match(r"team_a\s+team_a\s+running\s+\d+\s+3\.11\.\d+/3\.3\.2\s+3\s+0\s+0\s+0 \(0\)\s+-\s+\d+\.\d s\s+\d+/\d+\s+0\s+\d+ MiB", rows["team_a"]), rows
+    assert re.match(r"default\s+\*\s+idle\s+-", rows["default"]), rows
+    # the worst offender table names the blocking trigger
+    assert re.search(rf"^team_b\s+{running.trigger_id('block')}\s+{re.escape(CRASH)}BlockOnceTrigger\s+dag_b/t1/", out, re.M), out
+
+    as_json = running.status("--json")
+    assert as_json.returncode == 0
+    doc = json.loads(as_json.stdout)
+    assert doc["ready"] and doc["live"] and doc["db"] == "ok"
+    assert {loop["name"]: loop["triggers"] for loop in doc["loops"]} == {"default": 0, "team_a": 3, "team_b": 3}
+
+
+def test_loop_killed_from_outside_shows_restart_with_reason_and_status_fails(running):
+    first = running.loops()["team_a"]["pid"]
+    os.kill(first, signal.SIGKILL)  # restarted at once
+    old = running.home.wait_for(lambda: (lp := running.loops()["team_a"])["state"] == "running"
+                                and lp["pid"] != first and lp["pid"], timeout=60)
+    os.kill(old, signal.SIGKILL)  # restarted after backoff_initial
+
+    def down():
+        loop = running.loops()["team_a"]
+        return loop if loop["state"] == "backing off" else None
+
+    loop = running.home.wait_for(down, timeout=30, interval=0.1)
+    assert loop["restarts"] == 2 and loop["restarts_recent"] == 2 and "SIGKILL" in loop["last_exit"], loop
+    assert loop["last_exit_at"] > time.time() - 30
+    code, body = running.get("/health/ready")
+    assert code == 503 and any(p.startswith("loop team_a is backing off; last exit: ") and "SIGKILL" in p
+                               for p in json.loads(body)["not_ready"]), body
+    result = running.status()
+    assert result.returncode == 1 and "NOT HEALTHY" in result.stdout and "backing off" in result.stdout, result.stdout
+    assert running.status("--json").returncode == 1
+
+    back = running.home.wait_for(lambda: (lp := running.loops()["team_a"])["state"] == "running" and lp, timeout=60)
+    assert back["pid"] != old and back["restarts"] == 2
+    m = _metrics(running)
+    assert m[("multitrigger_loop_restarts_total", (("bundle", "team_a"), ("loop", "team_a")))] == 2
+    assert m[("multitrigger_loop_restarts_last_10m", (("bundle", "team_a"), ("loop", "team_a")))] == 2
+    assert running.status().returncode == 0  # healthy again (the recent restart is highlighted, not fatal)
+
+
+def test_health_flags_and_config_keys(tmp_path):
+    """``--no-health`` and ``[health]`` reach the config the supervisor runs with."""
+    from multitrigger.cli import _with_health_flags, build_parser
+    from multitrigger.config import load_config
+
+    cfg = tmp_path / "mt.toml"
+    cfg.write_text('[health]\nhost = "0.0.0.0"\nport = 9000\n')
+    config = load_config(cfg)
+    assert (config.health.host, config.health.port, config.health.enabled) == ("0.0.0.0", 9000, True)
+    args = build_parser().parse_args(["run", "--health-port", "0", "--health-host", "127.0.0.2"])
+    assert _with_health_flags(config, args).health.model_dump() == {"enabled": True, "host": "127.0.0.2", "port": 0,
+                                                                    "live_threshold": 10.0}
+    assert not _with_health_flags(config, build_parser().parse_args(["run", "--no-health"])).health.enabled
+    cfg.write_text("[health]\nport = 70000\n")
+    with pytest.raises(Exception) as err:
+        load_config(cfg)
+    assert "health.port" in str(err.value) and str(cfg) in str(err.value)
