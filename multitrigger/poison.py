@@ -59,6 +59,10 @@ class PoisonPolicy:
         now = self.clock()
         return sum(1 for t, _ in self._strikes.get(trigger_id, ()) if now - t < self.window)
 
+    def struck(self) -> dict[int, int]:
+        """Every trigger with strikes in the window, and how many (the health surface's "quarantined")."""
+        return {tid: n for tid in self._strikes if (n := self.strikes(tid))}
+
     def forget(self, trigger_id: int) -> None:
         """The trigger is gone (finished, failed, cancelled): its strikes with it."""
         self._strikes.pop(trigger_id, None)

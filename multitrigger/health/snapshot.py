@@ -147,8 +147,7 @@ def _loop(slot: LoopSlot, wanted: bool, now: float, wall: float) -> LoopSnapshot
         lag_p50=health.lag_p50, lag_p99=health.lag_p99, lag_max=health.lag_max,
         blocked_episodes=health.blocked_episodes, blocked_seconds=round(health.blocked_seconds, 3),
         worst_blockers=tuple(health.worst(WORST_BLOCKERS)),
-        quarantined=tuple({"trigger_id": tid, "strikes": n} for tid in slot.assigned
-                          if (n := slot.poison.strikes(tid))),
+        quarantined=tuple({"trigger_id": tid, "strikes": n} for tid, n in sorted(slot.poison.struck().items())),
         poison_failed=stats.poison_failed, output_dropped_bytes=slot.relay.dropped_total,
         limits=_limits(slot.config),
     )
