@@ -1,0 +1,158 @@
+"""
+What the health server costs: supervisor CPU with health on and scraped every second, against
+health off, with N running triggers; and how fast a scrape answers.
+
+One real Airflow home (SQLite), 4 bundles with N/4 never-firing triggers each (real deferred task
+instances), one loop per bundle. The same home is run alternately with ``--no-health`` and with
+the health server on (``--health-port 0``) while this process scrapes ``/metrics`` every second
+(and ``/loops`` every fifth second). Per run: once every trigger is running (all N claimed by the
+job; then a settle period), the supervisor process's own CPU time (user + system, psutil; its
+loops and zygotes are other processes and not counted) over a fixed window; and each scrape's
+wall time, from request to last byte.
+
+    .venv/bin/python -m benchmarks.health                 # 2000 triggers, 2 x (off, on), 60 s windows
+    .venv/bin/python -m benchmarks.health --triggers 200 --window 20 --rounds 1   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from mt_testsupport.home import WAIT_FOREVER, AirflowHome, DeferSpec, deferring_bundle
+
+MULTITRIGGER = str(Path(sys.executable).parent / "multitrigger")
+BUNDLES = ("b0", "b1", "b2", "b3")
+
+
+def build_home(root: Path, triggers: int) -> AirflowHome:
+    home = AirflowHome.create(root / "home", {b: deferring_bundle(f"dag_{b}") for b in BUNDLES},
+                              extra_config={"triggerer": {"capacity": str(triggers + 1000),
+                                                          "max_trigger_to_select_per_loop": str(triggers + 1000)}})
+    specs = [DeferSpec(f"dag_{BUNDLES[i % 4]}", "t0", WAIT_FOREVER, {"marker_path": str(root / "markers" / str(i))},
+                     map_index=i) for i in range(triggers)]
+    home.defer_many(specs)
+    config = "".join(f'[loops.{b}]\nbundles = ["{b}"]\n' for b in BUNDLES)
+    (home.path / "multitrigger.toml").write_text(textwrap.dedent(config))
+    return home
+
+
+def _get(url: str) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        size = len(resp.read())
+    return time.perf_counter() - t0, size
+
+
+def one_run(home: AirflowHome, triggers: int, health: bool, settle: float, window: float) -> dict[str, Any]:
+    args = ["--health-port", "0"] if health else ["--no-health"]
+    log = home.path / f"mt-{'on' if health else 'off'}-{time.time():.0f}.log"
+    address = home.path / "multitrigger" / "health.json"
+    address.unlink(missing_ok=True)
+    with log.open("wb") as fh:
+        popen = subprocess.Popen([MULTITRIGGER, "run", "--skip-serve-logs", "--config", str(home.path / "multitrigger.toml"), *args],
+                                 env=home.env(), stdout=fh, stderr=subprocess.STDOUT, cwd=home.path)
+    try:
+        t_launch = time.monotonic()
+        home.wait_for(lambda: home.sql("SELECT count(*) FROM trigger t JOIN job j ON t.triggerer_id = j.id "
+                                       "WHERE j.end_date IS NULL")[0][0] == triggers, timeout=300, interval=1.0)
+        t_claimed = time.monotonic() - t_launch
+        time.sleep(settle)  # every loop has created its triggers
+        url = json.loads(address.read_text())["url"] if health else None
+        if url:
+            loops = json.loads(urllib.request.urlopen(url + "/loops", timeout=10).read())
+            running = sum(lp["triggers"] for lp in loops["loops"])
+            assert running == triggers, running
+        proc = psutil.Process(popen.pid)
+        scrapes: list[float] = []
+        loops_scrapes: list[float] = []
+        sizes: list[int] = []
+        stop = threading.Event()
+
+        def scrape() -> None:
+            n = 0
+            while not stop.wait(max(0.0, 1.0 - (time.monotonic() - t_start) % 1.0)):
+                took, size = _get(url + "/metrics")
+                scrapes.append(took)
+                sizes.append(size)
+                if n % 5 == 0:
+                    loops_scrapes.append(_get(url + "/loops")[0])
+                n += 1
+
+        c0 = proc.cpu_times()
+        t_start = time.monotonic()
+        scraper = threading.Thread(target=scrape, daemon=True) if url else None
+        if scraper:
+            scraper.start()
+        time.sleep(window)
+        c1 = proc.cpu_times()
+        elapsed = time.monotonic() - t_start
+        stop.set()
+        if scraper:
+            scraper.join(15)
+        cpu = (c1.user + c1.system) - (c0.user + c0.system)
+        return {"health": health, "claimed_s": round(t_claimed, 1), "window_s": round(elapsed, 2),
+                "cpu_s": round(cpu, 3), "cpu_pct": round(100 * cpu / elapsed, 2),
+                "scrapes": len(scrapes), "metrics_bytes": sizes[-1] if sizes else None,
+                "metrics_ms": _stats(scrapes), "loops_ms": _stats(loops_scrapes)}
+    finally:
+        popen.terminate()
+        try:
+            popen.wait(60)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+
+
+def _stats(seconds: list[float]) -> dict[str, float] | None:
+    if not seconds:
+        return None
+    ordered = sorted(seconds)
+    return {"median": round(statistics.median(ordered) * 1000, 2),
+            "p99": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000, 2),
+            "max": round(ordered[-1] * 1000, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--triggers", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=2, help="(off, on) pairs")
+    parser.add_argument("--window", type=float, default=60.0, help="measured seconds per run")
+    parser.add_argument("--settle", type=float, default=15.0, help="seconds after all are claimed before measuring")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="mt-health-bench-") as tmp:
+        home = build_home(Path(tmp), args.triggers)
+        runs = []
+        for _ in range(args.rounds):
+            for health in (False, True):
+                runs.append(one_run(home, args.triggers, health, args.settle, args.window))
+                print(json.dumps(runs[-1]), flush=True)
+    off = [r["cpu_pct"] for r in runs if not r["health"]]
+    on = [r["cpu_pct"] for r in runs if r["health"]]
+    all_scrapes = [r["metrics_ms"] for r in runs if r["health"]]
+    summary = {"triggers": args.triggers, "window_s": args.window, "cpu_pct_off": off, "cpu_pct_on": on,
+               "cpu_delta_pct_points_median": round(statistics.median(on) - statistics.median(off), 2),
+               "metrics_ms": all_scrapes, "runs": runs}
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / f"health-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    out.write_text(json.dumps(summary, indent=2))
+    print(f"supervisor CPU, health off: {off} %; on (scraped every second): {on} %; "
+          f"median delta {summary['cpu_delta_pct_points_median']} percentage points")
+    print(f"/metrics scrape ms per run: {all_scrapes}")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
