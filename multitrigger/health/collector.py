@@ -81,12 +81,21 @@ class SnapshotCollector(Collector):
         blocked_s = _c("multitrigger_trigger_blocked_seconds", "Blocked seconds per trigger (worst offenders)",
                        ["trigger_id", "classpath"])
         limits = _g("multitrigger_loop_limit", "The loop's cgroup limits, as configured", ["limit"])
+        cg = {k: (_c if total else _g)(f"multitrigger_loop_cgroup_{k}", doc) for k, doc, total in (
+            ("memory_bytes", "Memory charged to the loop's cgroup", False),
+            ("cpu_seconds", "CPU seconds of the loop's cgroup (every process in it)", True),
+            ("pids", "Processes and threads in the loop's cgroup", False),
+            ("oom_kills", "OOM kills in the loop's cgroup", True),
+        )}
         for loop in loops:
             labels = [loop.name, loop.bundle_label]
             proc = self.procs.get(loop.pid)
             info.add_metric(labels, {"level": loop.level, "interpreter": loop.interpreter,
                                      "airflow_version": loop.airflow_version or "", "python_version": loop.python_version or "",
-                                     "start_method": loop.start_method, "cgroup": proc.cgroup or ""})
+                                     "start_method": loop.start_method, "cgroup": loop.cgroup_path or proc.cgroup or ""})
+            for key, value in self.procs.usage(loop.cgroup).items():
+                if key in cg and value is not None:
+                    cg[key].add_metric(labels, value)
             for s in STATES:
                 state.add_metric(labels + [s], int(loop.state == s))
             values = {"up": int(loop.up), "pid": loop.pid, "triggers_running": loop.triggers,
@@ -112,7 +121,7 @@ class SnapshotCollector(Collector):
             for key, value in (loop.limits or {}).items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     limits.add_metric(labels + [key], value)
-        yield from (info, state, *gauges.values(), *counters.values(), lag, blockers, blocked_s, limits)
+        yield from (info, state, *gauges.values(), *counters.values(), lag, blockers, blocked_s, limits, *cg.values())
 
 
 def registry_for(board: Board, procs: ProcCache) -> CollectorRegistry:

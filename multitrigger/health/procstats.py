@@ -3,16 +3,19 @@ Memory, CPU and cgroup of a process, read from ``/proc`` by psutil when someone 
 
 PSS (``memory_full_info``: ``/proc/<pid>/smaps_rollup``) is the honest memory figure for loops
 forked from a zygote, whose pages are shared; RSS would count every shared page once per loop.
-Reads happen on the reader's thread (HTTP), never the selector's, and are cached ``TTL`` seconds
+A loop with limits has its own cgroup, whose usage (memory, CPU, pids, OOM kills: the whole
+loop, children included) is read the same way (``cgroup_usage``). Reads happen on the reader's thread (HTTP), never the selector's, and are cached ``TTL`` seconds
 so a scrape per second of many loops costs a few ``/proc`` reads, not a walk per request.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -57,6 +60,14 @@ def _cgroup(pid: int) -> str | None:
     return by_controller.get("memory") or by_controller.get("")
 
 
+def cgroup_usage(cgroup: Any) -> dict[str, Any]:
+    """A loop cgroup's usage (``multitrigger.cgroups.LoopCgroup.usage``) as a dict; {} if unreadable."""
+    try:
+        return dataclasses.asdict(cgroup.usage())
+    except (OSError, ValueError):
+        return {}
+
+
 class ProcCache:
     """``ProcStats`` per pid, at most ``TTL`` old; safe to share between reader threads."""
 
@@ -64,6 +75,7 @@ class ProcCache:
         self.ttl = ttl
         self._lock = threading.Lock()
         self._cache: dict[int, tuple[float, ProcStats]] = {}
+        self._usage: dict[str, tuple[float, dict[str, Any]]] = {}
 
     def get(self, pid: int | None) -> ProcStats:
         if pid is None:
@@ -78,3 +90,17 @@ class ProcCache:
             self._cache = {p: v for p, v in self._cache.items() if now - v[0] < 10 * self.ttl}
             self._cache[pid] = (now, stats)
         return stats
+
+    def usage(self, cgroup: Any) -> dict[str, Any]:
+        """``cgroup_usage``, cached like process figures (keyed by the cgroup's path)."""
+        if cgroup is None:
+            return {}
+        now, key = time.monotonic(), str(cgroup.path)
+        with self._lock:
+            hit = self._usage.get(key)
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1]
+        usage = cgroup_usage(cgroup)
+        with self._lock:
+            self._usage[key] = (now, usage)
+        return usage

@@ -46,10 +46,11 @@ def loops_document(board: Board, procs: ProcCache, live_threshold: float) -> dic
     body = snap.as_dict() | {"live": age <= live_threshold, "snapshot_age": round(age, 3)}
     own = procs.get(snap.pid)
     body |= {"memory_rss_bytes": own.rss_bytes, "cpu_seconds": own.cpu_seconds}
-    for loop in body["loops"]:
+    for loop, snap_loop in zip(body["loops"], snap.loops):
         proc = procs.get(loop["pid"])
         loop |= {"memory_pss_bytes": proc.pss_bytes, "memory_rss_bytes": proc.rss_bytes,
-                 "cpu_seconds": proc.cpu_seconds, "cgroup": proc.cgroup}
+                 "cpu_seconds": proc.cpu_seconds, "cgroup": loop["cgroup_path"] or proc.cgroup,
+                 "cgroup_usage": procs.usage(snap_loop.cgroup) or None}
     return body
 
 

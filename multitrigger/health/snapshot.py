@@ -66,6 +66,9 @@ class LoopSnapshot:
     poison_failed: int
     output_dropped_bytes: int
     limits: dict[str, Any] | None  # the loop's cgroup limits (LoopConfig.limits), when configured
+    cgroup_path: str | None = None  # its own cgroup (multitrigger.cgroups), when it has limits
+    #: That cgroup, for readers to ask its usage (reads cgroupfs files); not part of the document.
+    cgroup: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def bundle_label(self) -> str:
@@ -107,8 +110,12 @@ class Snapshot:
 
     def as_dict(self) -> dict[str, Any]:
         body = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "loops"}
-        return body | {"ready": self.ready, "not_ready": self.not_ready,
-                       "loops": [dataclasses.asdict(loop) | {"bundle_label": loop.bundle_label} for loop in self.loops]}
+        return body | {"ready": self.ready, "not_ready": self.not_ready, "loops": [_loop_dict(loop) for loop in self.loops]}
+
+
+def _loop_dict(loop: LoopSnapshot) -> dict[str, Any]:
+    body = {f.name: getattr(loop, f.name) for f in dataclasses.fields(loop) if f.name != "cgroup"}
+    return body | {"bundle_label": loop.bundle_label}
 
 
 def loop_state(slot: LoopSlot, wanted: bool, now: float) -> str:
@@ -150,6 +157,7 @@ def _loop(slot: LoopSlot, wanted: bool, now: float, wall: float) -> LoopSnapshot
         quarantined=tuple({"trigger_id": tid, "strikes": n} for tid, n in sorted(slot.poison.struck().items())),
         poison_failed=stats.poison_failed, output_dropped_bytes=slot.relay.dropped_total,
         limits=_limits(slot.config),
+        cgroup_path=str(slot.cgroup.path) if slot.cgroup is not None else None, cgroup=slot.cgroup,
     )
 
 
