@@ -269,6 +269,8 @@ def table(doc: dict[str, Any]) -> str:
                 bits.append("WARNING not every task left DEFERRED before the deadline")
             if bits:
                 notes.append(f"  {sc['name']:<10} {kind:<12} " + "; ".join(bits))
+        if sc["name"] == "scaleout":
+            notes += scaleout_lines(sc)
         if sc["name"] in ("idle", "throughput"):
             r = sc.get("ratios", {})
             extra = {k: v for k, v in r.items() if k not in sc["series"] and v is not None}
@@ -278,3 +280,25 @@ def table(doc: dict[str, Any]) -> str:
     lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def scaleout_lines(sc: dict[str, Any]) -> list[str]:
+    """One line per scale-out run: shares, takeovers against their goals, exactly once."""
+    out = []
+    for variant, run in (sc.get("scaleout") or {}).items():
+        if "error" in run:
+            out.append(f"  scaleout   {variant:<12} ERROR {run['error']}")
+            continue
+        share = run.get("share") or {}
+        bits = [f"share {share.get('held')} max/min {share.get('max_min')} (goal <= 1.5)"]
+        for key in ("kill9", "sigterm"):
+            ev = run.get(key) or {}
+            bits.append(f"{ev.get('signal')} member{ev.get('member')} ({ev.get('held')} held): all running elsewhere "
+                        f"after {_f(ev.get('takeover_s'), 's')} (goal {_f(ev.get('goal_s'), 's')}"
+                        f"{'' if key == 'kill9' else ' after exit'}; after its processes were gone "
+                        f"{_f(ev.get('after_exit_s'), 's')})")
+        eo = run.get("exactly_once") or {}
+        bits.append(f"exactly once: {eo.get('runs')} runs of {eo.get('triggers')} triggers, longest overlap "
+                    f"{eo.get('max_overlap_s')} s, {eo.get('overlaps_over_claim_cycle')} over one claim cycle")
+        out.append(f"  scaleout   {variant:<12} " + "; ".join(bits))
+    return out

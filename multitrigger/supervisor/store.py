@@ -11,14 +11,13 @@ other multitrigger instances under Airflow's HA semantics.
 from __future__ import annotations
 
 import datetime
-from collections import Counter
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import structlog
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.orm import Session
 
 from airflow.executors import workloads
 from airflow.jobs.job import Job, perform_heartbeat
@@ -26,15 +25,12 @@ from airflow.jobs.triggerer_job_runner import TriggerLoggingFactory, TriggerRunn
 from airflow.models.crypto import get_fernet
 from airflow.models.dagbag import DBDagBag
 from airflow.models.serialized_dag import SerializedDagModel
-from airflow.models.asset import AssetWatcherModel
-from airflow.models.callback import Callback
-from airflow.models.taskinstance import TaskInstance
-from airflow.models.trigger import Trigger, handle_event_submit
-from airflow.utils.state import TaskInstanceState
-from airflow.triggers.base import BaseTaskEndEvent, TriggerEvent
+from airflow.models.trigger import Trigger
+from airflow.triggers.base import TriggerEvent
 from airflow._shared.timezones import timezone  # what airflow.models.trigger uses (3.3.2)
 from airflow.utils.session import create_session
 from multitrigger.routing import Origin, origins_for
+from multitrigger.supervisor import persist
 
 log = structlog.get_logger(__name__)
 
@@ -114,53 +110,6 @@ def raise_if_unreachable(err: BaseException) -> None:
         raise DatabaseUnavailable(str(err).splitlines()[0]) from err
 
 
-class _FlushOnce:
-    """A session whose ``flush`` is left to the end of the batch; everything else is the session's.
-
-    Stock ``handle_event_submit`` for a plain ``TriggerEvent`` (Airflow 3.3.2) sets the task
-    instance's fields and flushes: one UPDATE round trip per task instance, ~1.5 ms on SQLite, and
-    it stamps ``scheduled_dttm`` before each. The batch flushes once at its end instead (one
-    executemany), inside the same transaction, so the outcome is the same rows.
-    """
-
-    def __init__(self, session: Session) -> None:
-        self._session = session
-
-    def flush(self, objects: object = None) -> None:
-        pass
-
-    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
-        return getattr(self._session, name)
-
-
-def _submit_batch(entries: list[tuple[int, TriggerEvent]], session: Session) -> None:
-    """``Trigger.submit_event`` for a burst of events, with the queries batched (Airflow 3.3.2).
-
-    Stock runs two eager-loading SELECTs per event (5.5 ms each on SQLite, so the 200th event of a
-    burst waits a second). Here the deferred task instances of every plain task trigger are loaded
-    in one query and each is resumed by stock ``handle_event_submit``, with one flush for all of
-    them (``_FlushOnce``); a task-end event (``BaseTaskEndEvent``: callbacks, XComs) keeps its own
-    flush. A trigger that feeds assets or a callback, or that sent several events in this batch,
-    goes through stock ``submit_event``.
-    """
-    ids = [tid for tid, _ in entries]
-    repeated = {tid for tid, n in Counter(ids).items() if n > 1}
-    special = repeated | set(session.scalars(select(AssetWatcherModel.trigger_id).where(AssetWatcherModel.trigger_id.in_(ids))))
-    special |= set(session.scalars(select(Callback.trigger_id).where(Callback.trigger_id.in_(ids))))
-    events = {tid: event for tid, event in entries if tid not in special}
-    waiting = session.scalars(
-        select(TaskInstance).where(TaskInstance.trigger_id.in_(list(events)), TaskInstance.state == TaskInstanceState.DEFERRED)
-    )
-    flush_once = _FlushOnce(session)
-    for ti in waiting:
-        event = events[ti.trigger_id]
-        handle_event_submit(event, task_instance=ti, session=session if isinstance(event, BaseTaskEndEvent) else flush_once)
-    session.flush()
-    for trigger_id, event in entries:
-        if trigger_id in special:
-            Trigger.submit_event(trigger_id=trigger_id, event=event, session=session)
-
-
 def plain_kwargs(encrypted_kwargs: str) -> str:
     """Decrypt trigger kwargs here, so no loop (user code) ever needs the Fernet key.
 
@@ -216,8 +165,13 @@ class TriggerStore:
         never built and run again.
         """
         self.clean_unused()
+        t0 = time.monotonic()
         held = self.claim()
+        t1 = time.monotonic()
         built, failures = self.build(held - known) if held - known else ([], [])
+        if built or failures:
+            log.info("claim pass", held=len(held), built=len(built), failed=len(failures),
+                     claim_s=round(t1 - t0, 3), build_s=round(time.monotonic() - t1, 3))
         alone = self.alone() if built else False
         self.heartbeat()
         return Tick(held, built, failures, alone)
@@ -266,7 +220,7 @@ class TriggerStore:
         entries = list(entries)
         try:
             with create_session() as session:
-                _submit_batch(entries, session)
+                persist.submit_batch(entries, session)
             return [tid for tid, _ in entries]
         except Exception as err:
             raise_if_unreachable(err)

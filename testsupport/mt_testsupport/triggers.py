@@ -28,30 +28,41 @@ from multitrigger.demo.triggers import classpath, process_info
 class FireAtTrigger(demo.FireAtTrigger):
     """The demo's :class:`~multitrigger.demo.triggers.FireAtTrigger`, plus ``record_path``: it
     appends ``start <pid> <loop>`` when it starts running and ``fire <pid> <loop>`` when it fires,
-    so tests can prove a trigger ran (and fired) exactly once."""
+    so tests can prove a trigger ran (and fired) exactly once. With ``record_tag`` every line ends
+    with the tag (many triggers sharing one file), and ``cancel <pid> <loop>`` is appended when the
+    trigger is cancelled (a triggerer stopping or handing it back)."""
 
     def __init__(self, moment: str, payload: dict[str, Any] | None = None, record_path: str | None = None,
-                 **kwargs: Any) -> None:
+                 record_tag: str | None = None, **kwargs: Any) -> None:
         super().__init__(moment, payload, **kwargs)
         self.record_path = record_path
+        self.record_tag = record_tag
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         path, kwargs = super().serialize()
         if self.record_path:
             kwargs["record_path"] = self.record_path
+        if self.record_tag:
+            kwargs["record_tag"] = self.record_tag
         return path, kwargs
 
     def _record(self, what: str) -> None:
         if self.record_path:
             info = process_info()
+            tag = f" {self.record_tag}" if self.record_tag else ""
             with open(self.record_path, "a") as fh:
-                fh.write(f"{what} {info['pid']} {info['loop']}\n")
+                fh.write(f"{what} {info['pid']} {info['loop']}{tag}\n")
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         self._record("start")
-        async for event in super().run():
-            self._record("fire")
-            yield event
+        try:
+            async for event in super().run():
+                self._record("fire")
+                yield event
+        except asyncio.CancelledError:
+            if self.record_tag:
+                self._record("cancel")
+            raise
 
 
 class FireAtEventTrigger(demo.FireAtTrigger, BaseEventTrigger):

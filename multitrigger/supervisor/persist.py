@@ -1,0 +1,154 @@
+"""
+Persisting a burst of trigger events: stock's ``Trigger.submit_event``, bulk.
+
+Checked against Airflow 3.3.2 (``airflow.models.trigger``: ``Trigger.submit_event``,
+``handle_event_submit``, ``_fail_unresumable_task_instance``).
+
+What stock does per event: load every deferred task instance of the trigger as an ORM entity
+(with its DagRun, joined), run ``handle_event_submit`` on it (which decodes its ``next_kwargs``,
+adds the payload, re-encodes with serde, clears ``trigger_id``, sets ``state = scheduled`` and
+``scheduled_dttm = utcnow()``, or routes it to ``__fail__`` if that cannot be done) and flush; then
+load the trigger with its asset watchers to feed assets and callbacks. Profiled on 2000 events at
+once, the ORM work (entity loading, unit-of-work flush per row) is most of the supervisor's time.
+
+Here the same stock ``handle_event_submit`` runs on a ``_Row``: the task instance's columns as
+plain values, every attribute it sets recorded. The recorded writes then go to the database in
+one executemany UPDATE by primary key (``update(TaskInstance)`` with one dict per row: SQLAlchemy's
+ORM bulk UPDATE, which applies the columns' ``onupdate`` (``updated_at``) as a flush does). So the
+rows written, the ``next_kwargs``, the state changes and the failure routing are stock's own code's
+output; only the unit of work is replaced. ``tests/test_persist.py`` proves it against stock
+``Trigger.submit_event`` on the same inputs.
+
+What does not fit the row model goes through stock unchanged, on the same session: a trigger
+feeding assets or a callback, a trigger with several events in the batch, a ``BaseTaskEndEvent``
+(its handler uses relationships: DAG model, DagRun, XComs, callbacks), and any task instance whose
+handler touched anything but the loaded columns (``_NeedsEntity``: a future Airflow change, say).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from airflow.models.asset import AssetWatcherModel
+from airflow.models.callback import Callback
+from airflow.models.taskinstance import TaskInstance
+from airflow.models.trigger import Trigger, handle_event_submit
+from airflow.triggers.base import BaseTaskEndEvent, TriggerEvent
+from airflow.utils.state import TaskInstanceState
+
+#: The columns ``handle_event_submit`` reads for a plain ``TriggerEvent`` (and ``__repr__`` for its
+#: log lines), loaded per deferred task instance.
+_READ = ("id", "dag_id", "task_id", "run_id", "map_index", "try_number", "state", "trigger_id",
+         "next_method", "next_kwargs")
+#: Columns a ``_Row`` may be written on (anything else: that task instance takes the ORM path).
+_WRITABLE = frozenset(c.key for c in TaskInstance.__table__.columns) - {"id"}
+#: Bound on the ids in one ``IN (...)`` (SQLite's variable limit is 32766).
+_CHUNK = 5000
+
+
+class _NeedsEntity(Exception):
+    """``handle_event_submit`` wanted more than the loaded columns: use the ORM entity."""
+
+
+class _Row:
+    """A deferred task instance as plain values; attribute writes are recorded, not applied."""
+
+    __slots__ = ("_values", "writes")
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        object.__setattr__(self, "_values", values)
+        object.__setattr__(self, "writes", {})
+
+    def __getattr__(self, name: str) -> Any:
+        writes, values = object.__getattribute__(self, "writes"), object.__getattribute__(self, "_values")
+        if name in writes:
+            return writes[name]
+        if name in values:
+            return values[name]
+        raise _NeedsEntity(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in _WRITABLE:
+            raise _NeedsEntity(name)
+        self.writes[name] = value
+
+    def __repr__(self) -> str:  # stock's log lines name the task instance the stock way
+        return TaskInstance.__repr__(self)  # type: ignore[arg-type]
+
+
+class _NoFlush:
+    """The session ``handle_event_submit`` gets for a ``_Row``: its ``flush`` is the bulk UPDATE's."""
+
+    def flush(self, objects: object = None) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        raise _NeedsEntity(f"session.{name}")
+
+
+def special_triggers(ids: Sequence[int], session: Session) -> set[int]:
+    """Triggers whose event must take stock ``submit_event``: repeated in the batch, feeding
+    assets (asset watchers) or a callback."""
+    special = {tid for tid, n in Counter(ids).items() if n > 1}
+    for chunk in _chunks(sorted(set(ids))):
+        special |= set(session.scalars(select(AssetWatcherModel.trigger_id).where(AssetWatcherModel.trigger_id.in_(chunk))))
+        special |= set(session.scalars(select(Callback.trigger_id).where(Callback.trigger_id.in_(chunk))))
+    return special
+
+
+def submit_batch(entries: Sequence[tuple[int, TriggerEvent]], session: Session) -> Counter[str]:
+    """``Trigger.submit_event`` for every entry, in ``session`` (the caller commits). Returns how
+    many task instances took each path (``bulk``, ``entity``) and how many events went to stock
+    ``submit_event`` (``stock``)."""
+    special = special_triggers([tid for tid, _ in entries], session)
+    events = {tid: event for tid, event in entries if tid not in special}
+    updates: list[dict[str, Any]] = []
+    by_entity: list[tuple[Any, TriggerEvent]] = []  # (task instance id, event): the ORM path
+    no_flush = _NoFlush()
+    for chunk in _chunks(list(events)):
+        cols = [getattr(TaskInstance, c) for c in _READ]
+        rows = session.execute(
+            select(*cols).where(TaskInstance.trigger_id.in_(chunk), TaskInstance.state == TaskInstanceState.DEFERRED)
+        )
+        for values in rows:
+            row = _Row(dict(zip(_READ, values)))
+            event = events[row.trigger_id]
+            if isinstance(event, BaseTaskEndEvent):
+                by_entity.append((row.id, event))
+                continue
+            try:
+                handle_event_submit(event, task_instance=row, session=no_flush)  # type: ignore[arg-type]
+            except _NeedsEntity:
+                by_entity.append((row.id, event))
+                continue
+            if row.writes:
+                updates.append({"id": row.id, **row.writes})
+    for keys, group in _by_keys(updates):
+        session.execute(update(TaskInstance).execution_options(synchronize_session=False), group)
+    for ti_id, event in by_entity:
+        ti = session.get(TaskInstance, ti_id)
+        if ti is not None and ti.state == TaskInstanceState.DEFERRED:
+            handle_event_submit(event, task_instance=ti, session=session)
+    session.flush()
+    stock = [(tid, event) for tid, event in entries if tid in special]
+    for trigger_id, event in stock:
+        Trigger.submit_event(trigger_id=trigger_id, event=event, session=session)
+    return Counter(bulk=len(updates), entity=len(by_entity), stock=len(stock))
+
+
+def _by_keys(updates: Iterable[dict[str, Any]]) -> list[tuple[tuple[str, ...], list[dict[str, Any]]]]:
+    """Rows grouped by the columns they set (one executemany per shape, in first-seen order)."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for u in updates:
+        groups.setdefault(tuple(sorted(u)), []).append(u)
+    return list(groups.items())
+
+
+def _chunks(ids: list[int]) -> Iterable[list[int]]:
+    for i in range(0, len(ids), _CHUNK):
+        yield ids[i: i + _CHUNK]
