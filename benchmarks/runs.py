@@ -48,7 +48,7 @@ PARAMS: dict[str, dict[str, Any]] = {
     "limit": {"bundles": 4, "sizes": [200, 2000, 17000], "gaps": [8.0, 30.0], "stock_max": 2000, "margin": 60.0,
               "grace": 60.0},
     "scaleout": {"instances": 4, "bundles": 4, "n": 4000, "health_threshold": 10.0, "heartbeat": 2.0, "claim_cycle": 1.0,
-                 "slack": 10.0, "term_timeout": 60.0, "start_timeout": 120.0, "claim_timeout": 180.0},
+                 "slack": 10.0, "term_timeout": 60.0, "start_timeout": 300.0, "claim_timeout": 180.0},
     "flood": {"others": 2, "per_bundle": 30, "window": 20.0, "flood_window": 8.0, "gap": 3.0, "margin": 30.0, "grace": 60.0,
               "lines": 2, "line_mib": 256, "stdout_line_mib": 32, "stdout_mib": 64},
     "memhog": {"others": 2, "per_bundle": 30, "window": 20.0, "hog_window": 15.0, "gap": 3.0, "margin": 30.0,

@@ -89,7 +89,8 @@ class _Sampler(threading.Thread):
 
     def stop(self) -> None:
         self._halt.set()
-        self.join(5)
+        if self.is_alive():
+            self.join(5)
 
 
 def _one(ctx: Ctx, p: dict[str, Any], variant: str, members: list[str]) -> dict[str, Any]:
@@ -287,7 +288,7 @@ def plot_timeline(sc: dict[str, Any], path: Path) -> Path | None:
     runs = {k: v for k, v in sc["scaleout"].items() if v.get("timeline")}
     if not runs:
         return None
-    fig, axes = plt.subplots(len(runs), 1, figsize=(9, 3.6 * len(runs)), squeeze=False)
+    fig, axes = plt.subplots(len(runs), 1, figsize=(11, 3.6 * len(runs)), squeeze=False)
     for ax, (variant, run) in zip(axes[:, 0], runs.items()):
         t0 = run["timeline"][0][0]
         jobs = {int(j): i for j, i in run["jobs"].items()}
@@ -302,7 +303,7 @@ def plot_timeline(sc: dict[str, Any], path: Path) -> Path | None:
         ax.set_title(f"{variant}: triggers held per member")
         ax.set_xlabel("seconds since the first sample")
         ax.set_ylabel("triggers held")
-        ax.legend(fontsize=7, loc="upper right")
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -55,3 +55,37 @@ def test_batched_build_equals_stock_build(tmp_path):
         assert ours[tid]["encrypted_kwargs"].startswith("{")
     assert any(not w["encrypted_kwargs"].startswith("{") for w in stock.values())  # some were encrypted
     assert result["same_kwargs"]
+
+
+CHUNKED = r"""
+import json
+from airflow.jobs.job import Job
+from airflow.utils.session import create_session
+from multitrigger.supervisor import store as store_mod
+from multitrigger.supervisor.store import Claim, TriggerStore
+
+store_mod.BUILD_CHUNK = 5
+with create_session() as s:
+    job = Job(); job.job_type = "TriggererJob"; s.add(job); s.commit(); s.refresh(job); s.expunge(job)
+store = TriggerStore(job, Claim(100, None, None, 30))
+known, passes = set(), []
+tick = store.tick(frozenset(known))
+while True:
+    ids = [w.id for w, _ in tick.built]
+    passes.append({"built": len(ids), "backlog": tick.backlog, "held": len(tick.held), "again": len(known & set(ids))})
+    known |= set(ids)
+    if not tick.backlog:
+        break
+    tick = store.tick(frozenset(known), claim=False)
+print(json.dumps(passes))
+"""
+
+
+def test_a_claim_pass_builds_at_most_a_chunk_and_the_next_passes_build_the_rest(tmp_path):
+    home = AirflowHome.create(tmp_path / "home", {"a": deferring_bundle("dag_a", n_tasks=1)})
+    home.defer_many([DeferSpec("dag_a", "t0", FIRE_AT, {"moment": iso_in(3600)}, map_index=m) for m in range(12)])
+    out = subprocess.run([sys.executable, "-c", CHUNKED], env=home.env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    passes = json.loads(out.stdout.strip().splitlines()[-1])
+    assert [p["built"] for p in passes] == [5, 5, 2] and [p["backlog"] for p in passes] == [7, 2, 0]
+    assert all(p["held"] == 12 and p["again"] == 0 for p in passes)

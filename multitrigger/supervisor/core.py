@@ -90,6 +90,7 @@ class Supervisor:
         self._log_sink = store.log_line_consumer()
         self._signals: list[int] = []
         self._next_tick = 0.0
+        self._unbuilt = 0  # held triggers the last pass left unbuilt (Tick.backlog)
         self.db_health = DbHealth(settings.db_retry_limit, step_bound=settings.db_timeout + 2,
                                   retry_after_error=settings.claim_interval, clock=clock)
         self._last_step = "tick"  # the DB lane alternates persist and tick when both are due
@@ -194,7 +195,7 @@ class Supervisor:
         deadlines = [self.desk.next_deadline()] + [s.poll_deadline() for s in self.slots.values()]
         deadlines += [s.relay.next_due() for s in self.slots.values()]
         if self.db.idle:
-            deadlines.append(max(self.db_health.retry_at, self._next_tick if not self.outcomes else now))
+            deadlines.append(max(self.db_health.retry_at, self._next_tick if not (self.outcomes or self._unbuilt) else now))
         for name, s in self.slots.items():  # a waiting loop's deadline is the pool's
             if s.process is None and self._wanted(name, s) and not self._waiting_for_zygote(s, now):
                 deadlines.append(s.start_at)
@@ -283,11 +284,16 @@ class Supervisor:
             return
         if self.outcomes and not (now >= self._next_tick and self._last_step == "persist"):
             self._submit_persist()
-        elif now >= self._next_tick:
+        elif now >= self._next_tick or self._unbuilt:
+            # Claimed but not yet built (``Tick.backlog``): build the next chunk at once, without
+            # claiming more; the claim cadence stays the claim interval's.
+            claim = now >= self._next_tick
             self._last_step = "tick"
-            self._next_tick = now + self.settings.claim_interval
+            if claim:
+                self._next_tick = now + self.settings.claim_interval
             exclude = frozenset(self.routes) | self.outcomes.pending_ids()
-            self.db.submit("tick", lambda: self.store.tick(exclude), lambda done: self._db_done(done, self._ticked))
+            self.db.submit("tick" if claim else "build", lambda: self.store.tick(exclude, claim=claim),
+                           lambda done: self._db_done(done, self._ticked))
 
     def _submit_persist(self) -> None:
         self._last_step = "persist"
@@ -311,6 +317,7 @@ class Supervisor:
     def _ticked(self, tick: Tick) -> None:
         """Back on the selector thread: cancel what we no longer hold, route what is new."""
         self.notifier.claimed = True
+        self._unbuilt = tick.backlog
         for trigger_id in set(self.routes) - tick.held:
             self.slots[self.routes[trigger_id]].cancel(trigger_id)
         for trigger_id, traceback in tick.failures:

@@ -34,6 +34,9 @@ from multitrigger.supervisor import persist
 
 log = structlog.get_logger(__name__)
 
+#: New triggers built per claim pass, at most (see ``TriggerStore.tick``).
+BUILD_CHUNK = 2000
+
 
 class _StockWorkloads:
     """The stock supervisor's workload and log-routing code, bound to our job.
@@ -128,6 +131,7 @@ class Tick:
     built: list[tuple[workloads.RunTrigger, Origin]]
     failures: list[tuple[int, list[str]]]
     alone: bool
+    backlog: int = 0  # held, not yet built: built by the next pass
 
 
 @dataclass(frozen=True)
@@ -158,28 +162,39 @@ class TriggerStore:
         next(gen)
         return gen
 
-    def tick(self, known: frozenset[int]) -> Tick:
+    def tick(self, known: frozenset[int], claim: bool = True) -> Tick:
         """One claim interval's DB work (on the DB lane): clean, claim, build what is new, heartbeat.
 
         ``known`` are triggers already routed or whose outcome is still being persisted: held, but
-        never built and run again.
+        never built and run again. At most ``BUILD_CHUNK`` are built per pass (``Tick.backlog``: how
+        many held ones wait for the next), so no DB step grows with the backlog (20,000 at once
+        build in ~25 s on a loaded 2-core machine: one step that long reads as a DB outage) and the
+        first triggers reach their loops while the rest are built. ``claim=False``: only build
+        more of what is already held (no cleaning, no new claims).
         """
-        self.clean_unused()
+        if claim:
+            self.clean_unused()
         t0 = time.monotonic()
-        held = self.claim()
+        held = self.claim() if claim else self.held_ids()
         t1 = time.monotonic()
-        built, failures = self.build(held - known) if held - known else ([], [])
+        new = sorted(held - known)
+        todo = set(new[:BUILD_CHUNK])
+        built, failures = self.build(todo) if todo else ([], [])
         if built or failures:
-            log.info("claim pass", held=len(held), built=len(built), failed=len(failures),
+            log.info("claim pass", held=len(held), built=len(built), failed=len(failures), backlog=len(new) - len(todo),
                      claim_s=round(t1 - t0, 3), build_s=round(time.monotonic() - t1, 3))
         alone = self.alone() if built else False
         self.heartbeat()
-        return Tick(held, built, failures, alone)
+        return Tick(held, built, failures, alone, backlog=len(new) - len(todo))
 
     def claim(self) -> set[int]:
         """Assign unassigned triggers to us (HA row locks, capacity); return every id we hold."""
         c = self.claim_filters
         Trigger.assign_unassigned(self.job.id, c.capacity, c.health_check_threshold, queues=c.queues, team_name=c.team_name)
+        return self.held_ids()
+
+    def held_ids(self) -> set[int]:
+        c = self.claim_filters
         return set(Trigger.ids_for_triggerer(self.job.id, queues=c.queues, team_name=c.team_name))
 
     def alone(self) -> bool:
