@@ -98,9 +98,10 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 2
-    from multitrigger.supervisor.trigger_path import TriggerPaths
+    from multitrigger.supervisor.trigger_path import TriggerPaths, loop_bundles, versioned_bundle_names
 
     paths = TriggerPaths.compute(config, log_entries=False)  # reads this host's Airflow config
+    versioned = versioned_bundle_names()
     source = config.source or "(no config file: built-in default)"
     print(f"{source}: OK")
     for loop in config.loops.values():
@@ -108,6 +109,9 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         print(f"  loop {loop.name}: {loop.level}, python {loop.python}, bundles {bundles}")
         for entry in paths.loops[loop.name]:
             print(f"    trigger code: {entry.source}: {entry.path}")
+        for bundle in [b for b in loop_bundles(loop, config, versioned) if b in versioned] if loop.bundle_code else ():
+            print(f"    trigger code: bundle {bundle}: the version each DAG run is pinned to, in its own process "
+                  f"(at most {loop.max_bundle_versions} versions at once)")
     return 0
 
 

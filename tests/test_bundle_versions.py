@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import pytest
 
 from mt_testsupport.git_bundles import GitRepo
 from mt_testsupport.home import AirflowHome, DeferSpec, decode_serde, deferring_dag_source, iso_in
+from tests.conftest import MULTITRIGGER
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -121,6 +123,14 @@ def test_each_pinned_version_runs_its_own_code_at_once_and_the_cap_fails_the_nex
     # The unversioned bundle in the same loop: its own same-named module, in the loop's own process.
     assert (state["loc"].event["v"], state["loc"].event["loop"]) == ("local", "team_g")
     assert state["loc"].event["file"] == str(home.bundles["loc"] / "mytrig.py")
+
+    # What `config check` tells the operator about this loop.
+    checked = subprocess.run([MULTITRIGGER, "config", "check", "--config", str(home.path / "mt-0.toml")],
+                             env=home.env(), capture_output=True, text=True, timeout=120)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert ("trigger code: bundle gitb: the version each DAG run is pinned to, in its own process "
+            "(at most 2 versions at once)") in checked.stdout
+    assert f"trigger code: bundle loc: {home.bundles['loc']}" in checked.stdout
 
     # No triggers left: both version processes end, which frees the cap: commit 3 runs now, and a
     # run pinned to a commit the repository does not have fails its task with the checkout's error.

@@ -27,7 +27,7 @@ is not a secret, and nothing else from the configuration goes with it.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,7 +69,19 @@ def local_bundle_roots() -> dict[str, Path]:
     return {b.name: Path(b.path) for b in bundles if isinstance(b, LocalDagBundle)}
 
 
-def loop_bundles(loop: LoopConfig, config: Config, known: Mapping[str, Path]) -> list[str]:
+def versioned_bundle_names() -> set[str]:
+    """Every configured bundle whose class supports versions (``GitDagBundle``): its triggers run
+    the version their DAG run is pinned to (``supervisor.bundle_versions``), not a fixed root."""
+    try:
+        from airflow.dag_processing.bundles.manager import DagBundlesManager
+
+        return {b.name for b in DagBundlesManager().get_all_dag_bundles() if b.supports_versioning}
+    except Exception as err:  # noqa: BLE001 - as local_bundle_roots
+        log.warning("cannot read the DAG bundle configuration", error=str(err))
+        return set()
+
+
+def loop_bundles(loop: LoopConfig, config: Config, known: Collection[str]) -> list[str]:
     """The bundles routed to ``loop``: its list, or for the default loop every one nobody lists."""
     if loop.name != DEFAULT_LOOP:
         return sorted(loop.bundles)
