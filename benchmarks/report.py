@@ -180,6 +180,17 @@ def flood_summary(run: dict[str, Any]) -> str:
             f"({_f((fl.get('dropped_bytes') or 0) / 2**20, ' MiB')} dropped)")
 
 
+def memhog_summary(run: dict[str, Any]) -> str:
+    """The memory hog: tree PSS idle / peak (vs limit + idle), OOM kills, how the hog ended."""
+    mh = run.get("memhog") or {}
+    limit = f"limit {mh['limit_mib']} MiB, peak under limit + idle: {mh.get('peak_under_limit_plus_idle')}" \
+        if mh.get("limit_mib") else "no limit"
+    return (f"tree PSS idle {_f(mh.get('tree_pss_idle_mb'), ' MB')}, peak {_f(mh.get('tree_pss_peak_mb'), ' MB')} "
+            f"(+{_f(mh.get('tree_pss_growth_mb'), ' MB')}); {limit}; hog started {mh.get('hog_starts')}x, "
+            f"reached its target: {mh.get('hog_reached_target')}, OOM kills reported: {mh.get('oom_kills_reported')}, "
+            f"its task {(run.get('states') or {}).get('hog_trigger', {})}")
+
+
 def storm_summary(cr: dict[str, Any]) -> str:
     """One crashing bundle of the storm: kills, and kill → its pending healthy triggers running again."""
     kills = cr.get("per_kill", [])
@@ -246,6 +257,8 @@ def table(doc: dict[str, Any]) -> str:
                     bits += [f"{bundle}: {storm_summary(cr)}" for bundle, cr in storms]
             if sc["name"] == "flood":
                 bits.append(flood_summary(run))
+            if sc["name"] == "memhog":
+                bits.append(memhog_summary(run))
             if sc["name"] == "noisy":
                 nz = run.get("noisy") or {}
                 bits.append(f"{nz.get('blocks_overlapping_window')} blocks of the noisy loop overlapped the due window, "

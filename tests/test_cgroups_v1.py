@@ -112,6 +112,8 @@ def run(tmp_path_factory: pytest.TempPathFactory):
     seen: dict = {"home": home, "mt": mt}
     try:
         home.wait_for(lambda: LOOPS <= set(re.findall(r"loop ready .*?loop=(\S+)", log.read_text())), timeout=120)
+        # A forked loop's own charge at rest: pages it touched or copied after the fork, not the zygote's.
+        seen["idle_loop_charge"] = int((_cgroup_dir(log.read_text(), "x_fork", "memory") / "memory.usage_in_bytes").read_text())
         rec = {name: tmp / f"{name}.jsonl" for name in ("fork", "cpu", "sess", "plain")}
         neighbours = [DeferSpec("dag_team_a", f"t{i}", FIRE_AT, {"moment": (due := iso_in(6 + 5 * i)), "payload": {"due": due}})
                       for i in range(4)]
@@ -199,3 +201,9 @@ def test_a_new_session_sleep_is_gone_after_its_loop_restarts_and_after_the_super
         assert "killed processes left in the loop's cgroup" in run["log"]
     else:
         assert "killed processes the loop left behind" in run["log"]
+
+
+def test_a_forked_loop_is_charged_only_for_what_it_touched_after_the_fork(run) -> None:
+    """Airflow's ~100 MB imported by the zygote stays charged to the zygote's cgroup."""
+    assert 0 < run["idle_loop_charge"] < 48 * 2**20, run["idle_loop_charge"]
+    print(f"idle forked loop charged {run['idle_loop_charge'] / 2**20:.1f} MiB")

@@ -187,7 +187,10 @@ class LoopSlot:
         if code == -signal.SIGKILL and self._kill_reason is None and self._oom is not None and self._oom.fired():
             reason = self._oom.describe()
         level = self.log.info if code == 0 and self._kill_reason is None else self.log.error
-        level("loop process ended", reason=reason, triggers=len(self.assigned))
+        usage = self.cgroup.usage() if self.cgroup is not None else None
+        level("loop process ended", reason=reason, triggers=len(self.assigned),
+              **({"cgroup_oom_kills": usage.oom_kills, "cgroup_forks_refused": usage.pids_refused,
+                  "cgroup_cpu_s": usage.cpu_seconds} if usage is not None else {}))
         self._kill_leftovers()
         self.process.close(selector)
         self.process = None
