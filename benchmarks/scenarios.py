@@ -1,5 +1,5 @@
 """Scenarios 1-3 and 5: light load, throughput, noisy neighbour, idle memory and start-up; and the
-registry of all eight (the crash scenarios are in ``benchmarks.crash_scenarios``, the output flood
+registry of all of them (the crash scenarios are in ``benchmarks.crash_scenarios``, the output flood
 in ``benchmarks.flood_scenario``, the memory hog in ``benchmarks.memhog_scenario``). Each runs the same
 workload under stock ``airflow triggerer`` and under ``multitrigger run`` (one loop per bundle),
 each on a freshly seeded metadata DB; see ``benchmarks.runs`` for the steps they share.

@@ -207,3 +207,26 @@ def test_a_forked_loop_is_charged_only_for_what_it_touched_after_the_fork(run) -
     """Airflow's ~100 MB imported by the zygote stays charged to the zygote's cgroup."""
     assert 0 < run["idle_loop_charge"] < 48 * 2**20, run["idle_loop_charge"]
     print(f"idle forked loop charged {run['idle_loop_charge'] / 2**20:.1f} MiB")
+
+
+def test_a_bundle_version_process_gets_its_own_cgroup_with_the_loops_limits(tmp_path: Path) -> None:
+    """``LoopCgroups.for_slot``: per process, so one version's death kills nothing of the loop's own."""
+    from multitrigger.cgroups.loops import LoopCgroups
+    from multitrigger.config import load_config
+
+    cfg = tmp_path / "multitrigger.toml"
+    cfg.write_text('[loops.team_a]\nbundles = ["team_a"]\n[loops.team_a.limits]\nmemory = "64M"\npids = 40\n')
+    config = load_config(cfg)
+    groups = LoopCgroups.open(config, Path("/sys/fs/cgroup"), f"test-{os.getpid()}")
+    try:
+        loop = groups.get("team_a")
+        version = groups.for_slot("team_a[b@0123456789ab]", "team_a", config.loops["team_a"].limits)
+        assert version is not None and version.path != loop.path
+        assert version.path.name == "loop-team_a[b@0123456789ab]"
+        assert (version.path / "memory.limit_in_bytes").read_text().strip() == str(64 * 2**20)
+        assert groups.for_slot("default", "default", None) is None  # no limits, no cgroup
+        version.remove()
+        assert not version.path.exists() and loop.path.exists()
+    finally:
+        groups.close()
+    assert not loop.path.exists() and not loop.path.parent.exists()
