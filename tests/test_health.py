@@ -40,12 +40,18 @@ backoff_max = 6.0
 jitter = 0.0
 [loops.team_b]
 bundles = ["team_b"]
+[loops.team_b.limits]
+memory = "1G"
+best_effort = true
 """
+#: Where team_b gets a cgroup of its own (root on a cgroup v1 host, as this machine and CI's).
+CGROUPS = os.geteuid() == 0 and Path("/sys/fs/cgroup/memory/cgroup.procs").exists()
 
 
 class Running:
     def __init__(self, home: AirflowHome, mt: Triggerer, url: str, refs: dict, statsd: socket.socket) -> None:
         self.home, self.mt, self.url, self.refs, self.statsd = home, mt, url, refs, statsd
+        self.grams: list[str] = []  # every statsd line received so far
 
     def get(self, path: str) -> tuple[int, str]:
         try:
@@ -56,6 +62,21 @@ class Running:
 
     def loops(self) -> dict[str, dict]:
         return {loop["name"]: loop for loop in json.loads(self.get("/loops")[1])["loops"]}
+
+    def statsd_wait(self, pattern: str, timeout: float = 20) -> str:
+        """The first statsd line received (since the start) matching ``pattern``."""
+        deadline, seen = time.monotonic() + timeout, 0
+        while True:
+            for line in self.grams[seen:]:
+                if re.search(pattern, line):
+                    return line
+            seen = len(self.grams)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no statsd line matching {pattern!r} within {timeout}s: {self.grams[-30:]}")
+            try:
+                self.grams += self.statsd.recv(65536).decode().splitlines()
+            except TimeoutError:
+                pass
 
     def trigger_id(self, key: str) -> int:
         return self.home.ti_state(self.refs[key]).trigger_id
@@ -123,6 +144,11 @@ def test_ready_once_both_loops_are_up_and_live(running):
         assert loop["state"] == "running" and loop["pid"] and loop["bundles"] == [name], loop
         assert loop["level"] == "process" and loop["interpreter"] == sys.executable
         assert Path(f"/proc/{loop['pid']}").exists()
+    assert loops["team_a"]["limits"] is None and loops["team_a"]["cgroup_usage"] is None
+    assert loops["team_b"]["limits"]["memory"] == 1 << 30
+    if CGROUPS:  # its own cgroup, and that cgroup's usage
+        assert loops["team_b"]["cgroup_path"].endswith("team_b"), loops["team_b"]
+        assert loops["team_b"]["cgroup_usage"]["memory_bytes"] > 1_000_000
 
 
 def _metrics(running) -> dict[tuple[str, tuple], float]:
@@ -158,21 +184,15 @@ def test_metrics_parse_and_match_the_db_and_airflow_stats_carry_the_loop(running
     info = [k for k in m if k[0] == "multitrigger_loop_info" and ("loop", "team_a") in k[1]]
     assert info and ("airflow_version", "3.3.2") in info[0][1] and ("level", "process") in info[0][1]
     assert m[("process_cpu_seconds_total", ())] > 0  # the supervisor's own
+    b = (("bundle", "team_b"), ("loop", "team_b"))
+    assert m[("multitrigger_loop_limit", (("bundle", "team_b"), ("limit", "memory"), ("loop", "team_b")))] == 1 << 30
+    if CGROUPS:
+        assert m[("multitrigger_loop_cgroup_memory_bytes", b)] > 1_000_000
 
     # Airflow's Stats (statsd, influx-style tags): the stock names, now tagged with loop and bundle.
-    grams: list[str] = []
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not {"running", "capacity", "beat"} <= {
-            k for k, pat in (("running", "airflow.triggers.running,"), ("capacity", "airflow.triggerer.capacity_left"),
-                             ("beat", "airflow.triggerer_heartbeat")) if any(g.startswith(pat) for g in grams)}:
-        try:
-            grams += running.statsd.recv(65536).decode().splitlines()
-        except TimeoutError:
-            pass
-    text = "\n".join(grams)
-    assert re.search(r"^airflow\.triggers\.running,hostname=[^,]+,loop=team_a,bundle=team_a:3\|g$", text, re.M), text[-3000:]
-    assert re.search(r"^airflow\.triggerer\.capacity_left,hostname=[^,]+:\d+\|g$", text, re.M), text[-3000:]
-    assert re.search(r"^airflow\.triggerer_heartbeat:1\|c$", text, re.M), text[-3000:]
+    running.statsd_wait(r"^airflow\.triggers\.running,hostname=[^,]+,loop=team_a,bundle=team_a:3\|g$")
+    running.statsd_wait(r"^airflow\.triggerer\.capacity_left,hostname=[^,]+:\d+\|g$")
+    running.statsd_wait(r"^airflow\.triggerer_heartbeat:1\|c$")
 
 
 def test_blocking_trigger_is_a_blocked_episode_naming_it(running):
@@ -197,6 +217,9 @@ def test_blocking_trigger_is_a_blocked_episode_naming_it(running):
                                                            ("loop", "team_b"), ("trigger_id", str(block_id))))
     assert m[key] == 1
     assert "Triggerer's async thread was blocked" not in running.mt.text()  # stock's nameless warning is gone
+    # Airflow's counter, now with the loop; its gauge of the loop's lag too (ms).
+    running.statsd_wait(r"^airflow\.triggers\.blocked_main_thread,hostname=[^,]+,loop=team_b,bundle=team_b:1\|c$")
+    running.statsd_wait(r"^airflow\.multitrigger\.loop\.lag_p99,hostname=[^,]+,loop=team_b,bundle=team_b:[\d.]+\|g$")
 
 
 def test_print_from_a_trigger_goes_to_its_own_log_not_the_supervisors(running):
@@ -259,6 +282,7 @@ def test_loop_killed_from_outside_shows_restart_with_reason_and_status_fails(run
     result = running.status()
     assert result.returncode == 1 and "NOT HEALTHY" in result.stdout and "backing off" in result.stdout, result.stdout
     assert running.status("--json").returncode == 1
+    running.statsd_wait(r"^airflow\.multitrigger\.loop\.restarts,hostname=[^,]+,loop=team_a,bundle=team_a:1\|c$")
 
     back = running.home.wait_for(lambda: (lp := running.loops()["team_a"])["state"] == "running" and lp, timeout=60)
     assert back["pid"] != old and back["restarts"] == 2
