@@ -16,7 +16,8 @@ Checked against the Airflow 3.3.2 schema:
 A task-instance trigger also has the bundle version its DAG run is pinned to
 (``dag_run.bundle_version``; ``None`` for unversioned bundles such as ``LocalDagBundle``, or a DAG
 with ``disable_bundle_versioning``): ``Router`` keeps it on the ``Route`` when the loop runs bundle
-code (``bundle_code``), and ``supervisor.bundle_versions`` runs it in that version's own process.
+code (``bundle_code``) and the class can come from the bundle (not ``INSTALLED_ONLY``), and
+``supervisor.bundle_versions`` runs it in that version's own process.
 """
 
 from __future__ import annotations
@@ -34,6 +35,14 @@ from airflow.models.dag import DagModel
 from airflow.models.dagrun import DagRun
 from airflow.models.taskinstance import TaskInstance
 from multitrigger.config import DEFAULT_LOOP, LoopConfig
+
+
+#: Classpaths no bundle can provide: Airflow's own and its providers' triggers (``DateTimeTrigger``,
+#: ``TimeDeltaTrigger``, provider sensors' triggers) come from the installed ``airflow`` package,
+#: which shadows anything on a bundle root (appended last to ``sys.path``). Such a trigger runs the
+#: same code in any version's process, so it stays in its loop's own process: no process per
+#: version, no ``max_bundle_versions`` to hit.
+INSTALLED_ONLY = ("airflow.",)
 
 
 @dataclass(frozen=True)
@@ -76,7 +85,8 @@ class Router:
         loop = self.loop_for(bundle)
         allowed = self._loops[loop].allowed_triggers
         if allowed is None or any(_matches(classpath, pattern) for pattern in allowed):
-            versioned = version is not None and bundle is not None and self._loops[loop].bundle_code
+            versioned = (version is not None and bundle is not None and self._loops[loop].bundle_code
+                         and not classpath.startswith(INSTALLED_ONLY))
             return Route(loop, bundle, version if versioned else None)
         return Refusal(loop, bundle, f"trigger {classpath} is not in loop {loop!r}'s allowed_triggers (bundle {bundle!r})")
 

@@ -157,6 +157,9 @@ def test_router_routes_by_bundle_then_allow_list(tmp_path: Path) -> None:
     # A bundle version stays on the route of a loop that runs bundle code (bundle_versions runs it).
     assert router.route("pkg.mod.Exact", "t", "abc123") == Route("t", "t", "abc123")
     assert router.route("x.Y", None, "abc123") == Route("default", None)
+    # Airflow's own (and providers') triggers are installed code, whatever the version: the loop's process.
+    assert router.route("airflow.providers.standard.triggers.temporal.DateTimeTrigger", "other", "abc123") == \
+        Route("default", "other")
 
 
 def test_bundle_code_false_runs_no_versions_and_the_cap_is_per_loop(tmp_path: Path) -> None:
