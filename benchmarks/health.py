@@ -3,15 +3,17 @@ What the health server costs: supervisor CPU with health on and scraped every se
 health off, with N running triggers; and how fast a scrape answers.
 
 One real Airflow home (SQLite), 4 bundles with N/4 never-firing triggers each (real deferred task
-instances), one loop per bundle. The same home is run alternately with ``--no-health`` and with
-the health server on (``--health-port 0``) while this process scrapes ``/metrics`` every second
-(and ``/loops`` every fifth second). Per run: once every trigger is running (all N claimed by the
-job; then a settle period), the supervisor process's own CPU time (user + system, psutil; its
-loops and zygotes are other processes and not counted) over a fixed window; and each scrape's
-wall time, from request to last byte.
+instances), one loop per bundle. The same home is run once with ``--no-health`` and once with the
+health server on (``--health-port 0``). Once every trigger is running (all N claimed by the job;
+then a settle period), the supervisor process's own CPU time (user + system, psutil; its loops
+and zygotes are other processes, not counted) is measured over windows: off, off, ...; and with
+health on, alternately a quiet window and one where this process scrapes ``/metrics`` every
+second (and ``/loops`` every fifth second). Quiet and scraped windows of one process compare like
+with like (same DB, same triggers), so the scrape cost is not lost in run-to-run noise; off vs
+quiet is the idle server's cost. Each scrape's wall time is from request to last byte.
 
-    .venv/bin/python -m benchmarks.health                 # 2000 triggers, 2 x (off, on), 60 s windows
-    .venv/bin/python -m benchmarks.health --triggers 200 --window 20 --rounds 1   # quick look
+    .venv/bin/python -m benchmarks.health                 # 2000 triggers, 4 windows of 30 s per mode
+    .venv/bin/python -m benchmarks.health --triggers 200 --window 10 --rounds 1   # quick look
 """
 
 from __future__ import annotations
@@ -56,7 +58,42 @@ def _get(url: str) -> tuple[float, int]:
     return time.perf_counter() - t0, size
 
 
-def one_run(home: AirflowHome, triggers: int, health: bool, settle: float, window: float) -> dict[str, Any]:
+def _window(proc: psutil.Process, url: str | None, seconds: float) -> dict[str, Any]:
+    """The supervisor's CPU over ``seconds``, scraping ``url`` every second (if given)."""
+    scrapes: list[float] = []
+    loops_scrapes: list[float] = []
+    sizes: list[int] = []
+    stop = threading.Event()
+    t_start = time.monotonic()
+
+    def scrape() -> None:
+        n = 0
+        while not stop.wait(max(0.0, 1.0 - (time.monotonic() - t_start) % 1.0)):
+            took, size = _get(url + "/metrics")
+            scrapes.append(took)
+            sizes.append(size)
+            if n % 5 == 0:
+                loops_scrapes.append(_get(url + "/loops")[0])
+            n += 1
+
+    c0 = proc.cpu_times()
+    t_start = time.monotonic()
+    scraper = threading.Thread(target=scrape, daemon=True) if url else None
+    if scraper:
+        scraper.start()
+    time.sleep(seconds)
+    c1 = proc.cpu_times()
+    elapsed = time.monotonic() - t_start
+    stop.set()
+    if scraper:
+        scraper.join(15)
+    cpu = (c1.user + c1.system) - (c0.user + c0.system)
+    return {"window_s": round(elapsed, 2), "cpu_s": round(cpu, 3), "cpu_pct": round(100 * cpu / elapsed, 2),
+            "scrapes": len(scrapes), "metrics_bytes": sizes[-1] if sizes else None,
+            "metrics_ms": _stats(scrapes), "loops_ms": _stats(loops_scrapes), "metrics_s": scrapes}
+
+
+def one_run(home: AirflowHome, triggers: int, health: bool, settle: float, window: float, rounds: int) -> dict[str, Any]:
     args = ["--health-port", "0"] if health else ["--no-health"]
     log = home.path / f"mt-{'on' if health else 'off'}-{time.time():.0f}.log"
     address = home.path / "multitrigger" / "health.json"
@@ -76,37 +113,11 @@ def one_run(home: AirflowHome, triggers: int, health: bool, settle: float, windo
             running = sum(lp["triggers"] for lp in loops["loops"])
             assert running == triggers, running
         proc = psutil.Process(popen.pid)
-        scrapes: list[float] = []
-        loops_scrapes: list[float] = []
-        sizes: list[int] = []
-        stop = threading.Event()
-
-        def scrape() -> None:
-            n = 0
-            while not stop.wait(max(0.0, 1.0 - (time.monotonic() - t_start) % 1.0)):
-                took, size = _get(url + "/metrics")
-                scrapes.append(took)
-                sizes.append(size)
-                if n % 5 == 0:
-                    loops_scrapes.append(_get(url + "/loops")[0])
-                n += 1
-
-        c0 = proc.cpu_times()
-        t_start = time.monotonic()
-        scraper = threading.Thread(target=scrape, daemon=True) if url else None
-        if scraper:
-            scraper.start()
-        time.sleep(window)
-        c1 = proc.cpu_times()
-        elapsed = time.monotonic() - t_start
-        stop.set()
-        if scraper:
-            scraper.join(15)
-        cpu = (c1.user + c1.system) - (c0.user + c0.system)
-        return {"health": health, "claimed_s": round(t_claimed, 1), "window_s": round(elapsed, 2),
-                "cpu_s": round(cpu, 3), "cpu_pct": round(100 * cpu / elapsed, 2),
-                "scrapes": len(scrapes), "metrics_bytes": sizes[-1] if sizes else None,
-                "metrics_ms": _stats(scrapes), "loops_ms": _stats(loops_scrapes)}
+        windows = []
+        for _ in range(rounds):
+            for scraped in ((False, True) if url else (False,)):
+                windows.append(_window(proc, url if scraped else None, window) | {"scraped": scraped})
+        return {"health": health, "claimed_s": round(t_claimed, 1), "windows": windows}
     finally:
         popen.terminate()
         try:
@@ -127,30 +138,32 @@ def _stats(seconds: list[float]) -> dict[str, float] | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--triggers", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=2, help="(off, on) pairs")
-    parser.add_argument("--window", type=float, default=60.0, help="measured seconds per run")
+    parser.add_argument("--rounds", type=int, default=4, help="windows per run (health on: that many quiet/scraped pairs)")
+    parser.add_argument("--window", type=float, default=30.0, help="measured seconds per window")
     parser.add_argument("--settle", type=float, default=15.0, help="seconds after all are claimed before measuring")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mt-health-bench-") as tmp:
         home = build_home(Path(tmp), args.triggers)
-        runs = []
-        for _ in range(args.rounds):
-            for health in (False, True):
-                runs.append(one_run(home, args.triggers, health, args.settle, args.window))
-                print(json.dumps(runs[-1]), flush=True)
-    off = [r["cpu_pct"] for r in runs if not r["health"]]
-    on = [r["cpu_pct"] for r in runs if r["health"]]
-    all_scrapes = [r["metrics_ms"] for r in runs if r["health"]]
-    summary = {"triggers": args.triggers, "window_s": args.window, "cpu_pct_off": off, "cpu_pct_on": on,
-               "cpu_delta_pct_points_median": round(statistics.median(on) - statistics.median(off), 2),
-               "metrics_ms": all_scrapes, "runs": runs}
+        runs = [one_run(home, args.triggers, health, args.settle, args.window, args.rounds) for health in (False, True)]
+    for run in runs:
+        for w in run["windows"]:
+            print(json.dumps({"health": run["health"]} | {k: v for k, v in w.items() if k != "metrics_s"}))
+    pct = {key: [w["cpu_pct"] for r in runs for w in r["windows"] if (r["health"], w["scraped"]) == key]
+           for key in ((False, False), (True, False), (True, True))}
+    med = {key: statistics.median(v) for key, v in pct.items()}
+    scrapes = sorted(t for r in runs for w in r["windows"] for t in w["metrics_s"])
+    summary = {"triggers": args.triggers, "window_s": args.window, "rounds": args.rounds,
+               "cpu_pct": {"off": pct[(False, False)], "on_unscraped": pct[(True, False)], "on_scraped": pct[(True, True)]},
+               "cpu_pct_median": {"off": med[(False, False)], "on_unscraped": med[(True, False)], "on_scraped": med[(True, True)]},
+               "scrape_cost_pct_points": round(med[(True, True)] - med[(True, False)], 2),
+               "metrics_ms": _stats(scrapes), "runs": runs}
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"health-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
     out.write_text(json.dumps(summary, indent=2))
-    print(f"supervisor CPU, health off: {off} %; on (scraped every second): {on} %; "
-          f"median delta {summary['cpu_delta_pct_points_median']} percentage points")
-    print(f"/metrics scrape ms per run: {all_scrapes}")
+    print(f"supervisor CPU % (median of windows): health off {med[(False, False)]}, on unscraped {med[(True, False)]}, "
+          f"on scraped every second {med[(True, True)]}; scraping costs {summary['scrape_cost_pct_points']} points")
+    print(f"/metrics scrape ms over every scrape: {summary['metrics_ms']}")
     print(f"wrote {out}")
 
 

@@ -65,7 +65,8 @@ def _ms(value: float | None) -> str:
 
 
 def _loop_problem(loop: dict[str, Any]) -> bool:
-    return (loop["wanted"] and loop["state"] != "running") or loop["restarts_recent"] > 0 or bool(loop["quarantined"])
+    return ((loop["wanted"] and loop["state"] != "running") or loop["restarts_recent"] > 0 or bool(loop["quarantined"])
+            or bool(loop.get("blocking_now")))
 
 
 def render(doc: dict[str, Any], url: str) -> Group:
@@ -95,6 +96,11 @@ def render(doc: dict[str, Any], url: str) -> Group:
     parts: list[Any] = [head, table]
     for problem in doc.get("not_ready", []):
         parts.append(Text(f"not ready: {problem}", style="red"))
+    for loop in doc.get("loops", []):
+        if b := loop.get("blocking_now"):
+            task = "/".join(str(x) for x in (b["dag_id"], b["task_id"], b["run_id"]) if x) or "-"
+            parts.append(Text(f"loop {loop['name']} silent for {b['silent_s']} s, running trigger {b['trigger_id']} "
+                              f"({b['classpath']}, {task})", style="bold red"))
     blockers = [(loop["name"], b) for loop in doc.get("loops", []) for b in loop["worst_blockers"]]
     if blockers:
         worst = Table(title="triggers that blocked their event loop (worst first)", title_justify="left",

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +30,7 @@ from tests.conftest import MULTITRIGGER, Triggerer
 
 pytestmark = pytest.mark.timeout(240)
 CRASH = "mt_testsupport.crash_triggers."
+BLOCKING = "mt_testsupport.bench_triggers.BlockingTrigger"
 # team_a's first restart is immediate (RestartPolicy); the second comes 6 s after its crash, so a
 # test sees it down ("backing off") before it is back.
 CONFIG = """
@@ -43,6 +45,8 @@ bundles = ["team_b"]
 [loops.team_b.limits]
 memory = "1G"
 best_effort = true
+[loops.team_c]
+bundles = ["team_c"]
 """
 #: Where team_b gets a cgroup of its own (root on a cgroup v1 host, as this machine and CI's).
 CGROUPS = os.geteuid() == 0 and Path("/sys/fs/cgroup/memory/cgroup.procs").exists()
@@ -73,10 +77,17 @@ class Running:
             seen = len(self.grams)
             if time.monotonic() > deadline:
                 raise AssertionError(f"no statsd line matching {pattern!r} within {timeout}s: {self.grams[-30:]}")
+            time.sleep(0.1)
+
+    def drain_statsd(self) -> None:
+        """On a thread: keep every datagram (the socket's buffer holds only seconds of them)."""
+        while True:
             try:
                 self.grams += self.statsd.recv(65536).decode().splitlines()
             except TimeoutError:
-                pass
+                continue
+            except OSError:  # closed at teardown
+                return
 
     def trigger_id(self, key: str) -> int:
         return self.home.ti_state(self.refs[key]).trigger_id
@@ -92,7 +103,8 @@ def running(tmp_path_factory: pytest.TempPathFactory):
     statsd.bind(("127.0.0.1", 0))
     statsd.settimeout(0.2)
     root = tmp_path_factory.mktemp("health")
-    bundles = {"team_a": deferring_bundle("dag_a", n_tasks=3), "team_b": deferring_bundle("dag_b", n_tasks=4)}
+    bundles = {"team_a": deferring_bundle("dag_a", n_tasks=3), "team_b": deferring_bundle("dag_b", n_tasks=4),
+               "team_c": deferring_bundle("dag_c", n_tasks=1)}
     home = AirflowHome.create(root / "home", bundles, extra_config={"metrics": {
         "statsd_on": "True", "statsd_host": "127.0.0.1", "statsd_port": str(statsd.getsockname()[1]),
         "statsd_prefix": "airflow", "statsd_influxdb_enabled": "True"}})
@@ -101,6 +113,8 @@ def running(tmp_path_factory: pytest.TempPathFactory):
         "b0": DeferSpec("dag_b", "t0", WAIT_FOREVER, {"marker_path": str(root / "b0")}),
         "block": DeferSpec("dag_b", "t1", CRASH + "BlockOnceTrigger", {"after": 1.0, "seconds": 1.0}, validate=False),
         "print": DeferSpec("dag_b", "t2", CRASH + "PrintAndWaitTrigger", {"after": 0.5}, validate=False),
+        # team_c's loop is blocked 5 s out of every 6 (never long enough to be killed for it)
+        "hog": DeferSpec("dag_c", "t0", BLOCKING, {"block_seconds": 5.0, "every_seconds": 1.0}, validate=False),
     }
     refs = dict(zip(specs, home.defer_many(list(specs.values()))))
     cfg = home.path / "multitrigger.toml"
@@ -115,7 +129,9 @@ def running(tmp_path_factory: pytest.TempPathFactory):
         home.wait_for(address.exists, timeout=120, message=lambda: mt.text()[-2000:])
         doc = json.loads(address.read_text())
         assert doc["pid"] == popen.pid and doc["url"].startswith("http://127.0.0.1:")  # loopback by default
-        yield Running(home, mt, doc["url"], refs, statsd)
+        running = Running(home, mt, doc["url"], refs, statsd)
+        threading.Thread(target=running.drain_statsd, daemon=True).start()
+        yield running
     finally:
         mt.stop()
         statsd.close()
@@ -135,9 +151,9 @@ def test_ready_once_both_loops_are_up_and_live(running):
     assert seen[-1][1] == {"ready": True, "not_ready": []}
     for code, body in seen[:-1]:  # before: 503 with what was missing, in words
         assert code == 503 and body["not_ready"] and all(
-            re.match(r"(loop team_[ab] is starting|has not claimed)", p) for p in body["not_ready"]), body
+            re.match(r"(loop team_[abc] is starting|has not claimed)", p) for p in body["not_ready"]), body
     loops = running.loops()
-    assert {"team_a", "team_b", "default"} == set(loops)
+    assert {"team_a", "team_b", "team_c", "default"} == set(loops)
     assert loops["default"]["state"] == "idle" and not loops["default"]["wanted"]  # no trigger of its own
     for name in ("team_a", "team_b"):
         loop = loops[name]
@@ -176,7 +192,7 @@ def test_metrics_parse_and_match_the_db_and_airflow_stats_carry_the_loop(running
     home.wait_for(matches, timeout=60, message=lambda: str(_metrics(running)))
     m = _metrics(running)
     a = (("bundle", "team_a"), ("loop", "team_a"))
-    assert m[("multitrigger_ready", ())] == 1 and m[("multitrigger_triggers_running", ())] == 6
+    assert m[("multitrigger_ready", ())] == 1 and m[("multitrigger_triggers_running", ())] == 7
     assert m[("multitrigger_loop_up", a)] == 1 and m[("multitrigger_loop_restarts_total", a)] == 0
     assert m[("multitrigger_loop_state", a + (("state", "running"),))] == 1
     assert m[("multitrigger_loop_memory_pss_bytes", a)] > 1_000_000 and m[("multitrigger_loop_cpu_seconds_total", a)] > 0
@@ -207,7 +223,8 @@ def test_blocking_trigger_is_a_blocked_episode_naming_it(running):
     assert blocker["episodes"] == 1 and 0.9 < blocker["seconds_max"] < 5, blocker
     assert running.loops()["team_b"]["blocked_episodes"] >= 1 and running.loops()["team_a"]["blocked_episodes"] == 0
     # Logged once, in the supervisor's log, with the trigger and its task.
-    lines = [ln for ln in running.mt.text().splitlines() if "event loop blocked by trigger" in ln]
+    lines = [ln for ln in running.mt.text().splitlines()
+             if "event loop blocked by trigger" in ln and re.search(rf"trigger_id={block_id}\b", ln)]
     assert len(lines) == 1, lines
     for field in (f"trigger_id={block_id}", f"classpath={CRASH}BlockOnceTrigger", "dag_id=dag_b", "task_id=t1",
                   "loop=team_b", "bundle=team_b"):
@@ -220,6 +237,23 @@ def test_blocking_trigger_is_a_blocked_episode_naming_it(running):
     # Airflow's counter, now with the loop; its gauge of the loop's lag too (ms).
     running.statsd_wait(r"^airflow\.triggers\.blocked_main_thread,hostname=[^,]+,loop=team_b,bundle=team_b:1\|c$")
     running.statsd_wait(r"^airflow\.multitrigger\.loop\.lag_p99,hostname=[^,]+,loop=team_b,bundle=team_b:[\d.]+\|g$")
+
+
+def test_a_loop_blocked_now_names_the_trigger_running_in_it(running):
+    hog_id = running.trigger_id("hog")
+
+    def blocking():
+        return running.loops()["team_c"]["blocking_now"]
+
+    now = running.home.wait_for(blocking, timeout=60, interval=0.25)
+    assert now["trigger_id"] == hog_id and now["classpath"] == BLOCKING and (now["dag_id"], now["task_id"]) == ("dag_c", "t0")
+    assert now["silent_s"] >= 3.0
+    shown = rf"loop team_c silent for [\d.]+ s, running trigger {hog_id} \({re.escape(BLOCKING)}, dag_c/t0/"
+    running.home.wait_for(lambda: re.search(shown, running.status().stdout), timeout=40)  # while a block lasts
+    # Each ended block is an episode of that trigger, and team_c was never killed for it.
+    (hog,) = running.home.wait_for(lambda: [b for b in running.loops()["team_c"]["worst_blockers"] if b["trigger_id"] == hog_id],
+                                   timeout=30)
+    assert hog["seconds_max"] >= 4.5 and running.loops()["team_c"]["restarts"] == 0
 
 
 def test_print_from_a_trigger_goes_to_its_own_log_not_the_supervisors(running):
@@ -259,7 +293,7 @@ def test_status_table_and_json(running):
     assert as_json.returncode == 0
     doc = json.loads(as_json.stdout)
     assert doc["ready"] and doc["live"] and doc["db"] == "ok"
-    assert {loop["name"]: loop["triggers"] for loop in doc["loops"]} == {"default": 0, "team_a": 3, "team_b": 3}
+    assert {loop["name"]: loop["triggers"] for loop in doc["loops"]} == {"default": 0, "team_a": 3, "team_b": 3, "team_c": 1}
 
 
 def test_loop_killed_from_outside_shows_restart_with_reason_and_status_fails(running):

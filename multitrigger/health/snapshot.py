@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from multitrigger.loop.blame import read_blame
+
 if TYPE_CHECKING:
     from multitrigger.supervisor.core import Supervisor
     from multitrigger.supervisor.slot import LoopSlot
@@ -33,6 +35,9 @@ PUBLISH_EVERY = 0.5
 RECENT_WINDOW = 600.0
 #: Worst blocking triggers listed per loop.
 WORST_BLOCKERS = 5
+#: A loop silent this long (s; it polls at least every ``POLL_HOLD_SECONDS``) is looked into:
+#: whose code is running now (its blame slot) is shown as ``blocking_now``, before any hang kill.
+SILENT_AFTER = 3.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,7 @@ class LoopSnapshot:
     poison_failed: int
     output_dropped_bytes: int
     limits: dict[str, Any] | None  # the loop's cgroup limits (LoopConfig.limits), when configured
+    blocking_now: dict[str, Any] | None = None  # a silent loop: the trigger whose code is running
     cgroup_path: str | None = None  # its own cgroup (multitrigger.cgroups), when it has limits
     #: That cgroup, for readers to ask its usage (reads cgroupfs files); not part of the document.
     cgroup: Any = dataclasses.field(default=None, compare=False, repr=False)
@@ -138,9 +144,20 @@ def _limits(loop: Any) -> dict[str, Any] | None:
     return dataclasses.asdict(limits) if dataclasses.is_dataclass(limits) else {"value": str(limits)}
 
 
+def _blocking_now(slot: LoopSlot, silent: float | None) -> dict[str, Any] | None:
+    """For a loop silent past ``SILENT_AFTER``: the trigger its blame slot says is running (8 bytes)."""
+    if silent is None or silent < SILENT_AFTER or not (trigger_id := read_blame(slot.blame_file)):
+        return None
+    info = slot.describe(trigger_id)
+    return {"trigger_id": trigger_id, "classpath": info.classpath if info else None,
+            "dag_id": info.dag_id if info else None, "task_id": info.task_id if info else None,
+            "run_id": info.run_id if info else None, "silent_s": round(silent, 1)}
+
+
 def _loop(slot: LoopSlot, wanted: bool, now: float, wall: float) -> LoopSnapshot:
     stats, health, process = slot.stats, slot.stats.health, slot.process
     heard = slot.last_heard
+    silent = None if heard == math.inf or process is None else max(0.0, slot.listening() - heard)
     return LoopSnapshot(
         name=slot.name, bundles=tuple(sorted(slot.config.bundles)), level=slot.config.level,
         interpreter=str(slot.config.python), start_method=slot.config.start_method, wanted=wanted,
@@ -149,7 +166,7 @@ def _loop(slot: LoopSlot, wanted: bool, now: float, wall: float) -> LoopSnapshot
         failures=stats.failures, restarts=stats.restarts,
         restarts_recent=sum(1 for t in stats.restart_times if wall - t <= RECENT_WINDOW),
         last_exit=stats.last_exit, last_exit_at=stats.last_exit_at,
-        since_checkin=None if heard == math.inf or process is None else max(0.0, slot.listening() - heard),
+        since_checkin=silent,
         airflow_version=health.airflow_version, python_version=health.python_version,
         lag_p50=health.lag_p50, lag_p99=health.lag_p99, lag_max=health.lag_max,
         blocked_episodes=health.blocked_episodes, blocked_seconds=round(health.blocked_seconds, 3),
@@ -157,6 +174,7 @@ def _loop(slot: LoopSlot, wanted: bool, now: float, wall: float) -> LoopSnapshot
         quarantined=tuple({"trigger_id": tid, "strikes": n} for tid, n in sorted(slot.poison.struck().items())),
         poison_failed=stats.poison_failed, output_dropped_bytes=slot.relay.dropped_total,
         limits=_limits(slot.config),
+        blocking_now=_blocking_now(slot, silent),
         cgroup_path=str(slot.cgroup.path) if slot.cgroup is not None else None, cgroup=slot.cgroup,
     )
 
