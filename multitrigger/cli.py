@@ -13,8 +13,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from multitrigger.paths import default_config_path
+
+if TYPE_CHECKING:
+    from multitrigger.config import Config
+    from multitrigger.scope import Scope
 
 
 def _add_config_arg(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +50,17 @@ def _status_only_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_bundles_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--bundles",
+        type=lambda value: [b for b in value.split(",") if b],
+        action="extend",
+        default=None,
+        help="serve only these DAG bundles (comma-separated; overrides [supervisor] bundles). "
+        "Without it: every bundle whose loop is not level \"dedicated\"",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="multitrigger", description="Multi-loop, isolated Airflow triggerer.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -60,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--health-host", default=None, help="address to bind the health server to (default 127.0.0.1)")
     health.add_argument("--health-port", type=int, default=None, help="port of the health server (default 8796; 0: any free port)")
     health.add_argument("--no-health", action="store_true", help="do not start the health server")
+    _add_bundles_arg(run)
     run.set_defaults(func=cmd_run)
 
     _add_status_parser(sub)
@@ -67,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="Configuration commands").add_subparsers(dest="config_command", required=True)
     check = config.add_parser("check", help="Validate the config and hand-shake with every loop's interpreter")
     _add_config_arg(check)
+    _add_bundles_arg(check)
     check.set_defaults(func=cmd_config_check)
 
     venv = sub.add_parser("venv", help="Bundle virtualenvs").add_subparsers(dest="venv_command", required=True)
@@ -98,21 +116,46 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 2
+    from multitrigger.scope import Scope, served_config
     from multitrigger.supervisor.trigger_path import TriggerPaths, loop_bundles, versioned_bundle_names
 
-    paths = TriggerPaths.compute(config, log_entries=False)  # reads this host's Airflow config
+    scope = Scope.of(config, args.bundles)
+    paths = TriggerPaths.compute(served_config(config, scope), log_entries=False)  # reads this host's Airflow config
     versioned = versioned_bundle_names()
     source = config.source or "(no config file: built-in default)"
     print(f"{source}: OK")
+    print(f"  this instance serves: {scope.served.describe()}")
+    for line in bundle_lines(config, scope):
+        print(f"  {line}")
     for loop in config.loops.values():
         bundles = ", ".join(sorted(loop.bundles)) or "(every bundle not listed elsewhere)"
-        print(f"  loop {loop.name}: {loop.level}, python {loop.python}, bundles {bundles}")
-        for entry in paths.loops[loop.name]:
+        user = f", user {loop.user}" if loop.user else ""
+        here = "" if loop.name in scope.loops else " (not run by this instance)"
+        print(f"  loop {loop.name}: {loop.level}, python {loop.python}{user}, bundles {bundles}{here}")
+        for entry in paths.loops.get(loop.name, ()):
             print(f"    trigger code: {entry.source}: {entry.path}")
         for bundle in [b for b in loop_bundles(loop, config, versioned) if b in versioned] if loop.bundle_code else ():
             print(f"    trigger code: bundle {bundle}: the version each DAG run is pinned to, in its own process "
                   f"(at most {loop.max_bundle_versions} versions at once)")
     return 0
+
+
+def bundle_lines(config: Config, scope: Scope) -> list[str]:
+    """One line per bundle (and one for every other bundle): its loop, level, capacity share, and
+    whether this instance runs it."""
+    from multitrigger.config import DEFAULT_LOOP
+
+    lines = []
+    rows = [(b, lp.name) for lp in config.loops.values() for b in sorted(lp.bundles)]
+    rows += [(b, entry) for entry, bundles in config.shared.items() for b in sorted(bundles)]
+    for bundle, entry in sorted(rows) + [(None, DEFAULT_LOOP)]:
+        loop = config.loops.get(entry, config.loops[DEFAULT_LOOP])
+        level = "shared" if entry in config.shared else loop.level
+        share = f"capacity share {loop.capacity}" if loop.capacity else "no capacity share (the instance's --capacity)"
+        here = "runs here" if bundle in scope.served else "not run here" + (
+            f" (an instance started with --bundles {bundle} runs it)" if level == "dedicated" else "")
+        lines.append(f"bundle {bundle or '(any other)'}: loop {loop.name}, level {level}, {share}; {here}")
+    return lines
 
 
 def cmd_venv_create(args: argparse.Namespace) -> int:

@@ -80,7 +80,7 @@ def test_default_config_without_file(tmp_path: Path) -> None:
         assert list(config.loops) == [DEFAULT_LOOP]
         loop = config.loops[DEFAULT_LOOP]
         assert loop.python == Path(sys.executable) and loop.venv is None
-        assert loop.level == "process" and loop.allowed_triggers is None
+        assert loop.level == "shared" and loop.allowed_triggers is None
         assert loop.restart == RestartSettings()
         assert config.supervisor == SupervisorSettings()
         router = Router(config.loops)
@@ -287,15 +287,17 @@ def test_isolation_is_rejected_with_what_decides_the_level(tmp_path: Path, value
     path = write(tmp_path, f'[loops.a]\nbundles = ["a"]\nisolation = {value}\n[loops.default]\nisolation = {value}\n')
     lines = problems(path)
     for key in ("loops.a.isolation", "loops.default.isolation"):
-        assert_problem(lines, path, key, "no longer a setting", "remove it",
+        assert_problem(lines, path, key, "no longer a setting", "rename it to level", '"dedicated"',
                        'venv/python set runs that interpreter ("venv")', 'supervisor\'s ("process")')
     assert len(lines) == 2
 
 
 def test_level_follows_the_interpreter(tmp_path: Path, bundle_venv: Path) -> None:
-    path = write(tmp_path, f'[loops.default]\nvenv = "{bundle_venv}"\n[loops.b]\nbundles = ["b"]\n')
+    path = write(tmp_path, f'[loops.default]\nvenv = "{bundle_venv}"\n[loops.b]\nbundles = ["b"]\n'
+                           f'[loops.c]\nbundles = ["c"]\nvenv = "{bundle_venv}"\n')
     config = load_config(path)
-    assert config.loops["default"].level == "venv" and config.loops["b"].level == "process"
+    assert config.loops["default"].level == "shared" and config.loops["default"].own_interpreter
+    assert config.loops["b"].level == "process" and config.loops["c"].level == "venv"
 
 
 def test_relative_python_is_relative_to_the_config_file(tmp_path: Path) -> None:

@@ -19,9 +19,12 @@ Format (``$AIRFLOW_HOME/multitrigger.toml``; every table optional)::
     python_path_mode = "extend"     # or "replace": drop PYTHONPATH, plugins folder, config dir
     bundle_code = true              # the loop's LocalDagBundle roots on its sys.path; versioned bundles
     max_bundle_versions = 4         # versions of one bundle (GitDagBundle) running at once
+    level = "venv"                  # shared | process | venv | cgroup | dedicated (levels.py)
+    capacity = 20                   # at most this many of its bundles' triggers held at once
     [loops.team_a.restart]          # backoff_*, jitter, stable_after, poison_threshold
     [loops.team_a.limits]           # memory, memory_high, cpu, pids, best_effort: its cgroup
-    [supervisor]                    # db_retry_limit, db_timeout, request_timeout, log limits
+    [supervisor]                    # db_retry_limit, db_timeout, request_timeout, log limits,
+                                    # bundles (serve only these; see multitrigger.scope)
     [health]                        # enabled, host, port, live_threshold (multitrigger.health)
 """
 
@@ -32,14 +35,15 @@ import sys
 import tomllib
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import ValidationError
 
 from multitrigger import interpreter_probe
+from multitrigger.config.levels import Level, derived_level
 from multitrigger.config.problems import ConfigError, Problem, problems_from
 from multitrigger.config.schema import (DEFAULT_LOOP, REMOVED_KEYS, FileTable, HealthSettings, Limits, LoopTable,
                                         RestartSettings, SupervisorSettings, relations, schema_at)
@@ -68,12 +72,14 @@ class LoopConfig:
     bundle_code: bool = True  # the roots of this loop's LocalDagBundles on its sys.path; versioned bundles
     max_bundle_versions: int = 4  # versions of one versioned bundle running at once (supervisor.bundle_versions)
     limits: Limits | None = None  # its cgroup's limits (multitrigger.cgroups); None: no cgroup
+    level: Level = "process"  # config.levels; "shared" only for the default loop
+    capacity: int | None = None  # at most this many of its bundles' triggers held at once
+    user: str | None = None  # Unix user the loop process runs as
 
     @property
-    def level(self) -> Literal["process", "venv"]:
-        """``venv`` when the loop runs an interpreter other than the supervisor's, else
-        ``process`` (own process, the supervisor's interpreter and packages)."""
-        return "venv" if self.python != Path(sys.executable) else "process"
+    def own_interpreter(self) -> bool:
+        """The loop runs an interpreter other than the supervisor's (a venv or ``python``)."""
+        return self.python != Path(sys.executable)
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,11 @@ class Config:
     loops: Mapping[str, LoopConfig]
     supervisor: SupervisorSettings = SupervisorSettings()
     health: HealthSettings = HealthSettings()
+    #: Bundles of ``level = "shared"`` entries, per entry name: they run in the default loop.
+    shared: Mapping[str, frozenset[str]] = field(default_factory=lambda: MappingProxyType({}))
+    #: Bundles of loops this instance does not run (``dedicated`` ones, or not in ``--bundles``);
+    #: see ``multitrigger.scope``. Nobody's default loop gets them.
+    unserved: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if DEFAULT_LOOP not in self.loops:
@@ -92,7 +103,7 @@ class Config:
 
 
 def _default_loop() -> LoopConfig:
-    return LoopConfig(DEFAULT_LOOP, frozenset(), Path(sys.executable), None, None)
+    return LoopConfig(DEFAULT_LOOP, frozenset(), Path(sys.executable), None, None, level="shared")
 
 
 def default_config() -> Config:
@@ -144,17 +155,20 @@ def _parse(source: Path, data: dict[str, Any]) -> Config:
     problems += relations(data)
     if problems:
         raise ConfigError(source, problems)
-    loops = {DEFAULT_LOOP: _default_loop()} | {name: _loop(name, t) for name, t in table.loops.items()}
-    return Config(source, loops, table.supervisor, table.health)
+    shared = {name: frozenset(t.bundles or ()) for name, t in table.loops.items() if t.level == "shared" and name != DEFAULT_LOOP}
+    loops = {DEFAULT_LOOP: _default_loop()} | {
+        name: _loop(name, t, data["loops"][name]) for name, t in table.loops.items() if name not in shared}
+    return Config(source, loops, table.supervisor, table.health, MappingProxyType(shared))
 
 
-def _loop(name: str, table: LoopTable) -> LoopConfig:
+def _loop(name: str, table: LoopTable, raw: dict[str, Any]) -> LoopConfig:
     python = table.venv / "bin" / "python" if table.venv else table.python or Path(sys.executable)
+    level = derived_level(name, raw, own_interpreter=python != Path(sys.executable))
     allowed = tuple(table.allowed_triggers) if table.allowed_triggers is not None else None
     return LoopConfig(name, frozenset(table.bundles or ()), python, table.venv, allowed,
                       table.restart, table.start_method, tuple(table.python_path or ()),
                       table.python_path_mode, table.bundle_code, limits=table.limits,
-                      max_bundle_versions=table.max_bundle_versions)
+                      max_bundle_versions=table.max_bundle_versions, level=level, capacity=table.capacity)
 
 
 def _probe_all(config: Config) -> None:
@@ -174,4 +188,4 @@ def _probe_all(config: Config) -> None:
 def _interpreter_key(loop: LoopConfig) -> str:
     if loop.venv is not None:
         return f"loops.{loop.name}.venv"
-    return f"loops.{loop.name}" + (".python" if loop.level == "venv" else "")
+    return f"loops.{loop.name}" + (".python" if loop.own_interpreter else "")

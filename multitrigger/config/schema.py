@@ -26,10 +26,10 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pydantic_core import PydanticCustomError
 
+from multitrigger.config.levels import DEFAULT_LOOP, LEVELS, Level, level_problems
 from multitrigger.config.problems import Problem, toml_type
 from multitrigger.restart import BackoffSettings
 
-DEFAULT_LOOP = "default"
 #: Loop names become process and cgroup names.
 LOOP_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
 _CLASSPATH_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(\.\*)?$")
@@ -172,6 +172,9 @@ class SupervisorSettings(BaseModel):
     log_buffer_bytes: int = Field(16 * _MiB, validate_default=True)  # per-loop unprocessed-log cap
     cgroup_root: str = Field("/sys/fs/cgroup", min_length=1, description="the cgroup filesystem's mount point",
                              examples=['cgroup_root = "/sys/fs/cgroup"'])  # where loops' cgroups are made
+    bundles: Annotated[list[_Bundle], AfterValidator(_bundle_list)] | None = Field(
+        None, description="an array of bundle names this instance serves (only those; None: every bundle "
+                          "whose loop is not dedicated)", examples=['bundles = ["team_a"]'])
 
     _holds_a_line = _not_below("log_buffer_bytes", "max_log_line_bytes", "raise log_buffer_bytes or lower max_log_line_bytes")
 
@@ -268,6 +271,9 @@ class LoopTable(BaseModel):
     max_bundle_versions: int = Field(
         4, ge=1, description="an integer >= 1 (versions of one bundle running at once, each its own process)",
         examples=["max_bundle_versions = 4"])
+    level: Level | None = Field(None, description=" or ".join(f'"{lv}"' for lv in LEVELS))
+    capacity: int | None = Field(None, ge=1, description="an integer >= 1 (triggers of this loop's bundles held at once)",
+                                 examples=["capacity = 20"])
 
 
 class FileTable(BaseModel):
@@ -281,9 +287,9 @@ class FileTable(BaseModel):
 
 #: Keys that used to exist: rejected with what to do instead.
 REMOVED_KEYS = {
-    "isolation": ("is no longer a setting: the level follows from venv/python",
-                  'remove it: a loop with venv/python set runs that interpreter ("venv"), '
-                  "otherwise the supervisor's (\"process\")"),
+    "isolation": ("is no longer a setting: the isolation level is the key level",
+                  'rename it to level (one of ' + ", ".join(f'"{lv}"' for lv in LEVELS) + "), or remove it: "
+                  'a loop with venv/python set runs that interpreter ("venv"), otherwise the supervisor\'s ("process")'),
 }
 
 
@@ -321,6 +327,7 @@ def relations(data: dict[str, Any]) -> list[Problem]:
         elif name != DEFAULT_LOOP and "bundles" not in table:
             problems.append(Problem(f"{key}.bundles", "missing",
                                     'list the bundles this loop runs, e.g. bundles = ["team_a"]'))
+        problems += level_problems(name, table)
         if "venv" in table and "python" in table:
             problems.append(Problem(f"{key}.python", "venv and python are both set",
                                     "keep one: venv runs <venv>/bin/python, python names an interpreter directly"))

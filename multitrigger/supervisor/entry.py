@@ -49,7 +49,8 @@ def run_triggerer(args: argparse.Namespace, config: Config) -> int:
     def run() -> None:
         with _serve_logs(args.skip_serve_logs):
             job = Job(heartrate=conf.getfloat("triggerer", "JOB_HEARTBEAT_SEC"))
-            runner = MultiTriggerJobRunner(job, config, capacity=args.capacity, queues=queues, team_name=team_name)
+            runner = MultiTriggerJobRunner(job, config, capacity=args.capacity, queues=queues, team_name=team_name,
+                                           bundles=getattr(args, "bundles", None))
             result[0] = run_job(job=runner.job, execute_callable=runner._execute)
 
     run_command_with_daemon_option(args=args, process_name="multitrigger", callback=run, should_setup_logging=True)

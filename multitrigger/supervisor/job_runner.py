@@ -18,10 +18,12 @@ from airflow.jobs.base_job_runner import BaseJobRunner
 from airflow.jobs.job import Job
 from airflow.observability.metrics import stats_utils
 from multitrigger.config import Config
+from multitrigger.scope import Scope, served_config
 from multitrigger.supervisor.core import Supervisor
 from multitrigger.supervisor.db_bounds import bound_airflow_engines
 from multitrigger.supervisor.settings import resolve_run_settings
-from multitrigger.supervisor.store import Claim, TriggerStore
+from multitrigger.supervisor.claims import Claim
+from multitrigger.supervisor.store import TriggerStore
 
 log = structlog.get_logger(__name__)
 
@@ -31,9 +33,11 @@ class MultiTriggerJobRunner(BaseJobRunner):
 
     job_type = "TriggererJob"
 
-    def __init__(self, job: Job, config: Config, capacity: int | None = None, queues: set[str] | None = None, team_name: str | None = None) -> None:
+    def __init__(self, job: Job, config: Config, capacity: int | None = None, queues: set[str] | None = None,
+                 team_name: str | None = None, bundles: list[str] | None = None) -> None:
         super().__init__(job)
         self.config = config
+        self.scope = Scope.of(config, bundles)
         self.capacity = capacity if capacity is not None else conf.getint("triggerer", "capacity")
         if self.capacity <= 0:
             raise ValueError(f"Capacity number {self.capacity!r} is invalid")
@@ -55,4 +59,6 @@ class MultiTriggerJobRunner(BaseJobRunner):
             health_check_threshold=settings.triggerer_health_check_threshold,
         )
         bound_airflow_engines(settings.db_timeout)
-        return Supervisor(self.config, settings, TriggerStore(self.job, claim)).run()
+        log.info("serving", bundles=self.scope.served.describe(), loops=list(self.scope.loops),
+                 shares={g.loop: g.capacity for g in self.scope.groups if g.loop}, capacity=self.capacity)
+        return Supervisor(served_config(self.config, self.scope), settings, TriggerStore(self.job, claim, self.scope)).run()

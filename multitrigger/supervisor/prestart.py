@@ -60,6 +60,7 @@ def prestart_for_argv(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--config", type=Path, default=None)
     parser.add_argument("-D", "--daemon", action="store_true")
+    parser.add_argument("--bundles", type=lambda v: [b for b in v.split(",") if b], action="extend", default=None)
     try:
         args, _rest = parser.parse_known_args(argv)
     except SystemExit:
@@ -71,4 +72,6 @@ def prestart_for_argv(argv: list[str]) -> None:
         config = load_config(path, must_exist=args.config is not None)
     except (ConfigError, OSError):
         return
-    prestart(config, state_dir())
+    from multitrigger.scope import Scope, served_config
+
+    prestart(served_config(config, Scope.of(config, args.bundles)), state_dir())  # only loops run here

@@ -64,5 +64,5 @@ def resolve_run_settings(config: Config) -> RunSettings:
         state_dir=state_dir(),
         runner_health_check_threshold=conf.getfloat("triggerer", "runner_health_check_threshold"),
         triggerer_health_check_threshold=conf.getfloat("triggerer", "triggerer_health_check_threshold"),
-        **config.supervisor.model_dump(),
+        **config.supervisor.model_dump(exclude={"bundles"}),  # bundles: multitrigger.scope
     )

@@ -1,9 +1,9 @@
 """
 Everything the supervisor does in the metadata database — the only process allowed to.
 
-Checked against Airflow 3.3.2. Claiming, workload building, event and failure persistence and
-cleanup are Airflow's own code (``Trigger.assign_unassigned`` / ``ids_for_triggerer`` /
-``submit_event`` / ``submit_failure`` / ``clean_unused`` and the stock supervisor's
+Checked against Airflow 3.3.2. Claiming is Airflow's, restricted to the bundles this instance
+serves (``multitrigger.supervisor.claims``). Workload building, event and failure persistence and
+cleanup are Airflow's own code (``ids_for_triggerer`` / ``submit_event`` / ``submit_failure`` / ``clean_unused`` and the stock supervisor's
 ``build_trigger_workloads``), so multitrigger shares a trigger table with stock triggerers and with
 other multitrigger instances under Airflow's HA semantics.
 """
@@ -29,8 +29,11 @@ from airflow.models.trigger import Trigger
 from airflow.triggers.base import TriggerEvent
 from airflow._shared.timezones import timezone  # what airflow.models.trigger uses (3.3.2)
 from airflow.utils.session import create_session
+from multitrigger.config import default_config
 from multitrigger.routing import Origin, origins_for
 from multitrigger.supervisor import persist
+from multitrigger.scope import Scope
+from multitrigger.supervisor.claims import Claim, Claimer
 
 log = structlog.get_logger(__name__)
 
@@ -134,22 +137,13 @@ class Tick:
     backlog: int = 0  # held, not yet built: built by the next pass
 
 
-@dataclass(frozen=True)
-class Claim:
-    """The filters a triggerer claims with: stock ``--capacity``, ``--queues``, ``--team-name``."""
-
-    capacity: int
-    queues: set[str] | None
-    team_name: str | None
-    health_check_threshold: float
-
-
 class TriggerStore:
     """The supervisor's view of the trigger table."""
 
-    def __init__(self, job: Job, claim: Claim) -> None:
+    def __init__(self, job: Job, claim: Claim, scope: Scope | None = None) -> None:
         self.job = job
         self.claim_filters = claim
+        self._claimer = Claimer(job.id, claim, scope or Scope.of(default_config()))
         self._stock = _StockWorkloads(job)
 
     @property
@@ -188,9 +182,10 @@ class TriggerStore:
         return Tick(held, built, failures, alone, backlog=len(new) - len(todo))
 
     def claim(self) -> set[int]:
-        """Assign unassigned triggers to us (HA row locks, capacity); return every id we hold."""
-        c = self.claim_filters
-        Trigger.assign_unassigned(self.job.id, c.capacity, c.health_check_threshold, queues=c.queues, team_name=c.team_name)
+        """Assign triggers of the bundles we serve to us (``claims``: HA row locks, capacity and
+        per-loop shares); return every id we hold."""
+        with create_session() as session:
+            self._claimer.claim(session)
         return self.held_ids()
 
     def held_ids(self) -> set[int]:

@@ -85,7 +85,7 @@ def loop_bundles(loop: LoopConfig, config: Config, known: Collection[str]) -> li
     """The bundles routed to ``loop``: its list, or for the default loop every one nobody lists."""
     if loop.name != DEFAULT_LOOP:
         return sorted(loop.bundles)
-    listed = {b for other in config.loops.values() for b in other.bundles}
+    listed = {b for other in config.loops.values() for b in other.bundles} | config.unserved
     return sorted(set(known) - listed)
 
 
