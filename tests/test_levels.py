@@ -33,15 +33,19 @@ ALL_LEVELS = """
     bundles = ["d1", "d2"]
     level = "dedicated"
     capacity = 5
+    [loops.c]
+    bundles = ["c"]
+    [loops.c.limits]
+    memory = "512M"
     """
 
 
 def test_every_level_and_what_it_makes(tmp_path: Path, bundle_venv: Path) -> None:
     config = load_config(write(tmp_path, ALL_LEVELS.format(venv=bundle_venv)))
-    assert sorted(config.loops) == ["d", "default", "p", "v"]  # a shared entry is no loop of its own
+    assert sorted(config.loops) == ["c", "d", "default", "p", "v"]  # a shared entry is no loop of its own
     assert config.shared == {"s": frozenset({"s1", "s2"})}
     levels = {name: lp.level for name, lp in config.loops.items()}
-    assert levels == {"default": "shared", "p": "process", "v": "venv", "d": "dedicated"}
+    assert levels == {"default": "shared", "p": "process", "v": "venv", "d": "dedicated", "c": "cgroup"}
     assert config.loops["p"].capacity == 20 and config.loops["default"].capacity == 50
     assert config.loops["v"].capacity is None
 
@@ -49,7 +53,7 @@ def test_every_level_and_what_it_makes(tmp_path: Path, bundle_venv: Path) -> Non
 def test_scope_of_an_instance_without_bundles_skips_dedicated_loops(tmp_path: Path, bundle_venv: Path) -> None:
     config = load_config(write(tmp_path, ALL_LEVELS.format(venv=bundle_venv)))
     scope = Scope.of(config)
-    assert set(scope.loops) == {"default", "p", "v"}
+    assert set(scope.loops) == {"default", "p", "v", "c"}
     for bundle in ("s1", "p", "v", "anything", None):
         assert bundle in scope.served, bundle
     assert "d1" not in scope.served and "d2" not in scope.served
@@ -61,7 +65,7 @@ def test_scope_of_an_instance_without_bundles_skips_dedicated_loops(tmp_path: Pa
     assert "v" in groups[None].bundles and groups[None].capacity is None  # the uncapped rest
     assert not any(b in groups[None].bundles for b in ("p", "s1", None, "d1"))
     served = served_config(config, scope)
-    assert sorted(served.loops) == ["default", "p", "v"] and served.unserved == {"d1", "d2"}
+    assert sorted(served.loops) == ["c", "default", "p", "v"] and served.unserved == {"d1", "d2"}
 
 
 def test_scope_of_an_instance_started_for_bundles(tmp_path: Path, bundle_venv: Path) -> None:
@@ -107,13 +111,17 @@ def test_bundle_set_algebra_agrees_with_membership(a: Bundles, b: Bundles) -> No
      ("needs an interpreter of its own", 'venv = "/opt/venvs/v"')),
     ('[loops.c]\nbundles = ["c"]\nlevel = "cgroup"\n', "loops.c.level",
      ('level "cgroup" needs limits', "add a [loops.c.limits] table")),
+    ('[loops.c]\nbundles = ["c"]\nlevel = "process"\n[loops.c.limits]\npids = 64\n', "loops.c.limits",
+     ("level 'process' has no cgroup limits", 'set level = "cgroup"')),
+    ('[loops.c]\nbundles = ["c"]\nlevel = "venv"\npython = "{python}"\n[loops.c.limits]\npids = 64\n', "loops.c.limits",
+     ("level 'venv' has no cgroup limits", "own venv, plus limits")),
     ('[loops.default]\nlevel = "dedicated"\n', "loops.default.level",
      ("the default loop is the shared loop", 'level = "dedicated"')),
     ('[loops.x]\nbundles = ["x"]\nlevel = "isolated"\n', "loops.x.level",
      ("unknown level 'isolated'", '"shared" or "process" or "venv" or "cgroup" or "dedicated"')),
     ('[loops.x]\nbundles = ["x"]\ncapacity = 0\n', "loops.x.capacity", ("must be >= 1", "an integer >= 1")),
     ('[supervisor]\nbundles = []\n', "supervisor.bundles", ("is empty", "list at least one bundle")),
-], ids=["shared", "process", "venv", "cgroup", "dedicated-default", "unknown-level", "capacity", "served"])
+], ids=["shared", "process", "venv", "cgroup", "process-limits", "venv-limits", "dedicated-default", "unknown-level", "capacity", "served"])
 def test_bad_config_for_each_level(tmp_path: Path, text: str, key: str, fragments: tuple[str, ...]) -> None:
     path = write(tmp_path, text.format(python=sys.executable))
     lines = problems(path)
@@ -141,6 +149,7 @@ def test_config_check_prints_each_bundles_level_and_share(tmp_path: Path, bundle
         "  bundle p: loop p, level process, capacity share 20; runs here",
         "  bundle s1: loop default, level shared, capacity share 50; runs here",
         "  bundle v: loop v, level venv, no capacity share (the instance's --capacity); runs here",
+        "  bundle c: loop c, level cgroup, no capacity share (the instance's --capacity); runs here",
         "  bundle (any other): loop default, level shared, capacity share 50; runs here",
     ]
     for line in expected:
