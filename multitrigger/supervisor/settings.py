@@ -54,6 +54,8 @@ class RunSettings:
     max_log_line_bytes: int = _FILE.max_log_line_bytes
     log_bytes_per_second: int = _FILE.log_bytes_per_second
     log_buffer_bytes: int = _FILE.log_buffer_bytes
+    #: [supervisor] bundles: serve only these (``--bundles`` wins; the job runner's ``Scope`` decides).
+    bundles: list[str] | None = _FILE.bundles
     cgroup_root: str = _FILE.cgroup_root  # where loops' cgroups are made (multitrigger.cgroups)
 
 
@@ -64,5 +66,5 @@ def resolve_run_settings(config: Config) -> RunSettings:
         state_dir=state_dir(),
         runner_health_check_threshold=conf.getfloat("triggerer", "runner_health_check_threshold"),
         triggerer_health_check_threshold=conf.getfloat("triggerer", "triggerer_health_check_threshold"),
-        **config.supervisor.model_dump(exclude={"bundles"}),  # bundles: multitrigger.scope
+        **config.supervisor.model_dump(),
     )
