@@ -16,6 +16,7 @@ import sys
 
 import pytest
 
+from tests.conftest import pg_url
 from mt_testsupport.home import FIRE_AT, FIRE_AT_EVENT, AirflowHome, DeferSpec, deferring_bundle, iso_in
 
 pytestmark = pytest.mark.timeout(240)
@@ -79,8 +80,8 @@ with create_session() as s:  # copy B: the bulk path, one batch
 after = {dag: tis(dag) for dag in triggers}
 with create_session() as s:
     xcoms = {dag: sorted(s.execute(text("SELECT map_index, key, value FROM xcom WHERE dag_id = :d"), {"d": dag}).fetchall()) for dag in triggers}
-    callbacks = {dag: s.execute(text("SELECT count(*) FROM callback WHERE data LIKE :p"), {"p": f'%"{dag}"%'}).scalar() for dag in triggers}
-    assets = {dag: s.execute(text("SELECT count(*) FROM asset_event WHERE extra LIKE :p"), {"p": f'%{dag}%'}).scalar() for dag in triggers}
+    callbacks = {dag: s.execute(text("SELECT count(*) FROM callback WHERE CAST(data AS TEXT) LIKE :p"), {"p": f'%"{dag}"%'}).scalar() for dag in triggers}
+    assets = {dag: s.execute(text("SELECT count(*) FROM asset_event WHERE CAST(extra AS TEXT) LIKE :p"), {"p": f'%{dag}%'}).scalar() for dag in triggers}
 
 def plain(v):
     return v if isinstance(v, (str, int, float, bool, type(None), list, dict)) else repr(v)
@@ -97,8 +98,11 @@ _OWN = {"id", "dag_id", "dag_version_id", "trigger_id", "context_carrier"}  # ca
 _STAMPS = {"updated_at", "scheduled_dttm", "end_date", "duration"}
 
 
-def test_bulk_persist_writes_what_stock_submit_event_writes(tmp_path):
-    home = AirflowHome.create(tmp_path / "home", {"a": deferring_bundle("dag_a"), "b": deferring_bundle("dag_b")})
+@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+def test_bulk_persist_writes_what_stock_submit_event_writes(tmp_path, db):
+    url = pg_url("mt_persist") if db == "postgresql" else None  # the bulk UPDATE differs per dialect
+    home = AirflowHome.create(tmp_path / "home", {"a": deferring_bundle("dag_a"), "b": deferring_bundle("dag_b")},
+                              db_url=url)
     home.defer_many([
         DeferSpec(dag, "t0", FIRE_AT, {"moment": iso_in(3600)}, map_index=m,
                   next_kwargs={"stored": m, "when": "2026-01-01T00:00:00+00:00"} if m % 2 else None)
