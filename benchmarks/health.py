@@ -51,10 +51,13 @@ def build_home(root: Path, triggers: int) -> AirflowHome:
     return home
 
 
-def _get(url: str) -> tuple[float, int]:
+def _get(url: str, renders: list[tuple[float, float]] | None = None) -> tuple[float, int]:
     t0 = time.perf_counter()
     with urllib.request.urlopen(url, timeout=10) as resp:
         size = len(resp.read())
+        if renders is not None and (header := resp.headers.get("X-Render-Seconds")):
+            wall, cpu = (float(part.split("=")[1]) for part in header.split())
+            renders.append((wall, cpu))
     return time.perf_counter() - t0, size
 
 
@@ -63,13 +66,14 @@ def _window(proc: psutil.Process, url: str | None, seconds: float) -> dict[str, 
     scrapes: list[float] = []
     loops_scrapes: list[float] = []
     sizes: list[int] = []
+    renders: list[tuple[float, float]] = []  # the server's own time rendering /metrics: wall, thread CPU
     stop = threading.Event()
     t_start = time.monotonic()
 
     def scrape() -> None:
         n = 0
         while not stop.wait(max(0.0, 1.0 - (time.monotonic() - t_start) % 1.0)):
-            took, size = _get(url + "/metrics")
+            took, size = _get(url + "/metrics", renders)
             scrapes.append(took)
             sizes.append(size)
             if n % 5 == 0:
@@ -90,7 +94,9 @@ def _window(proc: psutil.Process, url: str | None, seconds: float) -> dict[str, 
     cpu = (c1.user + c1.system) - (c0.user + c0.system)
     return {"window_s": round(elapsed, 2), "cpu_s": round(cpu, 3), "cpu_pct": round(100 * cpu / elapsed, 2),
             "scrapes": len(scrapes), "metrics_bytes": sizes[-1] if sizes else None,
-            "metrics_ms": _stats(scrapes), "loops_ms": _stats(loops_scrapes), "metrics_s": scrapes}
+            "metrics_ms": _stats(scrapes), "loops_ms": _stats(loops_scrapes), "metrics_s": scrapes,
+            "render_wall_ms": _stats([w for w, _ in renders]), "render_cpu_ms": _stats([c for _, c in renders]),
+            "render_s": renders}
 
 
 def one_run(home: AirflowHome, triggers: int, health: bool, settle: float, window: float, rounds: int) -> dict[str, Any]:
@@ -148,22 +154,25 @@ def main() -> None:
         runs = [one_run(home, args.triggers, health, args.settle, args.window, args.rounds) for health in (False, True)]
     for run in runs:
         for w in run["windows"]:
-            print(json.dumps({"health": run["health"]} | {k: v for k, v in w.items() if k != "metrics_s"}))
+            print(json.dumps({"health": run["health"]} | {k: v for k, v in w.items() if k not in ("metrics_s", "render_s")}))
     pct = {key: [w["cpu_pct"] for r in runs for w in r["windows"] if (r["health"], w["scraped"]) == key]
            for key in ((False, False), (True, False), (True, True))}
     med = {key: statistics.median(v) for key, v in pct.items()}
     scrapes = sorted(t for r in runs for w in r["windows"] for t in w["metrics_s"])
+    renders = [x for r in runs for w in r["windows"] for x in w.get("render_s", [])]
     summary = {"triggers": args.triggers, "window_s": args.window, "rounds": args.rounds,
                "cpu_pct": {"off": pct[(False, False)], "on_unscraped": pct[(True, False)], "on_scraped": pct[(True, True)]},
                "cpu_pct_median": {"off": med[(False, False)], "on_unscraped": med[(True, False)], "on_scraped": med[(True, True)]},
                "scrape_cost_pct_points": round(med[(True, True)] - med[(True, False)], 2),
-               "metrics_ms": _stats(scrapes), "runs": runs}
+               "metrics_ms": _stats(scrapes), "render_wall_ms": _stats([w for w, _ in renders]),
+               "render_cpu_ms": _stats([c for _, c in renders]), "runs": runs}
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"health-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
     out.write_text(json.dumps(summary, indent=2))
     print(f"supervisor CPU % (median of windows): health off {med[(False, False)]}, on unscraped {med[(True, False)]}, "
           f"on scraped every second {med[(True, True)]}; scraping costs {summary['scrape_cost_pct_points']} points")
-    print(f"/metrics scrape ms over every scrape: {summary['metrics_ms']}")
+    print(f"/metrics scrape ms over every scrape: {summary['metrics_ms']}; the server rendering it: wall "
+          f"{summary['render_wall_ms']}, CPU {summary['render_cpu_ms']}")
     print(f"wrote {out}")
 
 

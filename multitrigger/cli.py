@@ -180,8 +180,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     from multitrigger.supervisor.entry import run_triggerer
 
+    from pydantic import ValidationError
+
     try:
-        return run_triggerer(args, _with_health_flags(config, args))
+        config = _with_health_flags(config, args)
+    except ValidationError as err:
+        problems = "; ".join(f"--health-{e['loc'][0]}: {e['msg']}" for e in err.errors())
+        print(f"multitrigger run: {problems}", file=sys.stderr)
+        return 2
+    try:
+        return run_triggerer(args, config)
     except ConfigError as err:  # a limit this host cannot apply (multitrigger.cgroups.loops)
         print(err, file=sys.stderr)
         return 2

@@ -326,9 +326,9 @@ def test_loop_killed_from_outside_shows_restart_with_reason_and_status_fails(run
     assert running.status().returncode == 0  # healthy again (the recent restart is highlighted, not fatal)
 
 
-def test_health_flags_and_config_keys(tmp_path):
+def test_health_flags_and_config_keys(tmp_path, capsys):
     """``--no-health`` and ``[health]`` reach the config the supervisor runs with."""
-    from multitrigger.cli import _with_health_flags, build_parser
+    from multitrigger.cli import _with_health_flags, build_parser, cmd_run
     from multitrigger.config import load_config
 
     cfg = tmp_path / "mt.toml"
@@ -339,6 +339,9 @@ def test_health_flags_and_config_keys(tmp_path):
     assert _with_health_flags(config, args).health.model_dump() == {"enabled": True, "host": "127.0.0.2", "port": 0,
                                                                     "live_threshold": 10.0}
     assert not _with_health_flags(config, build_parser().parse_args(["run", "--no-health"])).health.enabled
+    # `multitrigger run`'s own command function (in-process: main() would first prestart zygotes)
+    assert cmd_run(build_parser().parse_args(["run", "--config", str(cfg), "--health-port", "70000"])) == 2
+    assert "--health-port: Input should be less than or equal to 65535" in capsys.readouterr().err
     cfg.write_text("[health]\nport = 70000\n")
     with pytest.raises(Exception) as err:
         load_config(cfg)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, loops_document(self.server.board, self.server.procs, self.server.settings.live_threshold))
 
     def _metrics(self) -> None:
-        self._send_bytes(200, generate_latest(self.server.registry), CONTENT_TYPE_LATEST)
+        wall, cpu = time.perf_counter(), time.thread_time()
+        body = generate_latest(self.server.registry)
+        self._render = (time.perf_counter() - wall, time.thread_time() - cpu)
+        self._send_bytes(200, body, CONTENT_TYPE_LATEST)
 
     def _index(self) -> None:
         self._send(200, {"endpoints": ENDPOINTS})
@@ -98,6 +102,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_bytes(self, code: int, data: bytes, content_type: str) -> None:
         self.send_response(code)
+        if render := getattr(self, "_render", None):  # what rendering /metrics cost, for benchmarks.health
+            self.send_header("X-Render-Seconds", f"wall={render[0]:.6f} cpu={render[1]:.6f}")
+            self._render = None
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
