@@ -158,7 +158,7 @@ def test_ready_once_both_loops_are_up_and_live(running):
     for name in ("team_a", "team_b"):
         loop = loops[name]
         assert loop["state"] == "running" and loop["pid"] and loop["bundles"] == [name], loop
-        assert loop["level"] == "process" and loop["interpreter"] == sys.executable
+        assert loop["level"] == ("cgroup" if name == "team_b" else "process") and loop["interpreter"] == sys.executable
         assert Path(f"/proc/{loop['pid']}").exists()
     assert loops["team_a"]["limits"] is None and loops["team_a"]["cgroup_usage"] is None
     assert loops["team_b"]["limits"]["memory"] == 1 << 30
