@@ -120,8 +120,10 @@ def test_bundle_set_algebra_agrees_with_membership(a: Bundles, b: Bundles) -> No
     ('[loops.x]\nbundles = ["x"]\nlevel = "isolated"\n', "loops.x.level",
      ("unknown level 'isolated'", '"shared" or "process" or "venv" or "cgroup" or "dedicated"')),
     ('[loops.x]\nbundles = ["x"]\ncapacity = 0\n', "loops.x.capacity", ("must be >= 1", "an integer >= 1")),
+    ('[loops.x]\nbundles = ["x"]\nuser = "no_such_user_mt"\n', "loops.x.user",
+     ("user 'no_such_user_mt' does not exist", "useradd --system no_such_user_mt")),
     ('[supervisor]\nbundles = []\n', "supervisor.bundles", ("is empty", "list at least one bundle")),
-], ids=["shared", "process", "venv", "cgroup", "process-limits", "venv-limits", "dedicated-default", "unknown-level", "capacity", "served"])
+], ids=["shared", "process", "venv", "cgroup", "process-limits", "venv-limits", "dedicated-default", "unknown-level", "capacity", "user", "served"])
 def test_bad_config_for_each_level(tmp_path: Path, text: str, key: str, fragments: tuple[str, ...]) -> None:
     path = write(tmp_path, text.format(python=sys.executable))
     lines = problems(path)
@@ -136,11 +138,19 @@ def test_shared_entry_reports_every_key_it_cannot_have(tmp_path: Path) -> None:
     assert len(lines) == 2
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="a loop user other than our own needs root")
+def test_root_may_name_a_user_but_not_root(tmp_path: Path) -> None:
+    path = write(tmp_path, '[loops.x]\nbundles = ["x"]\nuser = "nobody"\n')
+    assert load_config(path).loops["x"].user == "nobody"
+    path = write(tmp_path, '[loops.x]\nbundles = ["x"]\nuser = "root"\n')
+    assert_problem(problems(path), path, "loops.x.user", "must not run as root")
+
+
 def test_config_check_prints_each_bundles_level_and_share(tmp_path: Path, bundle_venv: Path) -> None:
     path = write(tmp_path, ALL_LEVELS.format(venv=bundle_venv))
     env = os.environ | {"AIRFLOW_HOME": str(tmp_path / "home")}
     out = subprocess.run([MULTITRIGGER, "config", "check", "--config", str(path)], env=env,
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     expected = [

@@ -21,6 +21,7 @@ Format (``$AIRFLOW_HOME/multitrigger.toml``; every table optional)::
     max_bundle_versions = 4         # versions of one bundle (GitDagBundle) running at once
     level = "venv"                  # shared | process | venv | cgroup | dedicated (levels.py)
     capacity = 20                   # at most this many of its bundles' triggers held at once
+    user = "team_a"                 # run the loop as this Unix user (supervisor as root)
     [loops.team_a.restart]          # backoff_*, jitter, stable_after, poison_threshold
     [loops.team_a.limits]           # memory, memory_high, cpu, pids, best_effort: its cgroup
     [supervisor]                    # db_retry_limit, db_timeout, request_timeout, log limits,
@@ -168,7 +169,7 @@ def _loop(name: str, table: LoopTable, raw: dict[str, Any]) -> LoopConfig:
     return LoopConfig(name, frozenset(table.bundles or ()), python, table.venv, allowed,
                       table.restart, table.start_method, tuple(table.python_path or ()),
                       table.python_path_mode, table.bundle_code, limits=table.limits,
-                      max_bundle_versions=table.max_bundle_versions, level=level, capacity=table.capacity)
+                      max_bundle_versions=table.max_bundle_versions, level=level, capacity=table.capacity, user=table.user)
 
 
 def _probe_all(config: Config) -> None:

@@ -16,6 +16,7 @@ set on the default loop).
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shutil
 from pathlib import Path
@@ -114,6 +115,20 @@ def _existing_path_entry(entry: Path) -> Path:
         raise _fail("path_entry", f"{entry} does not exist",
                     "create the directory, or fix the path (a relative one is relative to the config file)")
     return entry
+
+
+def _unix_user(name: str) -> str:
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise _fail("user", f"user {name!r} does not exist on this host",
+                    f"create it (useradd --system {name}) or fix the name") from None
+    if os.geteuid() != 0 and entry.pw_uid != os.geteuid():
+        raise _fail("user", f"the supervisor is not root, so it cannot run a loop as {name!r}",
+                    "run multitrigger as root, or remove user")
+    if entry.pw_uid == 0:
+        raise _fail("user", "a loop must not run as root", "name an unprivileged user, or remove user")
+    return name
 
 
 _Bundle = Annotated[str, Field(min_length=1)]
@@ -274,6 +289,8 @@ class LoopTable(BaseModel):
     level: Level | None = Field(None, description=" or ".join(f'"{lv}"' for lv in LEVELS))
     capacity: int | None = Field(None, ge=1, description="an integer >= 1 (triggers of this loop's bundles held at once)",
                                  examples=["capacity = 20"])
+    user: Annotated[str, Field(min_length=1), AfterValidator(_unix_user)] | None = Field(
+        None, description="a Unix user name", examples=['user = "team_a"'])
 
 
 class FileTable(BaseModel):

@@ -7,6 +7,7 @@ Checked against Airflow 3.3.2. The supervisor hands the loop:
 * fd 1 and 2: a socket for anything user code prints;
 * ``MULTITRIGGER_LOG_FD``: a socket for JSON log lines (routed to per-trigger log files);
 * ``AIRFLOW_HOME``: a private directory with no ``airflow.cfg``; no database URL, no Fernet key;
+* ``MULTITRIGGER_LOOP_USER``: the Unix user to become first (``multitrigger.loop.privileges``);
 * ``MULTITRIGGER_SYS_PATH``: where to find trigger code (``multitrigger.loop.sys_path``), applied
   first, before Airflow or any user code is imported (a forked loop replaces its zygote's entries).
 
@@ -19,11 +20,12 @@ from __future__ import annotations
 import os
 import sys
 
-from multitrigger.loop import sys_path
+from multitrigger.loop import privileges, sys_path
 from multitrigger.protocol import ENV_LOG_FD
 
 
 def main() -> None:
+    privileges.drop()  # MULTITRIGGER_LOOP_USER: become the loop's user before anything else runs
     sys_path.apply()
     from airflow.sdk.execution_time.supervisor import (
         _configure_logs_over_json_channel,

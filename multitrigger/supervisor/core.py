@@ -45,7 +45,7 @@ from multitrigger.supervisor import prestart
 from multitrigger.supervisor.bundle_versions import BundleVersions
 from multitrigger.supervisor.db_health import DbHealth
 from multitrigger.supervisor.lanes import Done, Lane
-from multitrigger.supervisor.launch import loop_env
+from multitrigger.supervisor.launch import loop_env, private_home
 from multitrigger.supervisor.loop_process import read_order
 from multitrigger.supervisor.output import OutputLimits
 from multitrigger.supervisor.outcomes import Batch, Outcomes
@@ -55,6 +55,7 @@ from multitrigger.supervisor.zygote_pool import ZygotePool
 from multitrigger.supervisor.settings import RunSettings
 from multitrigger.supervisor.slot import LoopSlot, SlotSinks
 from multitrigger.supervisor.trigger_path import TriggerPaths
+from multitrigger.supervisor.teams import LoopTeams
 from multitrigger.supervisor.store import DatabaseUnavailable, Tick, TriggerStore, raise_if_unreachable
 
 log = structlog.get_logger(__name__)
@@ -86,7 +87,8 @@ class Supervisor:
         self.outcomes = Outcomes()
         self.db = Lane("db", self._wake_up, clock)
         self.uploads = Lane("log-uploads", self._wake_up, clock)
-        self.desk = RequestDesk(Lane("requests", self._wake_up, clock), settings.request_timeout, clock)
+        self.desk = RequestDesk(Lane("requests", self._wake_up, clock), settings.request_timeout, clock,
+                                team_of=LoopTeams(config).team_of)
         self._log_sink = store.log_line_consumer()
         self._signals: list[int] = []
         self._next_tick = 0.0
@@ -118,11 +120,11 @@ class Supervisor:
     def _make_slot(self, loop: LoopConfig, paths_of: str | None = None) -> LoopSlot:
         """A slot for ``loop``, finding trigger code where loop ``paths_of`` (default: itself) does."""
         home = self.settings.state_dir / "loops" / loop.name
-        home.mkdir(parents=True, exist_ok=True)
+        as_user = private_home(home, loop.user)  # 0700; the loop's user's, if it has one
         return LoopSlot(
             config=loop,
             argv=loop_bootstrap_args(loop.python),
-            env=loop_env(home) | self.paths.loop_env(paths_of or loop.name),
+            env=loop_env(home) | self.paths.loop_env(paths_of or loop.name) | as_user,
             cwd=home,
             policy=RestartPolicy(loop.restart, clock=self.clock),
             poison=PoisonPolicy(loop.name, loop.restart.poison_threshold, clock=self.clock),

@@ -59,6 +59,17 @@ class MultiTriggerJobRunner(BaseJobRunner):
             health_check_threshold=settings.triggerer_health_check_threshold,
         )
         bound_airflow_engines(settings.db_timeout)
+        _warn_if_config_readable(self.config)
         log.info("serving", bundles=self.scope.served.describe(), loops=list(self.scope.loops),
                  shares={g.loop: g.capacity for g in self.scope.groups if g.loop}, capacity=self.capacity)
         return Supervisor(served_config(self.config, self.scope), settings, TriggerStore(self.job, claim, self.scope)).run()
+
+
+def _warn_if_config_readable(config: Config) -> None:
+    """Loops run as other users must not read the supervisor's ``airflow.cfg`` (DB URL, Fernet key)."""
+    from airflow.configuration import AIRFLOW_CONFIG
+
+    users = sorted({lp.user for lp in config.loops.values() if lp.user})
+    if users and os.path.exists(AIRFLOW_CONFIG) and os.stat(AIRFLOW_CONFIG).st_mode & 0o044:
+        log.warning("airflow.cfg is readable by other users, including loops run as other users; chmod 600 it",
+                    path=AIRFLOW_CONFIG, loop_users=users)

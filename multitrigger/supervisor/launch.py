@@ -26,6 +26,9 @@ import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from multitrigger.loop.blame import reset_blame
+from multitrigger.loop.privileges import ENV_USER, own_home
+
 _ENV_KEY = re.compile(r"^AIRFLOW__(?P<section>[A-Z0-9_]+?)__(?P<key>[A-Z0-9_]+?)(_CMD|_SECRET)?$")
 _PASSED_SECTIONS = ("triggerer", "logging")
 _NEVER_PASSED_SECTIONS = {"database"}
@@ -79,3 +82,16 @@ def loop_env(home: Path, base: Mapping[str, str] | None = None) -> dict[str, str
             if not _is_secret(section, key) and value is not None:
                 env[f"AIRFLOW__{section.upper()}__{key.upper()}"] = str(value)
     return env
+
+
+def private_home(home: Path, user: str | None) -> dict[str, str]:
+    """Create a loop's home, private (0700); with ``user``, owned by that user, with its blame file
+    (``multitrigger.loop.privileges``). Returns what the loop's environment gains."""
+    home.mkdir(parents=True, exist_ok=True)
+    home.chmod(0o700)
+    if user is None:
+        return {}
+    blame = home / "blame"
+    reset_blame(blame)
+    own_home(home, user, (blame,))
+    return {ENV_USER: user}

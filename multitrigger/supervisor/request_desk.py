@@ -49,11 +49,13 @@ class RequestDesk:
     def __init__(
         self, lane: Lane, timeout: float, clock: Callable[[], float] = time.monotonic,
         answer: Callable[[BaseModel], tuple[dict | None, dict | None]] = requests.answer,
+        team_of: Callable[[str], str | None] = lambda _loop: None,
     ) -> None:
         self.lane = lane
         self.timeout = timeout
         self.clock = clock
         self._answer = answer  # Airflow's handlers (``requests.answer``); injectable for tests
+        self._team_of = team_of  # loop → the team its requests resolve as (``teams.LoopTeams``; on the lane)
         self._queues: dict[str, deque[_Ask]] = {}
         self._turn: deque[str] = deque()  # loops with queued requests, in serving order
         self._in_flight: _Ask | None = None
@@ -89,7 +91,11 @@ class RequestDesk:
             if self._queues[loop]:
                 self._turn.append(loop)
             self._in_flight = ask
-            self.lane.submit(f"request {type(ask.msg).__name__}", lambda: self._answer(ask.msg), self._done)
+            self.lane.submit(f"request {type(ask.msg).__name__}", lambda: self._ask_as_team(ask), self._done)
+
+    def _ask_as_team(self, ask: _Ask) -> tuple[dict | None, dict | None]:
+        team = self._team_of(ask.loop)
+        return self._answer(ask.msg, team) if team is not None else self._answer(ask.msg)
 
     def _done(self, done: Done[tuple[dict | None, dict | None]]) -> None:
         ask, self._in_flight = self._in_flight, None

@@ -3,8 +3,9 @@ Answers to what a loop asks of the supervisor: connections, variables, XComs, TI
 
 Checked against Airflow 3.3.2: the handlers are Airflow's own
 (``airflow.sdk.execution_time.request_handlers``), called through the same in-process Execution
-API client the stock ``TriggerRunnerSupervisor`` uses, so a trigger sees exactly what it would see
-under ``airflow triggerer``. The dispatch is a table keyed by message type, not an if/elif chain.
+API client the stock ``TriggerRunnerSupervisor`` uses, so a trigger sees what it would see under
+``airflow triggerer`` — except that with ``[core] multi_team`` connections and variables resolve for
+the loop's team (``multitrigger.supervisor.teams``) instead of for no team. The dispatch is a table keyed by message type, not an if/elif chain.
 
 ``TriggerStateChanges`` (the loop's check-in) is not answered here: it belongs to ``LoopSlot``.
 Every handler but those in ``LOCAL`` may touch the metadata DB, so they run on the supervisor's
@@ -20,11 +21,14 @@ from typing import Any
 import structlog
 from pydantic import BaseModel
 
+from airflow.api_fastapi.execution_api.security import get_team_name_dep
+from airflow.configuration import conf
 from airflow.jobs.triggerer_job_runner import HITLDetailResponseResult, in_process_api_server
 from airflow.sdk.api.client import Client, ServerResponseError
 from airflow.sdk.exceptions import ErrorType
 from airflow.sdk.execution_time import comms as c
 from airflow.sdk.execution_time import request_handlers as h
+from multitrigger.supervisor.teams import TEAM_HEADER, refusal, team_from_header
 
 log = structlog.get_logger(__name__)
 
@@ -92,20 +96,36 @@ LOCAL: frozenset[type] = frozenset({c.MaskSecret})
 
 
 @functools.cache
-def api_client() -> Client:
-    """The stock triggerer's client: in-process Execution API, no HTTP, no token."""
-    client = Client(base_url=None, token="", dry_run=True, transport=in_process_api_server().transport)
+def api_client(team: str | None = None) -> Client:
+    """The stock triggerer's client (in-process Execution API, no HTTP, no token), one per team:
+    the team rides in a header that ``teams.team_from_header`` hands to Airflow's routes."""
+    server = in_process_api_server()
+    server.app.dependency_overrides[get_team_name_dep] = team_from_header
+    client = Client(base_url=None, token="", dry_run=True, transport=server.transport)
     client.base_url = "http://in-process.invalid./"  # type: ignore[assignment]
+    if team is not None:
+        client.headers[TEAM_HEADER] = team
     return client
 
 
-def answer(msg: BaseModel) -> tuple[dict | None, dict | None]:
-    """Run the handler for ``msg``; return the response frame's ``(body, error)``."""
+#: A "not found" answer for these may be another team's entry: ``teams.refusal`` tells.
+_SCOPED = {c.GetConnection: ("connection", "conn_id", ErrorType.CONNECTION_NOT_FOUND),
+           c.GetVariable: ("variable", "key", ErrorType.VARIABLE_NOT_FOUND)}
+
+
+def answer(msg: BaseModel, team: str | None = None) -> tuple[dict | None, dict | None]:
+    """Run the handler for ``msg`` as *team* (``teams.LoopTeams``); return the response frame's ``(body, error)``."""
     handler = HANDLERS.get(type(msg))
     if handler is None:
         return None, _error(ErrorType.GENERIC_ERROR, f"multitrigger does not answer {type(msg).__name__}")
     try:
-        resp, dump_opts = handler(api_client(), msg)
+        resp, dump_opts = handler(api_client(team), msg)
+        if type(msg) in _SCOPED and isinstance(resp, c.ErrorResponse):
+            kind, field, not_found = _SCOPED[type(msg)]
+            if resp.error == not_found and conf.getboolean("core", "multi_team"):
+                if reason := refusal(kind, getattr(msg, field), team):
+                    log.error("secret refused", kind=kind, key=getattr(msg, field), team=team)
+                    return None, _error(ErrorType.PERMISSION_DENIED, reason)
     except ServerResponseError as err:
         detail = err.response.json() if err.response is not None else None
         log.error("API server error", message=str(err), detail=detail)

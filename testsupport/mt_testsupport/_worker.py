@@ -95,6 +95,8 @@ def cmd_seed(req: dict[str, Any]) -> dict[str, Any]:
             session.add(Connection(**conn))
     for key, value in req.get("variables", {}).items():
         Variable.set(key, value)
+    for var in req.get("team_variables", []):  # {"key", "value", "team_name"}
+        Variable.set(var["key"], var["value"], team_name=var["team_name"])
     return {"connections": len(req.get("connections", [])), "variables": len(req.get("variables", {}))}
 
 

@@ -197,9 +197,12 @@ class AirflowHome(demo_home.AirflowHome, StateReader):
         """
         return self.clear_tis([ref], schedule=schedule)[0]
 
-    def seed(self, connections: Sequence[Mapping[str, Any]] = (), variables: Mapping[str, str] | None = None) -> None:
-        """Add connections (``Connection(**kwargs)``, e.g. ``conn_id``, ``conn_type``, ``host``) and variables."""
-        self._run_worker("seed", {"connections": [dict(c) for c in connections], "variables": dict(variables or {})})
+    def seed(self, connections: Sequence[Mapping[str, Any]] = (), variables: Mapping[str, str] | None = None,
+             team_variables: Sequence[Mapping[str, str]] = ()) -> None:
+        """Add connections (``Connection(**kwargs)``, e.g. ``conn_id``, ``conn_type``, ``host``,
+        ``team_name``), global variables, and team variables (``key``, ``value``, ``team_name``)."""
+        self._run_worker("seed", {"connections": [dict(c) for c in connections], "variables": dict(variables or {}),
+                                  "team_variables": [dict(v) for v in team_variables]})
 
     def dag_run(self, dag_id: str, run_id: str, bundle_version: str | None) -> None:
         """A running DAG run pinned to ``bundle_version`` (not the bundle's latest); defer into it."""

@@ -161,3 +161,48 @@ class SdkCallsTrigger(BaseTrigger):
             "env_secret_names": sorted(k for k in os.environ if k.startswith(("AIRFLOW_CONN_", "AIRFLOW_VAR_"))),
             **process_info(),
         })
+
+
+class SecretsTrigger(BaseTrigger):
+    """Fetches connections and variables through the supervisor and fires with what it got (hosts
+    and values); the first one it may not have raises, which fails its task."""
+
+    def __init__(self, conn_ids: list[str], var_keys: list[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.conn_ids, self.var_keys = list(conn_ids), list(var_keys)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return classpath(self), {"conn_ids": self.conn_ids, "var_keys": self.var_keys}
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        from airflow.sdk import BaseHook, Variable
+
+        conns = {c: BaseHook.get_connection(c).host for c in self.conn_ids}  # sync SDK calls from async code
+        variables = {k: Variable.get(k) for k in self.var_keys}
+        yield TriggerEvent({"conns": conns, "vars": variables, **process_info()})
+
+
+class WhoAmITrigger(BaseTrigger):
+    """Fires with who it runs as and what it could open: ``paths`` read (``"ok"`` or the error's
+    type name), a file written into its own ``AIRFLOW_HOME``; logs one line to its trigger log."""
+
+    def __init__(self, paths: list[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.paths = list(paths)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return classpath(self), {"paths": self.paths}
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        self.log.info("whoami uid=%s gid=%s", os.getuid(), os.getgid())
+        opened = {}
+        for path in self.paths:
+            try:
+                (os.listdir if os.path.isdir(path) else (lambda p: open(p).read()))(path)
+                opened[path] = "ok"
+            except OSError as err:
+                opened[path] = type(err).__name__
+        own = Path(os.environ["AIRFLOW_HOME"]) / "whoami.txt"
+        own.write_text("mine\n")
+        yield TriggerEvent({"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(), "opened": opened,
+                            "wrote": str(own), **process_info()})

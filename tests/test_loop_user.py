@@ -1,0 +1,71 @@
+"""A loop run as another Unix user (``user = ...``; the supervisor runs as root).
+
+Real users (created with ``useradd`` if missing), one forked loop and one exec'd loop, each as its
+own user: the trigger runs with that uid, cannot read the supervisor's ``airflow.cfg`` (0600, as an
+operator keeps it) nor the other loops' homes (0700), writes into its own home, and its trigger log
+file is written. Skipped unless the tests run as root (only root may switch users).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+
+import pytest
+
+from mt_testsupport.home import AirflowHome, DeferSpec, deferring_bundle
+
+pytestmark = [pytest.mark.timeout(240),
+              pytest.mark.skipif(os.geteuid() != 0, reason="running a loop as another user needs root")]
+
+WHOAMI = "mt_testsupport.triggers.WhoAmITrigger"
+USERS = {"team_a": "mt_loop_a", "team_b": "mt_loop_b"}
+
+
+def _user(name: str) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        if not shutil.which("useradd"):
+            pytest.skip("useradd is not available to create the loop users")
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True)
+        return pwd.getpwnam(name)
+
+
+def test_loop_runs_as_its_user_and_cannot_read_the_supervisors_config(tmp_path, start_triggerer):
+    users = {bundle: _user(name) for bundle, name in USERS.items()}
+    # pytest makes its temporary directories 0700: let the loop users traverse to their homes, as
+    # they traverse to $AIRFLOW_HOME/multitrigger/loops on a real host (x only, no listing).
+    for parent in [tmp_path, *tmp_path.parents][:-2]:
+        os.chmod(parent, os.stat(parent).st_mode | 0o011)
+    home = AirflowHome.create(tmp_path / "home", {b: deferring_bundle(f"dag_{b[-1]}") for b in USERS})
+    cfg = home.path / "airflow.cfg"
+    os.chmod(cfg, 0o600)
+    loops = home.path / "multitrigger" / "loops"
+    config = f"""
+        [loops.team_a]
+        bundles = ["team_a"]
+        user = "{USERS['team_a']}"
+        [loops.team_b]
+        bundles = ["team_b"]
+        user = "{USERS['team_b']}"
+        """
+    paths = {b: [str(cfg), str(loops / ("team_b" if b == "team_a" else "team_a")), str(loops / "default")] for b in USERS}
+    refs = home.defer_many([DeferSpec(f"dag_{b[-1]}", "t0", WHOAMI, {"paths": paths[b]}) for b in USERS])
+    mt = start_triggerer(home, "--skip-serve-logs", "--health-port", "0", config=config)
+    states = home.wait_for_states(refs, "scheduled", timeout=150)
+    for ref in refs:
+        bundle = f"team_{ref.dag_id[-1]}"
+        event, user = states[ref].event, users[bundle]
+        assert event is not None, (states[ref], mt.text()[-3000:])
+        assert (event["uid"], event["gid"]) == (user.pw_uid, user.pw_gid), event
+        assert 0 not in event["groups"], event
+        assert event["opened"] == {p: "PermissionError" for p in paths[bundle]}, event
+        wrote = os.stat(event["wrote"])
+        assert wrote.st_uid == user.pw_uid and event["wrote"].startswith(str(loops / bundle))
+        assert (os.stat(loops / bundle).st_mode & 0o777) == 0o700
+    logs = {p.read_text() for p in home.logs_dir.rglob("*.trigger.*.log")}
+    for bundle, user in users.items():
+        assert any(f"whoami uid={user.pw_uid}" in text for text in logs), logs

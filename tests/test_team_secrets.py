@@ -1,0 +1,80 @@
+"""Team-scoped secrets with ``[core] multi_team``: a trigger resolves connections and variables as
+a task of its own team would (its team's plus global), never another team's: the supervisor refuses
+(PERMISSION_DENIED, logged with its reason) and the task fails.
+
+Real Airflow home (SQLite), real teams (``team``, ``dag_bundle_team`` rows as the DAG processor
+writes them for a bundle with ``team_name``), connections and variables written with Airflow's own
+models, one ``multitrigger run``.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from mt_testsupport.home import AirflowHome, DeferSpec, decode_serde, deferring_bundle
+
+pytestmark = pytest.mark.timeout(240)
+
+SECRETS = "mt_testsupport.triggers.SecretsTrigger"
+CONFIG = """
+    [loops.team_a]
+    bundles = ["team_a"]
+    [loops.team_b]
+    bundles = ["team_b"]
+    """
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> AirflowHome:
+    bundles = {"team_a": deferring_bundle("dag_a", n_tasks=4), "team_b": deferring_bundle("dag_b", n_tasks=1)}
+    home = AirflowHome.create(tmp_path_factory.mktemp("teams") / "home", bundles,
+                              extra_config={"core": {"multi_team": "True"}})
+    home.sql("INSERT INTO team (name) VALUES ('team_a'), ('team_b')")
+    home.sql("INSERT INTO dag_bundle_team (dag_bundle_name, team_name) VALUES ('team_a', 'team_a'), ('team_b', 'team_b')")
+    home.seed(
+        connections=[{"conn_id": "conn_a", "conn_type": "http", "host": "a.example", "team_name": "team_a"},
+                     {"conn_id": "conn_b", "conn_type": "http", "host": "b.example", "team_name": "team_b"},
+                     {"conn_id": "conn_g", "conn_type": "http", "host": "g.example"}],
+        variables={"var_g": "global value"},
+        team_variables=[{"key": "var_a", "value": "a value", "team_name": "team_a"},
+                        {"key": "var_b", "value": "b value", "team_name": "team_b"}],
+    )
+    yield home
+    home.close()
+
+
+def _traceback(state) -> str:  # type: ignore[no-untyped-def]
+    return "".join(decode_serde(state.next_kwargs)["traceback"])
+
+
+def test_a_trigger_gets_its_teams_and_global_secrets_and_is_refused_another_teams(home, start_triggerer):
+    asks = {
+        "t0": (["conn_a", "conn_g"], ["var_a", "var_g"]),
+        "t1": (["conn_b"], []),
+        "t2": ([], ["var_b"]),
+        "t3": (["no_such_conn"], []),
+    }
+    refs = home.defer_many([DeferSpec("dag_a", task, SECRETS, {"conn_ids": c, "var_keys": v}) for task, (c, v) in asks.items()])
+    # multi_team triggers carry their team (trigger.team_name): as stock, an instance claims one team's
+    mt = start_triggerer(home, "--skip-serve-logs", "--team-name", "team_a", "--health-port", "0", config=CONFIG)
+    states = home.wait_for_states(refs, "scheduled", timeout=120)
+    by_task = {(r.dag_id, r.task_id): states[r] for r in refs}
+    log = mt.text()
+
+    ok = by_task[("dag_a", "t0")]
+    assert ok.next_method == "execute_complete", _traceback(ok) + log[-3000:]
+    assert ok.event["conns"] == {"conn_a": "a.example", "conn_g": "g.example"}
+    assert ok.event["vars"] == {"var_a": "a value", "var_g": "global value"}
+    assert ok.event["loop"] == "team_a"
+    for task, kind, key in (("t1", "connection", "conn_b"), ("t2", "variable", "var_b")):
+        refused = by_task[("dag_a", task)]
+        assert refused.next_method == "__fail__", refused
+        # The supervisor answers PERMISSION_DENIED with its reason (logged); the loop's SDK (3.3.2)
+        # reports it to the task as not defined. Either way the task fails and gets nothing.
+        assert key in _traceback(refused) and "b value" not in _traceback(refused) and "b.example" not in _traceback(refused)
+        assert re.search(rf"secret refused .*key={key} kind={kind} .*team=team_a", log), log[-3000:]
+    missing = by_task[("dag_a", "t3")]  # really absent: not found, and no refusal logged
+    assert missing.next_method == "__fail__" and "no_such_conn" in _traceback(missing)
+    assert "key=no_such_conn" not in log
