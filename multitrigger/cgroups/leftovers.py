@@ -12,7 +12,8 @@ exec'd loop), so when it ends this kills:
   that started a new session (``start_new_session=True``, ``setsid``) and were re-parented to init.
 
 What cannot be found: a process that left the session *and* was started and orphaned between two
-``note`` calls (a daemon that double-forks within seconds of the loop's death). Give the loop
+``note`` calls (a daemon that double-forks within seconds of the loop's death); and anything in a
+new session when the supervisor itself is SIGKILLed (no one is left to look). Give the loop
 ``[loops.<name>.limits]`` (a cgroup) when that matters.
 """
 
