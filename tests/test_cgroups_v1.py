@@ -115,7 +115,7 @@ def run(tmp_path_factory: pytest.TempPathFactory):
         # A forked loop's own charge at rest: pages it touched or copied after the fork, not the zygote's.
         seen["idle_loop_charge"] = int((_cgroup_dir(log.read_text(), "x_fork", "memory") / "memory.usage_in_bytes").read_text())
         rec = {name: tmp / f"{name}.jsonl" for name in ("fork", "cpu", "sess", "plain")}
-        neighbours = [DeferSpec("dag_team_a", f"t{i}", FIRE_AT, {"moment": (due := iso_in(6 + 5 * i)), "payload": {"due": due}})
+        neighbours = [DeferSpec("dag_team_a", f"t{i}", FIRE_AT, {"moment": (due := iso_in(10 + 4 * i)), "payload": {"due": due}})
                       for i in range(4)]
         specs = neighbours + [
             DeferSpec("dag_x_mem", "t0", "mt_testsupport.crash_triggers.MemoryHogTrigger", {"after": 0.5}, validate=False),
@@ -188,7 +188,9 @@ def test_a_fork_bomb_stops_at_the_pids_limit(run) -> None:
 
 
 def test_a_cpu_burner_is_held_to_its_quota(run) -> None:
-    assert 0.05 < run["cpu_share"] < CPU_LIMIT * 1.5, run["cpu_share"]  # two burners want 2 cores
+    # Two burners want 2 cores; the quota holds them to 0.2. (The floor only shows they burned: on a
+    # saturated host they get less than their quota.)
+    assert 0.01 < run["cpu_share"] < CPU_LIMIT * 1.5, run["cpu_share"]
     assert run["states"][run["cpu"]].next_method == "execute_complete"
 
 
