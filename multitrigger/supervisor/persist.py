@@ -13,7 +13,7 @@ once, the ORM work (entity loading, unit-of-work flush per row) is most of the s
 
 Here the same stock ``handle_event_submit`` runs on a ``_Row``: the task instance's columns as
 plain values, every attribute it sets recorded. The recorded writes then go to the database as one
-UPDATE by primary key per shape of row (``_write``: ``UPDATE ... FROM (VALUES ...)`` on PostgreSQL,
+UPDATE by primary key per shape of row (``_write``: ``UPDATE ... FROM unnest(arrays)`` on PostgreSQL,
 SQLAlchemy's ORM bulk UPDATE elsewhere; both apply ``updated_at``'s ``onupdate`` as a flush does). So the
 rows written, the ``next_kwargs``, the state changes and the failure routing are stock's own code's
 output; only the unit of work is replaced. ``tests/test_persist.py`` proves it against stock
@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import cast, column, select, update, values
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from airflow.models.asset import AssetWatcherModel
@@ -144,25 +144,34 @@ def submit_batch(entries: Sequence[tuple[int, TriggerEvent]], session: Session) 
 def _write(session: Session, keys: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
     """UPDATE the rows (each sets ``keys``) by primary key.
 
-    PostgreSQL: one ``UPDATE task_instance SET ... FROM (VALUES ...) v WHERE id = v.id`` per
-    ``_CHUNK`` rows (psycopg2 runs an executemany as one round trip per row: 0.5 ms each here).
-    Values are bound with each column's own type (JSONB, UUID, UtcDateTime) and cast back to it.
-    Elsewhere (SQLite: executemany is in-process): SQLAlchemy's ORM bulk UPDATE by primary key.
-    Both apply the columns' Python-side ``onupdate`` (``updated_at``), as a flush does.
+    PostgreSQL: one ``UPDATE task_instance SET ... FROM unnest(<one array per column>)`` per
+    ``_CHUNK`` rows, the arrays bound as parameters: psycopg2 runs an executemany as one round trip
+    per row (0.5 ms each here), and a ``VALUES`` list is compiled anew for every batch (1.7 ms
+    per row). Each value goes through its column's own bind processing (JSONB, UUID, UtcDateTime)
+    and the array is cast to that column's type. Elsewhere (SQLite: executemany is in-process):
+    SQLAlchemy's ORM bulk UPDATE by primary key. Both set the columns' Python-side ``onupdate``
+    (``updated_at``), as a flush does.
     """
-    if session.get_bind().dialect.name != "postgresql":
+    bind = session.get_bind()
+    if bind.dialect.name != "postgresql":
         session.execute(update(TaskInstance).execution_options(synchronize_session=False), rows)
         return
-    table = TaskInstance.__table__
-    names = ("id", *(k for k in keys if k != "id"))
+    dialect, table = bind.dialect, TaskInstance.__table__
+    names = ["id", *(k for k in keys if k != "id")]
+    stamped = [c for c in table.columns if c.onupdate is not None and c.key not in names]
+    sets = [f"{c} = v.{c}" for c in names[1:]] + [f"{c.key} = :onupdate_{c.key}" for c in stamped]
+    arrays = ", ".join(f"CAST(:{c} AS {table.c[c].type.compile(dialect=dialect)}[])" for c in names)
+    sql = text(f"UPDATE task_instance SET {', '.join(sets)} FROM unnest({arrays}) AS v({', '.join(names)}) "
+               "WHERE task_instance.id = v.id")
+    procs = {c: table.c[c].type.bind_processor(dialect) for c in names}
     for i in range(0, len(rows), _CHUNK):
         chunk = rows[i: i + _CHUNK]
-        v = values(*(column(k, table.c[k].type) for k in names), name="v").data([tuple(r[k] for k in names) for r in chunk])
-        session.execute(
-            update(table)
-            .where(table.c.id == cast(v.c.id, table.c.id.type))
-            .values({k: cast(v.c[k], table.c[k].type) for k in names[1:]})
-        )
+        params: dict[str, Any] = {c: [procs[c](r[c]) if procs[c] else r[c] for r in chunk] for c in names}
+        for c in stamped:
+            value = c.onupdate.arg(None) if c.onupdate.is_callable else c.onupdate.arg
+            proc = c.type.bind_processor(dialect)
+            params[f"onupdate_{c.key}"] = proc(value) if proc else value
+        session.execute(sql, params)
 
 
 def _by_keys(updates: Iterable[dict[str, Any]]) -> list[tuple[tuple[str, ...], list[dict[str, Any]]]]:
