@@ -97,6 +97,9 @@ def render(doc: dict[str, Any], url: str) -> Group:
     for problem in doc.get("not_ready", []):
         parts.append(Text(f"not ready: {problem}", style="red"))
     for loop in doc.get("loops", []):
+        if lost := loop.get("limits_not_applied"):
+            parts.append(Text(f"loop {loop['name']} runs WITHOUT its limits (best_effort): {'; '.join(lost)}",
+                              style="bold yellow"))
         if b := loop.get("blocking_now"):
             task = "/".join(str(x) for x in (b["dag_id"], b["task_id"], b["run_id"]) if x) or "-"
             parts.append(Text(f"loop {loop['name']} silent for {b['silent_s']} s, running trigger {b['trigger_id']} "

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
+import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from multitrigger.config import ConfigError, Limits, load_config
 
@@ -99,7 +102,15 @@ def test_multitrigger_run_refuses_then_best_effort_runs_and_warns(tmp_path: Path
     assert "or set best_effort = true" in refused.text()
 
     (ref,) = home.defer_many([DeferSpec("dag_a", "t0", FIRE_AT, {"moment": iso_in(1)})])
-    runs = start_triggerer(home, "--skip-serve-logs", config=base + "best_effort = true\n")
+    runs = start_triggerer(home, "--skip-serve-logs", "--health-port", "0", config=base + "best_effort = true\n")
     assert home.wait_for_states([ref], "scheduled", timeout=120)[ref].next_method == "execute_complete"
     assert "LOOP RUNS WITHOUT ITS LIMITS (best_effort = true)" in runs.text()
+    # ... and later in health: /loops names what the loop runs without, /metrics says 0 applied.
+    url = json.loads((home.path / "multitrigger" / "health.json").read_text())["url"]
+    (loop,) = [l for l in json.loads(urllib.request.urlopen(url + "/loops", timeout=10).read())["loops"] if l["name"] == "team_a"]
+    assert loop["limits_not_applied"] == [f"memory: no cgroup filesystem at {tmp_path}/no-cgroupfs"]
+    metrics = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+    (applied,) = [s for f in text_string_to_metric_families(metrics) for s in f.samples
+                  if s.name == "multitrigger_loop_limits_applied" and s.labels["loop"] == "team_a"]
+    assert applied.value == 0
     assert runs.stop() == 0

@@ -64,6 +64,7 @@ class SnapshotCollector(Collector):
             ("quarantined_triggers", "Triggers with strikes for crashing this loop"),
             ("memory_pss_bytes", "The loop process's PSS"),
             ("memory_rss_bytes", "The loop process's RSS"),
+            ("limits_applied", "For a loop with limits: 1 when its cgroup enforces them, 0 when best_effort runs it without"),
         )}
         counters = {k: _c(f"multitrigger_loop_{k}", doc) for k, doc in (
             ("events", "Trigger events reported by the loop"),
@@ -101,7 +102,8 @@ class SnapshotCollector(Collector):
             values = {"up": int(loop.up), "pid": loop.pid, "triggers_running": loop.triggers,
                       "restarts_last_10m": loop.restarts_recent, "last_exit_timestamp_seconds": loop.last_exit_at,
                       "checkin_age_seconds": loop.since_checkin, "quarantined_triggers": len(loop.quarantined),
-                      "memory_pss_bytes": proc.pss_bytes, "memory_rss_bytes": proc.rss_bytes}
+                      "memory_pss_bytes": proc.pss_bytes, "memory_rss_bytes": proc.rss_bytes,
+                      "limits_applied": None if loop.limits is None else int(not loop.limits_not_applied)}
             for key, value in values.items():
                 if value is not None:
                     gauges[key].add_metric(labels, value)

@@ -73,6 +73,9 @@ class LoopSnapshot:
     limits: dict[str, Any] | None  # the loop's cgroup limits (LoopConfig.limits), when configured
     blocking_now: dict[str, Any] | None = None  # a silent loop: the trigger whose code is running
     cgroup_path: str | None = None  # its own cgroup (multitrigger.cgroups), when it has limits
+    #: best_effort = true on a host that could not apply them: what the loop runs without, e.g.
+    #: ``memory: no cgroup filesystem at /sys/fs/cgroup`` (empty: applied, or none configured).
+    limits_not_applied: tuple[str, ...] = ()
     #: That cgroup, for readers to ask its usage (reads cgroupfs files); not part of the document.
     cgroup: Any = dataclasses.field(default=None, compare=False, repr=False)
 
@@ -154,7 +157,7 @@ def _blocking_now(slot: LoopSlot, silent: float | None) -> dict[str, Any] | None
             "run_id": info.run_id if info else None, "silent_s": round(silent, 1)}
 
 
-def _loop(slot: LoopSlot, wanted: bool, now: float, wall: float) -> LoopSnapshot:
+def _loop(slot: LoopSlot, wanted: bool, now: float, wall: float, lost: tuple[str, ...] = ()) -> LoopSnapshot:
     stats, health, process = slot.stats, slot.stats.health, slot.process
     heard = slot.last_heard
     silent = None if heard == math.inf or process is None else max(0.0, slot.listening() - heard)
@@ -176,7 +179,14 @@ def _loop(slot: LoopSlot, wanted: bool, now: float, wall: float) -> LoopSnapshot
         limits=_limits(slot.config),
         blocking_now=_blocking_now(slot, silent),
         cgroup_path=str(slot.cgroup.path) if slot.cgroup is not None else None, cgroup=slot.cgroup,
+        limits_not_applied=lost,
     )
+
+
+def _lost(sup: Supervisor, loop: str) -> tuple[str, ...]:
+    """The limits a best_effort loop runs without (``LoopCgroups.lost``; a version slot has its loop's)."""
+    cgroups = getattr(sup, "cgroups", None)
+    return tuple(cgroups.lost.get(loop, ())) if cgroups is not None else ()
 
 
 def build(sup: Supervisor, now: float, wall: float | None = None) -> Snapshot:
@@ -190,7 +200,8 @@ def build(sup: Supervisor, now: float, wall: float | None = None) -> Snapshot:
         capacity=getattr(claim, "capacity", None),
         claimed=sup.notifier.claimed, db="ok" if sup.db_health.down_since is None else "unreachable",
         triggers=len(sup.routes),
-        loops=tuple(_loop(slot, sup._wanted(name, slot), now, wall) for name, slot in sup.slots.items()),
+        loops=tuple(_loop(slot, sup._wanted(name, slot), now, wall, _lost(sup, slot.config.name))
+                    for name, slot in sup.slots.items()),
     )
 
 
