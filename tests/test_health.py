@@ -296,6 +296,17 @@ def test_status_table_and_json(running):
     assert {loop["name"]: loop["triggers"] for loop in doc["loops"]} == {"default": 0, "team_a": 3, "team_b": 3, "team_c": 1}
 
 
+def test_status_watch_redraws_until_stopped(running):
+    """``--watch 0.3`` keeps fetching and redrawing: several frames in a few seconds, each a fresh read."""
+    env = running.home.env({"COLUMNS": "200", "PYTHONUNBUFFERED": "1"})
+    with pytest.raises(subprocess.TimeoutExpired) as stopped:
+        subprocess.run([MULTITRIGGER, "status", "--watch", "0.3"], env=env, capture_output=True, text=True, timeout=8)
+    out = stopped.value.stdout
+    out = out.decode() if isinstance(out, bytes) else out or ""
+    frames = re.findall(rf"multitrigger at {re.escape(running.url)}: (?:healthy|NOT HEALTHY)", out)
+    assert len(frames) >= 3, out[-3000:]
+
+
 def test_loop_killed_from_outside_shows_restart_with_reason_and_status_fails(running):
     first = running.loops()["team_a"]["pid"]
     os.kill(first, signal.SIGKILL)  # restarted at once
