@@ -71,8 +71,10 @@ def test_a_trigger_gets_its_teams_and_global_secrets_and_is_refused_another_team
     for task, kind, key in (("t1", "connection", "conn_b"), ("t2", "variable", "var_b")):
         refused = by_task[("dag_a", task)]
         assert refused.next_method == "__fail__", refused
-        # The supervisor answers PERMISSION_DENIED with its reason (logged); the loop's SDK (3.3.2)
-        # reports it to the task as not defined. Either way the task fails and gets nothing.
+        # The supervisor answers PERMISSION_DENIED (its reason logged); the loop's SDK raises it as
+        # an access denial, not "not defined", and falls back to no other secrets backend.
+        assert f"Access denied for {kind} {key!r}" in _traceback(refused), _traceback(refused)
+        assert "isn't defined" not in _traceback(refused)
         assert key in _traceback(refused) and "b value" not in _traceback(refused) and "b.example" not in _traceback(refused)
         assert re.search(rf"secret refused .*key={key} kind={kind} .*team=team_a", log), log[-3000:]
     missing = by_task[("dag_a", "t3")]  # really absent: not found, and no refusal logged

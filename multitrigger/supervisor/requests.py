@@ -125,7 +125,10 @@ def answer(msg: BaseModel, team: str | None = None) -> tuple[dict | None, dict |
             if resp.error == not_found and conf.getboolean("core", "multi_team"):
                 if reason := refusal(kind, getattr(msg, field), team):
                     log.error("secret refused", kind=kind, key=getattr(msg, field), team=team)
-                    return None, _error(ErrorType.PERMISSION_DENIED, reason)
+                    # As the body, like the not-found answer it replaces: the SDK (1.3.2) raises
+                    # AirflowSecretsBackendAccessDenied for it and falls through to no other backend.
+                    # As a frame *error* it would be swallowed and reported as "isn't defined".
+                    return _error(ErrorType.PERMISSION_DENIED, reason), None
     except ServerResponseError as err:
         detail = err.response.json() if err.response is not None else None
         log.error("API server error", message=str(err), detail=detail)
