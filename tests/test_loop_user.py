@@ -69,3 +69,29 @@ def test_loop_runs_as_its_user_and_cannot_read_the_supervisors_config(tmp_path, 
     logs = {p.read_text() for p in home.logs_dir.rglob("*.trigger.*.log")}
     for bundle, user in users.items():
         assert any(f"whoami uid={user.pw_uid}" in text for text in logs), logs
+
+
+def test_an_exec_loop_whose_user_cannot_reach_its_interpreter_is_a_config_error(tmp_path):
+    """An exec'd loop drops to its user before its first import: an interpreter behind a directory
+    closed to that user (here: pyenv under root's 0700 home, as on this machine) would crash-loop
+    it with no output, so the config names the barrier and the fix. A forked loop is fine."""
+    from multitrigger.config import ConfigError, load_config
+
+    user = _user(USERS["team_b"])
+    for parent in [tmp_path, *tmp_path.parents][:-2]:  # pytest's 0700 temp dirs: open them, as above
+        os.chmod(parent, os.stat(parent).st_mode | 0o011)
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    python = closed / "python"
+    python.write_text("#!/bin/sh\n")
+    python.chmod(0o755)
+    cfg = tmp_path / "multitrigger.toml"
+    body = f'[loops.team_b]\nbundles = ["team_b"]\npython = "{python}"\nuser = "{user.pw_name}"\n'
+    cfg.write_text(body + 'start_method = "exec"\n')
+    with pytest.raises(ConfigError) as refused:
+        load_config(cfg)
+    text = str(refused.value)
+    assert str(cfg) in text and "loops.team_b.user" in text, text
+    assert f"cannot reach {python} ({closed} is closed to it)" in text and 'start_method = "fork"' in text, text
+    cfg.write_text(body)  # forked from its zygote, which imports as root
+    assert load_config(cfg).loops["team_b"].user == user.pw_name

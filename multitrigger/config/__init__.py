@@ -31,6 +31,7 @@ Format (``$AIRFLOW_HOME/multitrigger.toml``; every table optional)::
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import tomllib
@@ -43,9 +44,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+import multitrigger
 from multitrigger import interpreter_probe
 from multitrigger.config.levels import Level, derived_level
 from multitrigger.config.problems import ConfigError, Problem, problems_from
+from multitrigger.loop import privileges
 from multitrigger.config.schema import (DEFAULT_LOOP, REMOVED_KEYS, FileTable, HealthSettings, Limits, LoopTable,
                                         RestartSettings, SupervisorSettings, relations, schema_at)
 
@@ -159,7 +162,23 @@ def _parse(source: Path, data: dict[str, Any]) -> Config:
     shared = {name: frozenset(t.bundles or ()) for name, t in table.loops.items() if t.level == "shared" and name != DEFAULT_LOOP}
     loops = {DEFAULT_LOOP: _default_loop()} | {
         name: _loop(name, t, data["loops"][name]) for name, t in table.loops.items() if name not in shared}
+    if problems := [p for loop in loops.values() if (p := _user_reaches_interpreter(loop))]:
+        raise ConfigError(source, problems)
     return Config(source, loops, table.supervisor, table.health, MappingProxyType(shared))
+
+
+def _user_reaches_interpreter(loop: LoopConfig) -> Problem | None:
+    """An exec'd loop with ``user`` starts its interpreter as root, then drops to the user before
+    importing anything: the user must be able to read the interpreter and multitrigger itself, or the
+    loop dies on its first import (a forked loop imports in its zygote, which stays root)."""
+    if loop.user is None or loop.start_method != "exec":
+        return None
+    for path, need in ((loop.python, os.X_OK), (Path(multitrigger.__file__).parent, os.R_OK | os.X_OK)):
+        if (barrier := privileges.first_barrier(path, loop.user, need)) is not None:
+            return Problem(f"loops.{loop.name}.user", f"user {loop.user!r} cannot reach {path} ({barrier} is closed to it)",
+                           "install the interpreter and multitrigger where the user can read them (e.g. under /opt), "
+                           'or use start_method = "fork" (forked loops import as the supervisor\'s user first)')
+    return None
 
 
 def _loop(name: str, table: LoopTable, raw: dict[str, Any]) -> LoopConfig:

@@ -44,3 +44,21 @@ def drop(environ: dict[str, str] | os._Environ[str] = os.environ) -> None:
     else:  # pragma: no cover - would mean the drop did not happen
         raise RuntimeError(f"loop could still become root after dropping to {name!r}")
     environ.update(USER=name, LOGNAME=name, HOME=environ.get("AIRFLOW_HOME", entry.pw_dir))
+
+
+def first_barrier(path: Path, user: str, need: int = os.X_OK) -> Path | None:
+    """The first directory on the way to *path* that *user* may not search, or *path* itself if the
+    user lacks *need* on it; ``None`` if the user reaches it. From mode bits and ownership (root's
+    ``os.access`` answers for root, not for the loop's user); ACLs are not read."""
+    entry = pwd.getpwnam(user)
+    groups = set(os.getgrouplist(user, entry.pw_gid))
+    resolved = Path(os.path.realpath(path))
+    for step, bits in [(p, os.X_OK) for p in reversed(resolved.parents)] + [(resolved, need)]:
+        try:
+            st = os.stat(step)
+        except OSError:
+            return step
+        shift = 6 if st.st_uid == entry.pw_uid else 3 if st.st_gid in groups else 0
+        if ((st.st_mode >> shift) & bits) != bits:
+            return step
+    return None
