@@ -11,6 +11,7 @@ shows a running supervisor's loops (``multitrigger.status``).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -229,4 +230,34 @@ def main(argv: list[str] | None = None) -> None:
 
         prestart_for_argv(argv[1:])
     args = (_status_only_parser() if argv[:1] == ["status"] else build_parser()).parse_args(argv)
-    sys.exit(args.func(args) or 0)
+    if args.func is not cmd_run:
+        sys.exit(args.func(args) or 0)
+    _exit_now(_run_to_code(args))
+
+
+def _run_to_code(args: argparse.Namespace) -> int:
+    try:
+        return args.func(args) or 0
+    except SystemExit as stop:
+        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        return 1
+
+
+def _exit_now(code: int) -> None:
+    """End ``run`` without the interpreter's teardown. By now the supervisor has stopped its loops
+    and zygotes, removed their cgroups and persisted what the DB would take; teardown (atexit's ORM
+    dispose, a lane thread still inside a black-holed DB call) must not keep a stopping supervisor
+    alive past its grace period, which is what a service manager and HA peers count on."""
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
