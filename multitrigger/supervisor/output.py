@@ -116,7 +116,7 @@ def _string_prefix(raw: bytes) -> str:
         return scanstring(text, 0, False)[0]  # the string ended inside the head
     except ValueError:
         pass
-    for trim in range(7):  # it ran past the head, perhaps through a "\uXXXX" escape (6 chars)
+    for trim in range(7):  # it ran past the head, perhaps through a 6-character escape like "\u00e9"
         try:
             return scanstring(text[: len(text) - trim] + '"', 0, False)[0]
         except ValueError:
