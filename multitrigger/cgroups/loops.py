@@ -73,6 +73,7 @@ class LoopCgroups:
             except OSError as err:
                 gaps = [("limits", f"cannot create or configure the cgroup of loop {name!r}: {err}",
                          "make the cgroup filesystem writable for the supervisor (root, or Delegate=yes)")]
+                _discard(group)
                 group = None
         if gaps and not limits.best_effort:
             return [Problem(f"loops.{name}.limits" + ("" if key == "limits" else f".{key}"), problem,
@@ -97,10 +98,12 @@ class LoopCgroups:
         if name in self.groups or limits is None or loop not in self.groups:
             return self.groups.get(name)
         assert self.hierarchy is not None
+        group = None
         try:
             group = self.hierarchy.create(name)
             group.set_limits(self.applied[loop])
         except OSError as err:
+            _discard(group)
             log.error("could not make the cgroup of a loop process; it runs without limits", loop=loop, slot=name, error=str(err))
             return None
         self.groups[name] = group
@@ -120,3 +123,12 @@ class LoopCgroups:
 
 def _without(limits: Limits, keys: set[str]) -> Limits:
     return limits.model_copy(update={key: None for key in keys}) if keys else limits
+
+
+def _discard(group: LoopCgroup | None) -> None:
+    """Remove a cgroup made but not configured (no process is in it yet), so none is left behind."""
+    if group is not None:
+        try:
+            group.remove()
+        except OSError as err:
+            log.warning("could not remove an unconfigured loop cgroup", cgroup=str(group.path), error=str(err))

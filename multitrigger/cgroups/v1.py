@@ -21,7 +21,6 @@ killing is caught by the next pass (and bounded by ``pids.max``).
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 from dataclasses import dataclass, field
@@ -126,14 +125,13 @@ class V1Cgroup:
         if pids := self.dirs.get("pids"):
             files.write(pids / "pids.max", limits.pids or "max")
 
-    def _procs(self) -> Path:
-        return (self.dirs.get("freezer") or self.path) / "cgroup.procs"
-
     def pids(self) -> set[int]:
         return set().union(*(files.pids(d / "cgroup.procs") for d in self.dirs.values()))
 
     def usage(self) -> Usage:
-        memory, cpuacct, pids = self.dirs.get("memory"), self.dirs.get("cpuacct"), self.dirs.get("pids")
+        # cpuacct is often co-mounted with cpu (``cpu,cpuacct``): then only the cpu entry is kept.
+        memory, pids = self.dirs.get("memory"), self.dirs.get("pids")
+        cpuacct = self.dirs.get("cpuacct") or self.dirs.get("cpu")
         ns = files.read_int(cpuacct / "cpuacct.usage") if cpuacct else None
         return Usage(
             memory_bytes=files.read_int(memory / "memory.usage_in_bytes") if memory else None,
@@ -144,6 +142,8 @@ class V1Cgroup:
         )
 
     def kill_all(self, timeout: float = 5.0) -> int:
+        if not self.pids():  # nothing to freeze (every create, reap and remove asks)
+            return 0
         killed: set[int] = set()
         freezer = self.dirs.get("freezer")
 
@@ -169,9 +169,6 @@ class V1Cgroup:
                 path.rmdir()
             except FileNotFoundError:
                 pass
-            except OSError as err:
-                if err.errno != errno.ENOENT:
-                    raise
 
 
 def _freeze(freezer: Path) -> None:

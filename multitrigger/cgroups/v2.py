@@ -83,9 +83,6 @@ class V2Hierarchy:
                 files.write(leaf / "cgroup.procs", pid)
             except ProcessLookupError:
                 pass
-            except OSError as err:
-                if err.errno != errno.ESRCH:
-                    raise
 
     def enable(self, controllers: frozenset[str] | set[str]) -> None:
         """``+cpu +memory ...`` in the delegated cgroup's ``subtree_control`` (one write: all or none)."""

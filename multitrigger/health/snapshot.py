@@ -183,12 +183,6 @@ def _loop(slot: LoopSlot, wanted: bool, now: float, wall: float, lost: tuple[str
     )
 
 
-def _lost(sup: Supervisor, loop: str) -> tuple[str, ...]:
-    """The limits a best_effort loop runs without (``LoopCgroups.lost``; a version slot has its loop's)."""
-    cgroups = getattr(sup, "cgroups", None)
-    return tuple(cgroups.lost.get(loop, ())) if cgroups is not None else ()
-
-
 def build(sup: Supervisor, now: float, wall: float | None = None) -> Snapshot:
     """Copy what the health surfaces show (on the selector thread)."""
     wall = time.time() if wall is None else wall
@@ -200,7 +194,7 @@ def build(sup: Supervisor, now: float, wall: float | None = None) -> Snapshot:
         capacity=getattr(claim, "capacity", None),
         claimed=sup.notifier.claimed, db="ok" if sup.db_health.down_since is None else "unreachable",
         triggers=len(sup.routes),
-        loops=tuple(_loop(slot, sup._wanted(name, slot), now, wall, _lost(sup, slot.config.name))
+        loops=tuple(_loop(slot, sup._wanted(name, slot), now, wall, lost=tuple(sup.cgroups.lost.get(slot.config.name, ())))
                     for name, slot in sup.slots.items()),
     )
 
