@@ -248,6 +248,8 @@ def test_versions_get_their_own_slot_and_path_and_the_cap_refuses_one_more(tmp_p
     assert h.add(3, "a" * 40) == "team[gitb@aaaaaaaaaaaa]"  # same version, same slot
     assert h.add(4, "b" * 40) == "team[gitb@bbbbbbbbbbbb]"
     assert not h.versions.may_start("team[gitb@aaaaaaaaaaaa]")  # not before its checkout is on disk
+    # A version slot answers to its loop (its team's secrets, its lost limits); any other name is its own.
+    assert h.versions.loop_of("team[gitb@aaaaaaaaaaaa]") == "team" and h.versions.loop_of("team") == "team"
     refusal = h.add(5, "c" * 40)
     assert isinstance(refusal, Refusal) and refusal.loop == "team" and refusal.bundle == "gitb"
     assert "max_bundle_versions" in refusal.reason and "c" * 40 in refusal.reason and "aaaaaaaaaaaa" in refusal.reason

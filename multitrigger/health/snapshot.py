@@ -194,7 +194,7 @@ def build(sup: Supervisor, now: float, wall: float | None = None) -> Snapshot:
         capacity=getattr(claim, "capacity", None),
         claimed=sup.notifier.claimed, db="ok" if sup.db_health.down_since is None else "unreachable",
         triggers=len(sup.routes),
-        loops=tuple(_loop(slot, sup._wanted(name, slot), now, wall, lost=tuple(sup.cgroups.lost.get(slot.config.name, ())))
+        loops=tuple(_loop(slot, sup._wanted(name, slot), now, wall, lost=tuple(sup.cgroups.lost.get(sup.versions.loop_of(name), ())))
                     for name, slot in sup.slots.items()),
     )
 

@@ -139,6 +139,11 @@ class BundleVersions:
     def owns(self, name: str) -> bool:
         return name in self._versions
 
+    def loop_of(self, name: str) -> str:
+        """The configured loop a slot belongs to: its own name, or a version slot's loop."""
+        version = self._versions.get(name)
+        return version.loop if version is not None else name
+
     def may_start(self, name: str) -> bool:
         """Not a version slot, or one whose checkout is on disk."""
         version = self._versions.get(name)

@@ -87,8 +87,9 @@ class Supervisor:
         self.outcomes = Outcomes()
         self.db = Lane("db", self._wake_up, clock)
         self.uploads = Lane("log-uploads", self._wake_up, clock)
+        teams = LoopTeams(config)  # a version slot's requests resolve as its loop's (its bundles are the loop's)
         self.desk = RequestDesk(Lane("requests", self._wake_up, clock), settings.request_timeout, clock,
-                                team_of=LoopTeams(config).team_of)
+                                team_of=lambda slot: teams.team_of(self.versions.loop_of(slot)))
         self._log_sink = store.log_line_consumer()
         self._signals: list[int] = []
         self._next_tick = 0.0
