@@ -108,3 +108,30 @@ def test_output_of_a_running_trigger_becomes_its_log_records_and_the_rest_stays_
     assert [(r["event"], r["printed_by_trigger"], r["stream"]) for r in records] == [
         ("one", 9, "stdout"), ("two, in pieces", 9, "stdout"), ("three without newline", 9, "stdout")]
     assert stream.fileno is not None and stream.getvalue() == raw.getvalue()  # the rest is the real stream's
+
+
+def test_airflow_counters_restart_from_zero_for_a_slot_that_ended_and_came_back(monkeypatch):
+    """Counters are sent as increments over what was counted; a bundle version's slot that ends and
+    is made again starts its totals at 0, so what it sent before is forgotten with it."""
+    from types import SimpleNamespace
+
+    from multitrigger.health import airflow_stats
+
+    sent: list[tuple[str, int, str]] = []
+    monkeypatch.setattr(airflow_stats, "stats", SimpleNamespace(
+        gauge=lambda *a, **k: None, incr=lambda name, n, tags: sent.append((name, n, tags["loop"]))))
+
+    def loop(name: str, events: int):
+        return SimpleNamespace(name=name, bundle_label="b", triggers=0, up=True, lag_p50=None, lag_p99=None,
+                               events=events, failures=0, blocked_episodes=0, restarts=0)
+
+    def snap(at: float, *loops):
+        return SimpleNamespace(taken_at=at, hostname="h", team_name=None, capacity=10, triggers=0, loops=loops)
+
+    emit = airflow_stats.AirflowStats()
+    emit(snap(0, loop("team", 1), loop("team[g@a]", 5)))
+    emit(snap(2, loop("team", 3)))  # the version slot ended
+    emit(snap(4, loop("team", 3), loop("team[g@a]", 2)))  # ... and was made again: 2 new events
+    assert [s for s in sent if s[0] == "triggers.succeeded"] == [
+        ("triggers.succeeded", 1, "team"), ("triggers.succeeded", 5, "team[g@a]"),
+        ("triggers.succeeded", 2, "team"), ("triggers.succeeded", 2, "team[g@a]")]

@@ -56,3 +56,6 @@ class AirflowStats:
                 if (delta := total - self._sent.get((loop.name, name), 0)) > 0:
                     stats.incr(name, delta, tags=tags)
                     self._sent[(loop.name, name)] = total
+        # A slot that ended (a bundle version's) starts from 0 if it comes back: forget what it sent.
+        present = {loop.name for loop in snap.loops}
+        self._sent = {key: sent for key, sent in self._sent.items() if key[0] in present}

@@ -44,9 +44,6 @@ class BlameSlot:
         self.long_step, self.on_long_step = long_step, on_long_step
         self._id, self._since = 0, 0.0
 
-    def set(self, trigger_id: int) -> None:
-        struct.pack_into(_FORMAT, self._map, 0, trigger_id)
-
     def enter(self, trigger_id: int) -> None:
         """``trigger_id``'s code starts running (one step, or its constructor)."""
         struct.pack_into(_FORMAT, self._map, 0, trigger_id)
