@@ -89,7 +89,6 @@ class Scope:
     served: Bundles
     loops: tuple[str, ...]
     groups: tuple[ClaimGroup, ...]
-    only: tuple[str, ...] | None  # --bundles / [supervisor] bundles, as given
 
     @classmethod
     def of(cls, config: Config, only: Iterable[str] | None = None) -> Scope:
@@ -107,10 +106,7 @@ class Scope:
         for group in capped:
             rest = rest & ~group.bundles
         groups = tuple(capped) + ((ClaimGroup(None, rest, None),) if not rest.empty else ())
-        return cls(served, loops, groups, only)
-
-    def loop_group(self, loop: str) -> ClaimGroup | None:
-        return next((g for g in self.groups if g.loop == loop), None)
+        return cls(served, loops, groups)
 
 
 def loop_bundles(loop: LoopConfig, config: Config) -> Bundles:

@@ -114,5 +114,4 @@ class RequestDesk:
 
     def forget(self, loop: str) -> None:
         """The loop's process is gone: its queued requests have nobody to answer."""
-        if queue := self._queues.get(loop):
-            queue.clear()
+        self._queues.pop(loop, None)  # a version slot's name may never come back
