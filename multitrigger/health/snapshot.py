@@ -137,16 +137,6 @@ def loop_state(slot: LoopSlot, wanted: bool, now: float) -> str:
     return "backing off" if slot.stats.restarts and now < slot.start_at else "starting"
 
 
-def _limits(loop: Any) -> dict[str, Any] | None:
-    """``LoopConfig.limits`` (the cgroup limits of the cgroup issue), however it is modelled."""
-    limits = getattr(loop, "limits", None)
-    if limits is None:
-        return None
-    if hasattr(limits, "model_dump"):
-        return limits.model_dump(mode="json")
-    return dataclasses.asdict(limits) if dataclasses.is_dataclass(limits) else {"value": str(limits)}
-
-
 def _blocking_now(slot: LoopSlot, silent: float | None) -> dict[str, Any] | None:
     """For a loop silent past ``SILENT_AFTER``: the trigger its blame slot says is running (8 bytes)."""
     if silent is None or silent < SILENT_AFTER or not (trigger_id := read_blame(slot.blame_file)):
@@ -176,7 +166,7 @@ def _loop(slot: LoopSlot, wanted: bool, now: float, wall: float, lost: tuple[str
         worst_blockers=tuple(health.worst(WORST_BLOCKERS)),
         quarantined=tuple({"trigger_id": tid, "strikes": n} for tid, n in sorted(slot.poison.struck().items())),
         poison_failed=stats.poison_failed, output_dropped_bytes=slot.relay.dropped_total,
-        limits=_limits(slot.config),
+        limits=slot.config.limits.model_dump(mode="json") if slot.config.limits else None,
         blocking_now=_blocking_now(slot, silent),
         cgroup_path=str(slot.cgroup.path) if slot.cgroup is not None else None, cgroup=slot.cgroup,
         limits_not_applied=lost,
@@ -186,12 +176,10 @@ def _loop(slot: LoopSlot, wanted: bool, now: float, wall: float, lost: tuple[str
 def build(sup: Supervisor, now: float, wall: float | None = None) -> Snapshot:
     """Copy what the health surfaces show (on the selector thread)."""
     wall = time.time() if wall is None else wall
-    claim = getattr(sup.store, "claim_filters", None)
-    job = getattr(sup.store, "job", None)
+    claim, job = sup.store.claim_filters, sup.store.job
     return Snapshot(
-        taken_at=now, taken_wall=wall, pid=os.getpid(), hostname=getattr(job, "hostname", None) or socket.gethostname(),
-        job_id=getattr(job, "id", None), team_name=getattr(claim, "team_name", None),
-        capacity=getattr(claim, "capacity", None),
+        taken_at=now, taken_wall=wall, pid=os.getpid(), hostname=job.hostname or socket.gethostname(),
+        job_id=job.id, team_name=claim.team_name, capacity=claim.capacity,
         claimed=sup.notifier.claimed, db="ok" if sup.db_health.down_since is None else "unreachable",
         triggers=len(sup.routes),
         loops=tuple(_loop(slot, sup._wanted(name, slot), now, wall, lost=tuple(sup.cgroups.lost.get(sup.versions.loop_of(name), ())))
