@@ -113,6 +113,7 @@ def running(tmp_path_factory: pytest.TempPathFactory):
         "b0": DeferSpec("dag_b", "t0", WAIT_FOREVER, {"marker_path": str(root / "b0")}),
         "block": DeferSpec("dag_b", "t1", CRASH + "BlockOnceTrigger", {"after": 1.0, "seconds": 1.0}, validate=False),
         "print": DeferSpec("dag_b", "t2", CRASH + "PrintAndWaitTrigger", {"after": 0.5}, validate=False),
+        "slowinit": DeferSpec("dag_b", "t3", CRASH + "SlowInitTrigger", {"seconds": 1.0}, validate=False),
         # team_c's loop is blocked 5 s out of every 6 (never long enough to be killed for it)
         "hog": DeferSpec("dag_c", "t0", BLOCKING, {"block_seconds": 5.0, "every_seconds": 1.0}, validate=False),
     }
@@ -187,12 +188,12 @@ def test_metrics_parse_and_match_the_db_and_airflow_stats_carry_the_loop(running
         got = {loop: m.get(("multitrigger_loop_triggers_running", (("bundle", loop), ("loop", loop))))
                for loop in ("team_a", "team_b")}
         lag = ("multitrigger_loop_lag_seconds", (("bundle", "team_a"), ("loop", "team_a"), ("quantile", "0.99")))
-        return got if lag in m and got == {"team_a": db_running("dag_a"), "team_b": db_running("dag_b")} == {"team_a": 3, "team_b": 3} else None
+        return got if lag in m and got == {"team_a": db_running("dag_a"), "team_b": db_running("dag_b")} == {"team_a": 3, "team_b": 4} else None
 
     home.wait_for(matches, timeout=60, message=lambda: str(_metrics(running)))
     m = _metrics(running)
     a = (("bundle", "team_a"), ("loop", "team_a"))
-    assert m[("multitrigger_ready", ())] == 1 and m[("multitrigger_triggers_running", ())] == 7
+    assert m[("multitrigger_ready", ())] == 1 and m[("multitrigger_triggers_running", ())] == 8
     assert m[("multitrigger_loop_up", a)] == 1 and m[("multitrigger_loop_restarts_total", a)] == 0
     assert m[("multitrigger_loop_state", a + (("state", "running"),))] == 1
     assert m[("multitrigger_loop_memory_pss_bytes", a)] > 1_000_000 and m[("multitrigger_loop_cpu_seconds_total", a)] > 0
@@ -235,8 +236,19 @@ def test_blocking_trigger_is_a_blocked_episode_naming_it(running):
     assert m[key] == 1
     assert "Triggerer's async thread was blocked" not in running.mt.text()  # stock's nameless warning is gone
     # Airflow's counter, now with the loop; its gauge of the loop's lag too (ms).
-    running.statsd_wait(r"^airflow\.triggers\.blocked_main_thread,hostname=[^,]+,loop=team_b,bundle=team_b:1\|c$")
+    running.statsd_wait(r"^airflow\.triggers\.blocked_main_thread,hostname=[^,]+,loop=team_b,bundle=team_b:\d+\|c$")
     running.statsd_wait(r"^airflow\.multitrigger\.loop\.lag_p99,hostname=[^,]+,loop=team_b,bundle=team_b:[\d.]+\|g$")
+
+
+def test_a_blocking_constructor_is_blamed_on_its_trigger(running):
+    slow_id = running.trigger_id("slowinit")
+
+    def episode():
+        return [b for b in running.loops()["team_b"]["worst_blockers"] if b["trigger_id"] == slow_id]
+
+    (blocker,) = running.home.wait_for(episode, timeout=60)
+    assert blocker["classpath"] == CRASH + "SlowInitTrigger" and blocker["task_id"] == "t3", blocker
+    assert blocker["episodes"] == 1 and 0.9 < blocker["seconds_max"] < 5, blocker
 
 
 def test_a_loop_blocked_now_names_the_trigger_running_in_it(running):
@@ -293,7 +305,7 @@ def test_status_table_and_json(running):
     assert as_json.returncode == 0
     doc = json.loads(as_json.stdout)
     assert doc["ready"] and doc["live"] and doc["db"] == "ok"
-    assert {loop["name"]: loop["triggers"] for loop in doc["loops"]} == {"default": 0, "team_a": 3, "team_b": 3, "team_c": 1}
+    assert {loop["name"]: loop["triggers"] for loop in doc["loops"]} == {"default": 0, "team_a": 3, "team_b": 4, "team_c": 1}
 
 
 def test_status_watch_redraws_until_stopped(running):

@@ -81,7 +81,6 @@ def test_notify_is_a_no_op_when_unset_and_never_raises(tmp_path):
     assert notify("READY=1", {"NOTIFY_SOCKET": str(tmp_path / "nobody-listens")}) is False
     assert notify("READY=1", {"NOTIFY_SOCKET": "@" + "x" * 200}) is False  # too long for sun_path
     notifier = Notifier({})
-    notifier.claimed = True
     notifier.tick(0.0, lambda: (True, "ignored"))  # nothing to send to: no error, nothing asked
     assert not notifier.ready
 

@@ -117,6 +117,14 @@ class Snapshot:
     def ready(self) -> bool:
         return not self.not_ready
 
+    @property
+    def summary(self) -> str:
+        """One line for systemd's ``STATUS=``: the wanted loops by state, triggers held, the DB."""
+        wanted = [loop.state for loop in self.loops if loop.wanted]
+        running, restarting = wanted.count("running"), wanted.count("backing off")
+        return (f"{running} loops running, {len(wanted) - running - restarting} starting, {restarting} restarting; "
+                f"{self.triggers} triggers; DB {self.db}")
+
     def as_dict(self) -> dict[str, Any]:
         body = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "loops"}
         return body | {"ready": self.ready, "not_ready": self.not_ready, "loops": [_loop_dict(loop) for loop in self.loops]}
@@ -180,7 +188,7 @@ def build(sup: Supervisor, now: float, wall: float | None = None) -> Snapshot:
     return Snapshot(
         taken_at=now, taken_wall=wall, pid=os.getpid(), hostname=job.hostname or socket.gethostname(),
         job_id=job.id, team_name=claim.team_name, capacity=claim.capacity,
-        claimed=sup.notifier.claimed, db="ok" if sup.db_health.down_since is None else "unreachable",
+        claimed=sup.claimed, db="ok" if sup.db_health.down_since is None else "unreachable",
         triggers=len(sup.routes),
         loops=tuple(_loop(slot, sup._wanted(name, slot), now, wall, lost=tuple(sup.cgroups.lost.get(sup.versions.loop_of(name), ())))
                     for name, slot in sup.slots.items()),

@@ -97,4 +97,10 @@ class BlamedCoroutine(collections.abc.Coroutine):
         self._coro.close()
 
     def __await__(self) -> Any:
-        return self._coro.__await__()
+        return self  # ``await`` drives it through ``send``/``throw`` too, so each step is blamed
+
+    def __iter__(self) -> Any:
+        return self
+
+    def __next__(self) -> Any:
+        return self.send(None)

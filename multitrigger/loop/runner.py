@@ -155,16 +155,15 @@ class LoopRunner(TriggerRunner):
         while self.to_create:
             workload = self.to_create.popleft()
             queue, self.to_create = self.to_create, deque([workload])
-            if self.blame is not None:
-                self.blame.enter(workload.id)
             try:
-                await super().create_triggers()
+                creating = super().create_triggers()
+                # Each step of stock's creation (class import, constructor) is timed and blamed on
+                # this workload; its ``asyncio.sleep(0)`` between them lets other triggers run.
+                await (BlamedCoroutine(creating, workload.id, self.blame) if self.blame else creating)
             except Exception as err:
                 self.log.error("Trigger failed to inflate", error=err, trigger_id=workload.id)
                 self.failed_triggers.append((workload.id, err))
             finally:
-                if self.blame is not None:
-                    self.blame.leave()
                 self.to_create = queue
 
     def get_trigger_by_classpath(self, classpath: str) -> Any:

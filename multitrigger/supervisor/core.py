@@ -112,6 +112,7 @@ class Supervisor:
         self.routes: dict[int, str] = {}  # trigger id → slot name (a loop's, or a bundle version's), decided once
         self._output_turn = 0
         self.notifier = Notifier()  # systemd Type=notify; a no-op without $NOTIFY_SOCKET
+        self.claimed = False  # set after the first successful claim
         self.board = snapshot.Board(clock)  # what the health server and Airflow's metrics read
         self.board.subscribers.append(AirflowStats())
         self._health_server: HealthServer | None = None
@@ -267,13 +268,10 @@ class Supervisor:
         self.notifier.tick(now, self._health)
 
     def _health(self) -> tuple[bool, str]:
-        """Every wanted loop up (it has sent its first frame), and a one-line summary for systemd."""
-        wanted = [s for name, s in self.slots.items() if self._wanted(name, s)]
-        up = sum(s.process is not None and s.last_heard != math.inf for s in wanted)
-        restarting = sum(s.stats.restarts > 0 for s in wanted if s.process is None or s.last_heard == math.inf)
-        db = "ok" if self.db_health.down_since is None else "unreachable"
-        return up == len(wanted), (f"{up} loops running, {len(wanted) - up - restarting} starting, {restarting} restarting; "
-                                   f"{len(self.routes)} triggers; DB {db}")
+        """For systemd: ready, and a one-line summary, both as the health server shows them (the
+        latest published snapshot; at most ``PUBLISH_EVERY`` old)."""
+        snap = self.board.latest
+        return (False, "starting") if snap is None else (snap.ready, snap.summary)
 
     # -- the DB lane --------------------------------------------------------------------------
 
@@ -319,7 +317,7 @@ class Supervisor:
 
     def _ticked(self, tick: Tick) -> None:
         """Back on the selector thread: cancel what we no longer hold, route what is new."""
-        self.notifier.claimed = True
+        self.claimed = True  # the first claim completed: readiness may follow
         self._unbuilt = tick.backlog
         for trigger_id in set(self.routes) - tick.held:
             self.slots[self.routes[trigger_id]].cancel(trigger_id)

@@ -56,7 +56,6 @@ class Notifier:
         self.socket = env.get("NOTIFY_SOCKET", "")
         self.interval = watchdog_interval(env)
         self.ready = False
-        self.claimed = False  # set by the supervisor after its first successful claim
         self._status = ""
         self._status_at = -STATUS_EVERY
         self._ping_at = -1.0
@@ -69,7 +68,8 @@ class Notifier:
         return self._ping_at + self.interval if self.socket and self.interval else now + 3600
 
     def tick(self, now: float, health: Callable[[], tuple[bool, str]]) -> None:
-        """One pass of the main loop: ping the watchdog; READY=1 and STATUS= from ``health()``."""
+        """One pass of the main loop: ping the watchdog; READY=1 (once ``health()`` says ready: claiming,
+        every wanted loop up) and STATUS= from ``health()``."""
         if not self.socket:
             return
         if self.interval and now - self._ping_at >= self.interval:
@@ -81,7 +81,7 @@ class Notifier:
         if status != self._status and now - self._status_at >= STATUS_EVERY:
             self._status, self._status_at = status, now
             self._send(f"STATUS={status}")
-        if up and self.claimed and not self.ready:
+        if up and not self.ready:
             self.ready = self._send("READY=1")
 
     def stopping(self, status: str) -> None:

@@ -219,6 +219,22 @@ class BlockOnceTrigger(_Misbehaving):
         time.sleep(self.seconds)
 
 
+class SlowInitTrigger(_Misbehaving):
+    """Its constructor blocks the event loop for ``seconds`` (creation is user code too), then it
+    waits: the blocked episode must name it although no coroutine step of it has run yet."""
+
+    def __init__(self, after: float = 0.0, seconds: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(after=after, **kwargs)
+        self.seconds = seconds
+        time.sleep(seconds)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return f"{_PREFIX}.SlowInitTrigger", {"after": self.after, "seconds": self.seconds}
+
+    def misbehave(self) -> None:
+        pass
+
+
 class PrintAndWaitTrigger(_Misbehaving):
     """``print()`` to stdout and to stderr (one partial line too), then waits: its output belongs
     in its own log file."""
