@@ -1,9 +1,14 @@
 """A loop run as another Unix user (``user = ...``; the supervisor runs as root).
 
-Real users (created with ``useradd`` if missing), one forked loop and one exec'd loop, each as its
-own user: the trigger runs with that uid, cannot read the supervisor's ``airflow.cfg`` (0600, as an
-operator keeps it) nor the other loops' homes (0700), writes into its own home, and its trigger log
-file is written. Skipped unless the tests run as root (only root may switch users).
+Real users (created with ``useradd`` if missing), one exec'd loop in its own venv and one forked
+loop, each as its own user: the trigger runs with that uid, cannot read the supervisor's
+``airflow.cfg`` (0600, as an operator keeps it) nor the other loops' homes (0700), writes into its
+own home, and its trigger log file is written. Skipped unless the tests run as root (only root may
+switch users).
+
+The exec'd loop's venv is built by the ``world_venv`` fixture on Debian's ``/usr/bin/python3.11``
+(``mt_testsupport.shared_venv``): the project venv's interpreter lives under ``/root`` (0700), which
+another user cannot exec.
 """
 
 from __future__ import annotations
@@ -12,10 +17,12 @@ import os
 import pwd
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from mt_testsupport.home import AirflowHome, DeferSpec, deferring_bundle
+from mt_testsupport.shared_venv import SYSTEM_PYTHON, shared_venv
 
 pytestmark = [pytest.mark.timeout(240),
               pytest.mark.skipif(os.geteuid() != 0, reason="running a loop as another user needs root")]
@@ -34,7 +41,15 @@ def _user(name: str) -> pwd.struct_passwd:
         return pwd.getpwnam(name)
 
 
-def test_loop_runs_as_its_user_and_cannot_read_the_supervisors_config(tmp_path, start_triggerer):
+@pytest.fixture(scope="session")
+def world_venv() -> Path:
+    """A venv any user can run, with this environment's Airflow and multitrigger (cached; ~2 s to build)."""
+    if not SYSTEM_PYTHON.exists():
+        pytest.skip(f"{SYSTEM_PYTHON} (a CPython outside /root) is needed for an exec'd loop as another user")
+    return shared_venv().parent.parent
+
+
+def test_loops_run_as_their_users_and_cannot_read_the_supervisors_config(tmp_path, start_triggerer, world_venv):
     users = {bundle: _user(name) for bundle, name in USERS.items()}
     # pytest makes its temporary directories 0700: let the loop users traverse to their homes, as
     # they traverse to $AIRFLOW_HOME/multitrigger/loops on a real host (x only, no listing).
@@ -47,6 +62,8 @@ def test_loop_runs_as_its_user_and_cannot_read_the_supervisors_config(tmp_path, 
     config = f"""
         [loops.team_a]
         bundles = ["team_a"]
+        venv = "{world_venv}"
+        start_method = "exec"
         user = "{USERS['team_a']}"
         [loops.team_b]
         bundles = ["team_b"]
@@ -60,6 +77,9 @@ def test_loop_runs_as_its_user_and_cannot_read_the_supervisors_config(tmp_path, 
         bundle = f"team_{ref.dag_id[-1]}"
         event, user = states[ref].event, users[bundle]
         assert event is not None, (states[ref], mt.text()[-3000:])
+        assert event["loop"] == bundle, event
+        if bundle == "team_a":  # exec'd: its venv's interpreter, not forked from a root zygote
+            assert event["executable"] == str(world_venv / "bin" / "python"), event
         assert (event["uid"], event["gid"]) == (user.pw_uid, user.pw_gid), event
         assert 0 not in event["groups"], event
         assert event["opened"] == {p: "PermissionError" for p in paths[bundle]}, event
@@ -95,3 +115,34 @@ def test_an_exec_loop_whose_user_cannot_reach_its_interpreter_is_a_config_error(
     assert f"cannot reach {python} ({closed} is closed to it)" in text and 'start_method = "fork"' in text, text
     cfg.write_text(body)  # forked from its zygote, which imports as root
     assert load_config(cfg).loops["team_b"].user == user.pw_name
+
+
+def test_a_loop_user_that_cannot_reach_its_home_or_bundle_code_is_a_config_error(tmp_path):
+    """The supervisor checks, before it starts any loop, that each loop's user reaches its home's
+    parents and the trigger-code directories the config gives it (``Supervisor._check_users_reach``):
+    a loop that cannot would die on every start with nothing in its log."""
+    from multitrigger.loop.sys_path import PathEntry
+    from multitrigger.supervisor.launch import user_reach_problems
+
+    user = _user(USERS["team_b"])
+    closed = tmp_path / "closed"  # pytest's temp dirs are 0700: closed to the loop user as they are
+    (loops := closed / "state" / "loops").mkdir(parents=True)
+    (bundle := closed / "bundles" / "team_b").mkdir(parents=True, mode=0o700)
+    (lib := closed / "lib").mkdir(mode=0o700)
+    (closed / "plugins").mkdir(mode=0o700)  # inherited from the host: not the loop config's to fix
+    entries = (PathEntry(str(bundle), "bundle team_b", "back"), PathEntry(str(lib), "python_path", "front"),
+               PathEntry(str(closed / "plugins"), "plugins_folder", "back"))
+    problems = {p.key: p for p in user_reach_problems("team_b", user.pw_name, loops / "team_b", entries)}
+    assert sorted(problems) == ["loops.team_b.bundle_code", "loops.team_b.python_path", "loops.team_b.user"], problems
+    barrier = next(p for p in reversed(loops.parents) if not os.stat(p).st_mode & 0o001)  # root's, not its group
+    assert problems["loops.team_b.user"].problem == (
+        f"user {user.pw_name!r} cannot reach its loop home {loops / 'team_b'} ({barrier} is closed to it)")
+    assert "set bundle_code = false" in problems["loops.team_b.bundle_code"].fix
+    for parent in [tmp_path, *tmp_path.parents][:-2]:
+        os.chmod(parent, os.stat(parent).st_mode | 0o011)
+    closed.chmod(0o711)  # traversable, not listable: the home is reachable, the code directories are not
+    assert [p.key for p in user_reach_problems("team_b", user.pw_name, loops / "team_b", entries)] == [
+        "loops.team_b.bundle_code", "loops.team_b.python_path"]
+    bundle.chmod(0o755)
+    lib.chmod(0o755)
+    assert user_reach_problems("team_b", user.pw_name, loops / "team_b", entries) == []

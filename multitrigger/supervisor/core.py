@@ -33,7 +33,7 @@ import structlog
 from airflow.executors import workloads
 from airflow.jobs.triggerer_job_runner import TriggerLoggingFactory
 from multitrigger.cgroups.loops import LoopCgroups, instance_name
-from multitrigger.config import DEFAULT_LOOP, Config, LoopConfig
+from multitrigger.config import DEFAULT_LOOP, Config, ConfigError, LoopConfig
 from multitrigger.health import snapshot
 from multitrigger.health.airflow_stats import AirflowStats
 from multitrigger.health.server import HealthServer
@@ -45,7 +45,7 @@ from multitrigger.supervisor import prestart
 from multitrigger.supervisor.bundle_versions import BundleVersions
 from multitrigger.supervisor.db_health import DbHealth
 from multitrigger.supervisor.lanes import Done, Lane
-from multitrigger.supervisor.launch import loop_env, private_home
+from multitrigger.supervisor.launch import loop_env, private_home, user_reach_problems
 from multitrigger.supervisor.loop_process import read_order
 from multitrigger.supervisor.output import OutputLimits
 from multitrigger.supervisor.outcomes import Batch, Outcomes
@@ -100,9 +100,10 @@ class Supervisor:
         self._gave_up = False
         self._listened = 0.0  # the listening clock (seconds); see _listen
         self._last_listen = clock()
+        self.paths = TriggerPaths.compute(config)  # where each loop finds trigger code, once
+        self._check_users_reach()
         # Loops' cgroups before any loop or zygote forks; a limit this host cannot apply raises ConfigError.
         self.cgroups = LoopCgroups.open(config, Path(settings.cgroup_root), instance_name(settings.state_dir))
-        self.paths = TriggerPaths.compute(config)  # where each loop finds trigger code, once
         self.zygotes = ZygotePool(config, settings.state_dir, self.selector, clock=clock,
                                   env_for=lambda home: loop_env(home) | self.paths.zygote_env())
         self.slots = {name: self._make_slot(loop) for name, loop in config.loops.items()}
@@ -145,6 +146,16 @@ class Supervisor:
             clock=self.clock,
             cgroup=self.cgroups.for_slot(loop.name, paths_of or loop.name, loop.limits),
         )
+
+    def _check_users_reach(self) -> None:
+        """A loop run as another user must reach its home and its trigger code: else a ConfigError
+        (``multitrigger run`` exits 2 naming the key), not a loop that dies on every start."""
+        homes = self.settings.state_dir / "loops"
+        homes.mkdir(parents=True, exist_ok=True)
+        problems = [problem for name, loop in self.config.loops.items() if loop.user
+                    for problem in user_reach_problems(name, loop.user, homes / name, self.paths.loops[name])]
+        if problems:
+            raise ConfigError(self.config.source, problems)
 
     def _install_signals(self) -> None:
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)

@@ -26,8 +26,10 @@ import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from multitrigger.config.problems import Problem
 from multitrigger.loop.blame import reset_blame
-from multitrigger.loop.privileges import ENV_USER, own_home
+from multitrigger.loop.privileges import ENV_USER, first_barrier, own_home
+from multitrigger.loop.sys_path import PathEntry
 
 _ENV_KEY = re.compile(r"^AIRFLOW__(?P<section>[A-Z0-9_]+?)__(?P<key>[A-Z0-9_]+?)(_CMD|_SECRET)?$")
 _PASSED_SECTIONS = ("triggerer", "logging")
@@ -95,3 +97,24 @@ def private_home(home: Path, user: str | None) -> dict[str, str]:
     reset_blame(blame)
     own_home(home, user, (blame,))
     return {ENV_USER: user}
+
+
+def user_reach_problems(loop: str, user: str, home: Path, entries: tuple[PathEntry, ...]) -> list[Problem]:
+    """What loop *loop*, run as *user*, needs and could not reach: its home (a loop that cannot
+    open its blame file or write its home dies at once, with nothing in its log to say why; the
+    home itself is made the user's by ``private_home``, so its parents are what count), and
+    the trigger-code directories its config names (a bundle root, ``python_path``; inherited
+    entries such as the plugins folder are the host's, and a missing directory is harmless). Each
+    problem names the first closed directory and the key to change."""
+    rx = os.R_OK | os.X_OK
+    wanted = [(home.parent, os.X_OK, f"loops.{loop}.user", f"its loop home {home}",  # the home itself becomes its own
+               f"let {user!r} traverse every directory down to {home.parent} (e.g. chmod o+x, or a group it is in)")]
+    for entry in entries:
+        if entry.source.startswith("bundle ") and os.path.exists(entry.path):
+            wanted.append((Path(entry.path), rx, f"loops.{loop}.bundle_code", f"{entry.source}'s code at {entry.path}",
+                           f"make it readable to {user!r} (e.g. chmod o+rx, or a group it is in), or set bundle_code = false"))
+        elif entry.source == "python_path" and os.path.exists(entry.path):
+            wanted.append((Path(entry.path), rx, f"loops.{loop}.python_path", f"python_path entry {entry.path}",
+                           f"make it readable to {user!r} (e.g. chmod o+rx, or a group it is in)"))
+    return [Problem(key, f"user {user!r} cannot reach {what} ({barrier} is closed to it)", fix)
+            for path, need, key, what, fix in wanted if (barrier := first_barrier(path, user, need)) is not None]
