@@ -7,9 +7,19 @@ exec'd loop), so when it ends this kills:
 
 * its process group (``killpg``): children that did not move;
 * every process still in its session (``/proc/<pid>/stat`` field 6): children in their own group;
-* every descendant seen while the loop was alive (``note``, called every few seconds by the
-  supervisor; psutil, identity checked by create time so a recycled pid is never hit): children
-  that started a new session (``start_new_session=True``, ``setsid``) and were re-parented to init.
+* every descendant seen while the loop was alive (``note``, every ``NOTE_EVERY`` seconds):
+  children that started a new session (``start_new_session=True``, ``setsid``) and were
+  re-parented to init.
+
+Cost: the supervisor reads ``/proc`` once per ``NOTE_EVERY`` for *all* loops (``ProcTable.scan``:
+one ``stat`` read per process on the host, no psutil object per process), and each loop's
+``note`` walks that table. ``seen`` keeps only processes that are still alive (a pid gone from the
+table, or reused by another process, is forgotten), so it is bounded by the host's live processes,
+not by how many a loop ever started.
+
+Identity: a process is its pid *and* its start time (``stat`` field 22, clock ticks since boot), so
+a recycled pid is never hit. The kill goes through a pidfd opened before the start time is checked,
+so the process checked is the process signalled.
 
 What cannot be found: a process that left the session *and* was started and orphaned between two
 ``note`` calls (a daemon that double-forks within seconds of the loop's death); and anything in a
@@ -24,64 +34,107 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
-
-#: The supervisor records a live loop's descendants at most this often.
+#: The supervisor records the live loops' descendants at most this often (one /proc scan for all).
 NOTE_EVERY = 2.0
+
+PROC = Path("/proc")
+
+
+@dataclass(frozen=True)
+class Stat:
+    """What ``/proc/<pid>/stat`` says of a process that matters here."""
+
+    state: str  # R, S, D, Z...
+    ppid: int
+    session: int
+    start: int  # clock ticks after boot: with the pid, the process's identity
+
+
+def read_stat(pid: int, proc: Path = PROC) -> Stat | None:
+    try:
+        text = (proc / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    try:  # after "pid (comm)": state ppid pgrp session ... field 22 (starttime) is index 19
+        fields = text.rsplit(")", 1)[1].split()
+        return Stat(state=fields[0], ppid=int(fields[1]), session=int(fields[3]), start=int(fields[19]))
+    except (IndexError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class ProcTable:
+    """Every process on the host at one moment (one read of each ``/proc/<pid>/stat``)."""
+
+    stats: dict[int, Stat]
+    children: dict[int, list[int]]
+
+    @classmethod
+    def scan(cls, proc: Path = PROC) -> ProcTable:
+        stats: dict[int, Stat] = {}
+        children: dict[int, list[int]] = {}
+        with os.scandir(proc) as entries:
+            pids = [int(entry.name) for entry in entries if entry.name.isdigit()]
+        for pid in pids:
+            if (stat := read_stat(pid, proc)) is not None:
+                stats[pid] = stat
+                children.setdefault(stat.ppid, []).append(pid)
+        return cls(stats, children)
+
+    def descendants(self, pid: int) -> list[int]:
+        found: list[int] = []
+        todo = list(self.children.get(pid, ()))
+        while todo:
+            child = todo.pop()
+            found.append(child)
+            todo.extend(self.children.get(child, ()))
+        return found
+
+    def session_members(self, sid: int) -> list[int]:
+        """Pids whose session id is ``sid``, the leader itself excepted."""
+        return [pid for pid, stat in self.stats.items() if stat.session == sid and pid != sid]
 
 
 @dataclass
 class Leftovers:
     loop_pid: int
-    seen: dict[int, float] = field(default_factory=dict)  # pid → create_time
+    proc: Path = PROC
+    seen: dict[int, int] = field(default_factory=dict)  # pid → start (ticks)
 
-    def note(self) -> None:
-        """Remember the loop's descendants now (cheap: one scan of /proc)."""
-        try:
-            children = psutil.Process(self.loop_pid).children(recursive=True)
-        except psutil.Error:
-            return
-        for child in children:
-            try:
-                self.seen.setdefault(child.pid, child.create_time())
-            except psutil.Error:
-                pass
+    def note(self, table: ProcTable) -> None:
+        """Remember the loop's descendants in ``table``; forget the seen ones that have ended."""
+        self.seen = {pid: start for pid, start in self.seen.items()
+                     if (stat := table.stats.get(pid)) is not None and stat.start == start}
+        for pid in table.descendants(self.loop_pid):
+            self.seen.setdefault(pid, table.stats[pid].start)
 
-    def kill(self, proc: Path = Path("/proc")) -> list[int]:
+    def kill(self) -> list[int]:
         """SIGKILL the loop's group, its session and every descendant seen; returns their pids."""
-        killed: list[int] = []
         try:
             os.killpg(self.loop_pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        table = ProcTable.scan(self.proc)
         targets = dict(self.seen)
-        for pid in session_members(self.loop_pid, proc):
-            try:
-                targets.setdefault(pid, psutil.Process(pid).create_time())
-            except psutil.Error:
-                pass
-        for pid, created in targets.items():
-            try:
-                process = psutil.Process(pid)
-                if abs(process.create_time() - created) < 0.01 and pid != os.getpid():
-                    process.kill()
-                    killed.append(pid)
-            except psutil.Error:
-                pass
+        for pid in table.session_members(self.loop_pid):
+            targets.setdefault(pid, table.stats[pid].start)
         self.seen.clear()
-        return sorted(killed)
+        return sorted(pid for pid, start in targets.items() if pid != os.getpid() and _kill(pid, start, self.proc))
 
 
-def session_members(sid: int, proc: Path = Path("/proc")) -> list[int]:
-    """Pids whose session id is ``sid`` (the loop is its session's leader)."""
-    members: list[int] = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[3]) == sid and int(entry.name) != sid:  # fields after comm: state ppid pgrp session
-            members.append(int(entry.name))
-    return members
+def _kill(pid: int, start: int, proc: Path) -> bool:
+    """SIGKILL ``pid`` if it is still the process that started at ``start``."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:  # gone (ProcessLookupError), or not ours to signal
+        return False
+    try:
+        stat = read_stat(pid, proc)  # read after the pidfd is held: the same process, or a dead fd
+        if stat is None or stat.start != start or stat.state == "Z":  # a zombie is dead already
+            return False
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)

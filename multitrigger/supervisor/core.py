@@ -32,6 +32,7 @@ import structlog
 
 from airflow.executors import workloads
 from airflow.jobs.triggerer_job_runner import TriggerLoggingFactory
+from multitrigger.cgroups.leftovers import NOTE_EVERY, ProcTable
 from multitrigger.cgroups.loops import LoopCgroups, instance_name
 from multitrigger.config import DEFAULT_LOOP, Config, ConfigError, LoopConfig
 from multitrigger.health import snapshot
@@ -112,6 +113,7 @@ class Supervisor:
                                        wake=self._wake_up, clock=clock)
         self.routes: dict[int, str] = {}  # trigger id → slot name (a loop's, or a bundle version's), decided once
         self._output_turn = 0
+        self._next_note = 0.0  # when loops' descendants are next noted
         self.notifier = Notifier()  # systemd Type=notify; a no-op without $NOTIFY_SOCKET
         self.claimed = False  # set after the first successful claim
         self.board = snapshot.Board(clock)  # what the health server and Airflow's metrics read
@@ -269,14 +271,24 @@ class Supervisor:
             if slot.reap(self.selector, now) is not None:
                 self.desk.forget(name)
             slot.check_hang()
-            slot.note_descendants(now)
             if (slot.process is None and now >= slot.start_at and self._wanted(name, slot)
                     and not self._waiting_for_zygote(slot, now)):
                 slot.zygote = self.zygotes.for_loop(slot.config)
                 slot.start(self.selector)
+        self._note_descendants(now)
         self.desk.pump()
         self._drive_db(now)
         self.notifier.tick(now, self._health)
+
+    def _note_descendants(self, now: float) -> None:
+        """Every ``NOTE_EVERY`` s, one /proc scan for all loops without a cgroup (``Leftovers``)."""
+        if now < self._next_note:
+            return
+        self._next_note = now + NOTE_EVERY
+        if noting := [slot for slot in self.slots.values() if slot.notes_descendants]:
+            table = ProcTable.scan()
+            for slot in noting:
+                slot.note_descendants(table)
 
     def _health(self) -> tuple[bool, str]:
         """For systemd: ready, and a one-line summary, both as the health server shows them (the

@@ -38,7 +38,7 @@ from airflow.sdk.execution_time.comms import _RequestFrame
 from multitrigger import oom
 from multitrigger.cgroups import LoopCgroup
 from multitrigger.cgroups.join import ENV_CGROUP_PROCS
-from multitrigger.cgroups.leftovers import NOTE_EVERY, Leftovers
+from multitrigger.cgroups.leftovers import Leftovers, ProcTable
 from multitrigger.config import LoopConfig
 from multitrigger.health.loop_health import ReportedHealth, TriggerInfo
 from multitrigger.loop.blame import read_blame, reset_blame
@@ -110,7 +110,6 @@ class LoopSlot:
     _kill_reason: str | None = None
     _oom: oom.OomWatch | None = None
     _leftovers: Leftovers | None = None  # without a cgroup: what the process started
-    _next_note: float = 0.0
     _held_poll: int | None = None
     _held_until: float = 0.0
     relay: LogRelay = field(init=False)  # this loop's output lines on their way to the sinks
@@ -216,11 +215,15 @@ class LoopSlot:
         elif self._leftovers is not None and (killed := self._leftovers.kill()):
             self.log.warning("killed processes the loop left behind", pids=killed)
 
-    def note_descendants(self, now: float) -> None:
-        """Without a cgroup: remember the live loop's descendants now and then (``Leftovers``)."""
-        if self._leftovers is not None and self.process is not None and now >= self._next_note:
-            self._next_note = now + NOTE_EVERY
-            self._leftovers.note()
+    @property
+    def notes_descendants(self) -> bool:
+        """A live loop without a cgroup: its descendants are noted (``Leftovers``)."""
+        return self._leftovers is not None and self.process is not None
+
+    def note_descendants(self, table: ProcTable) -> None:
+        """Remember the live loop's descendants in ``table`` (one scan of /proc serves every loop)."""
+        if self._leftovers is not None and self.process is not None:
+            self._leftovers.note(table)
 
     def _blame(self, trigger_id: int, reason: str) -> None:
         """Strike the trigger whose code was running when the loop died; fail it on a verdict."""
