@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from multitrigger.cgroups import files
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -42,35 +44,15 @@ class OomWatch:
 
 def memory_counter_file(pid: int, root: Path = CGROUP_ROOT, proc: Path = Path("/proc")) -> Path | None:
     """The OOM counter file of ``pid``'s memory cgroup (v1 memory controller, else v2), if any."""
-    try:
-        lines = (proc / str(pid) / "cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    v2: str | None = None
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if "memory" in controllers.split(","):
-            candidate = root / "memory" / path.lstrip("/") / "memory.oom_control"
-            if candidate.exists():
-                return candidate
-        if controllers == "":
-            v2 = path
-    if v2 is not None:
-        candidate = root / v2.lstrip("/") / "memory.events"
-        if candidate.exists():
-            return candidate
-    return None
+    cgroups = files.cgroups_of(pid, proc)
+    candidates = [root / "memory" / cgroups["memory"].lstrip("/") / "memory.oom_control"] if "memory" in cgroups else []
+    if "" in cgroups:
+        candidates.append(root / cgroups[""].lstrip("/") / "memory.events")
+    return next((c for c in candidates if c.exists()), None)
 
 
 def read_oom_kills(counter_file: Path) -> int | None:
-    try:
-        for line in counter_file.read_text().splitlines():
-            key, _, value = line.partition(" ")
-            if key == "oom_kill":
-                return int(value)
-    except (OSError, ValueError):
-        return None
-    return None
+    return files.keyed_int(counter_file, "oom_kill")
 
 
 def watch_file(counter: Path) -> OomWatch:

@@ -62,10 +62,12 @@ def wait_for(check, timeout: float, step: float = 0.01) -> bool:  # type: ignore
     return True
 
 
-def own_cgroups(proc_self_cgroup: Path = Path("/proc/self/cgroup")) -> dict[str, str]:
-    """``/proc/self/cgroup`` as {controller: path}; the v2 line is under ``""``, named ones as ``name=x``."""
+def cgroups_of(pid: int | str = "self", proc: Path = Path("/proc")) -> dict[str, str]:
+    """``/proc/<pid>/cgroup`` as {controller: path}: the v2 line (``0::/path``) under ``""``, a v1
+    line (``4:cpu,cpuacct:/path``) under each of its controllers, named ones as ``name=x``; {} if
+    unreadable. The one parser of that file (cgroup backends, OOM watch, health)."""
     out: dict[str, str] = {}
-    for line in (read(proc_self_cgroup) or "").splitlines():
+    for line in (read(proc / str(pid) / "cgroup") or "").splitlines():
         _, controllers, path = line.split(":", 2)
         for controller in controllers.split(",") if controllers else [""]:
             out[controller] = path

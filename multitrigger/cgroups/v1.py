@@ -55,7 +55,7 @@ class V1Hierarchy:
     def __init__(self, root: Path, instance: str, controllers: frozenset[str],
                  own: dict[str, str] | None = None) -> None:
         self.root = root
-        own = files.own_cgroups() if own is None else own
+        own = files.cgroups_of() if own is None else own
         self.missing: dict[str, tuple[str, str]] = {}
         self.bases: dict[str, Path] = {}  # hierarchy → .../multitrigger/<instance>
         seen: set[Path] = set()

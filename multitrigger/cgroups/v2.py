@@ -48,7 +48,7 @@ class V2Hierarchy:
     version = 2
 
     def __init__(self, root: Path, controllers: frozenset[str], own: str | None = None) -> None:
-        own = files.own_cgroups().get("", "/") if own is None else own
+        own = files.cgroups_of().get("", "/") if own is None else own
         here = root / own.lstrip("/")
         self.root = root
         self.base = here.parent if here.name == LEAF and here != root else here  # the delegated cgroup

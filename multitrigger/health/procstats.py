@@ -19,6 +19,8 @@ from typing import Any
 
 import psutil
 
+from multitrigger.cgroups import files
+
 #: A process's figures are read again after this long (s).
 TTL = 1.0
 #: ... but its memory only after this long: the kernel walks every mapping for PSS (1.5-3 ms of
@@ -62,16 +64,8 @@ def _rollup(pid: int) -> tuple[int | None, int | None]:
 
 
 def _cgroup(pid: int) -> str | None:
-    """``/proc/<pid>/cgroup``: the v2 line (``0::/path``), else the v1 memory controller's path."""
-    try:
-        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    by_controller = {}
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        for name in controllers.split(",") if controllers else [""]:
-            by_controller[name] = path
+    """Its v1 memory controller's cgroup path, else its v2 one."""
+    by_controller = files.cgroups_of(pid)
     return by_controller.get("memory") or by_controller.get("")
 
 
