@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import sys
 import time
 
 import msgspec
@@ -108,6 +109,28 @@ def test_output_of_a_running_trigger_becomes_its_log_records_and_the_rest_stays_
     assert [(r["event"], r["printed_by_trigger"], r["stream"]) for r in records] == [
         ("one", 9, "stdout"), ("two, in pieces", 9, "stdout"), ("three without newline", 9, "stdout")]
     assert stream.fileno is not None and stream.getvalue() == raw.getvalue()  # the rest is the real stream's
+
+
+def test_a_partial_line_left_when_its_trigger_ends_is_still_its_log_record(monkeypatch):
+    """A trigger that writes without a final newline and never flushes: when its coroutine ends
+    (here: it returns; cancel and failure take the same ``finally``), the rest is its last line."""
+    import asyncio
+
+    from multitrigger.loop.output import finishing_output
+
+    raw = io.StringIO()
+    stream = AttributedStream(raw, "stdout")
+    monkeypatch.setattr(sys, "stdout", stream)
+
+    async def trigger() -> str:
+        with bound_contextvars(trigger_id=4):  # what stock run_trigger binds
+            print("done", end="")
+        return "event"
+
+    with capture_logs() as records:
+        assert asyncio.run(finishing_output(trigger(), 4)) == "event"
+    assert [(r["event"], r["printed_by_trigger"]) for r in records] == [("done", 4)]
+    assert raw.getvalue() == ""
 
 
 def test_airflow_counters_restart_from_zero_for_a_slot_that_ended_and_came_back(monkeypatch):

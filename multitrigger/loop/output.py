@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Coroutine
 from typing import Any, TextIO
 
 import structlog
-from structlog.contextvars import get_contextvars
+from structlog.contextvars import bound_contextvars, get_contextvars
 
 #: A partial line longer than this is written out without waiting for its newline.
 MAX_PENDING_CHARS = 64 * 1024
@@ -68,8 +69,26 @@ class AttributedStream:
                 self._emit(trigger_id, rest)
         self._raw.flush()
 
+    def finish(self, trigger_id: int) -> None:
+        """The trigger ended: what it wrote after its last newline is a line of its log too."""
+        with self._lock:
+            rest = self._pending.pop(trigger_id, "")
+        if rest:
+            with bound_contextvars(trigger_id=trigger_id):
+                self._emit(trigger_id, rest)
+
     def __getattr__(self, name: str) -> Any:  # fileno, encoding, isatty, buffer...
         return getattr(self._raw, name)
+
+
+async def finishing_output(coro: Coroutine, trigger_id: int) -> Any:
+    """Run a trigger's coroutine; when it ends (event, failure, cancel), emit its partial lines."""
+    try:
+        return await coro
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            if isinstance(stream, AttributedStream):
+                stream.finish(trigger_id)
 
 
 def attribute_output() -> None:

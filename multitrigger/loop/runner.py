@@ -37,7 +37,7 @@ from airflow.jobs.triggerer_job_runner import TriggerRunner, messages
 from multitrigger.loop import sys_path
 from multitrigger.loop.blame import BlamedCoroutine, BlameSlot
 from multitrigger.loop.health import LoopHealth
-from multitrigger.loop.output import attribute_output
+from multitrigger.loop.output import attribute_output, finishing_output
 from multitrigger.protocol import ENV_BLAME_FILE, HEALTH_KEY
 
 #: Events fired within this window are sent in one push.
@@ -176,7 +176,7 @@ class LoopRunner(TriggerRunner):
                               name=err.name, path=err.path) from err
 
     def run_trigger(self, trigger_id: int, *args: Any, **kwargs: Any) -> Coroutine:  # type: ignore[override]
-        coro = super().run_trigger(trigger_id, *args, **kwargs)
+        coro = finishing_output(super().run_trigger(trigger_id, *args, **kwargs), trigger_id)
         return BlamedCoroutine(coro, trigger_id, self.blame) if self.blame else coro
 
     async def block_watchdog(self) -> None:
