@@ -13,10 +13,15 @@ another user cannot exec.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
+import socket
 import subprocess
+import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -55,7 +60,9 @@ def test_loops_run_as_their_users_and_cannot_read_the_supervisors_config(tmp_pat
     # they traverse to $AIRFLOW_HOME/multitrigger/loops on a real host (x only, no listing).
     for parent in [tmp_path, *tmp_path.parents][:-2]:
         os.chmod(parent, os.stat(parent).st_mode | 0o011)
-    home = AirflowHome.create(tmp_path / "home", {b: deferring_bundle(f"dag_{b[-1]}") for b in USERS})
+    port = _free_port()  # the trigger log server's ([logging] trigger_log_server_port), as stock serves it
+    home = AirflowHome.create(tmp_path / "home", {b: deferring_bundle(f"dag_{b[-1]}") for b in USERS},
+                              extra_config={"logging": {"trigger_log_server_port": str(port)}})
     cfg = home.path / "airflow.cfg"
     os.chmod(cfg, 0o600)
     loops = home.path / "multitrigger" / "loops"
@@ -71,7 +78,7 @@ def test_loops_run_as_their_users_and_cannot_read_the_supervisors_config(tmp_pat
         """
     paths = {b: [str(cfg), str(loops / ("team_b" if b == "team_a" else "team_a")), str(loops / "default")] for b in USERS}
     refs = home.defer_many([DeferSpec(f"dag_{b[-1]}", "t0", WHOAMI, {"paths": paths[b]}) for b in USERS])
-    mt = start_triggerer(home, "--skip-serve-logs", "--health-port", "0", config=config)
+    mt = start_triggerer(home, "--health-port", "0", config=config)
     states = home.wait_for_states(refs, "scheduled", timeout=150)
     for ref in refs:
         bundle = f"team_{ref.dag_id[-1]}"
@@ -86,9 +93,47 @@ def test_loops_run_as_their_users_and_cannot_read_the_supervisors_config(tmp_pat
         wrote = os.stat(event["wrote"])
         assert wrote.st_uid == user.pw_uid and event["wrote"].startswith(str(loops / bundle))
         assert (os.stat(loops / bundle).st_mode & 0o777) == 0o700
-    logs = {p.read_text() for p in home.logs_dir.rglob("*.trigger.*.log")}
+    logs = {p.relative_to(home.logs_dir).as_posix(): p.read_text() for p in home.logs_dir.rglob("*.trigger.*.log")}
     for bundle, user in users.items():
-        assert any(f"whoami uid={user.pw_uid}" in text for text in logs), logs
+        assert any(f"whoami uid={user.pw_uid}" in text for text in logs.values()), logs
+    # Served to the UI: fetched over HTTP as the API server fetches a triggerer's log (Airflow's own
+    # _fetch_logs_from_service: a JWT signed with [api] secret_key, audience task-instance-logs).
+    [hostname] = [row[0] for row in home.sql("SELECT hostname FROM job WHERE job_type = 'TriggererJob'")]
+    served = _fetch_served_logs(home, f"http://{hostname}:{port}/log/", sorted(logs))
+    for rel, text in logs.items():  # the file as it was then (a line may have been added since)
+        status, body = served[rel]
+        assert status == 200 and body.startswith(text) and "whoami uid=" in body, (rel, served[rel], mt.text()[-3000:])
+    with pytest.raises(urllib.error.HTTPError) as refused:  # and only with a token
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/log/{next(iter(logs))}", timeout=10)
+    assert refused.value.code == 403
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+_FETCH = """
+import json, sys, time
+from airflow.utils.log.file_task_handler import _fetch_logs_from_service  # what FileTaskHandler reads with (3.3.2)
+url, rels, out = sys.argv[1], json.loads(sys.argv[2]), {}
+for rel in rels:
+    for attempt in range(100):  # the log server is a subprocess of the triggerer: it may still be starting
+        try:
+            response = _fetch_logs_from_service(url + rel, rel)
+            break
+        except OSError:
+            time.sleep(0.2)
+    out[rel] = [response.status_code, response.text]
+print(json.dumps(out))
+"""
+
+
+def _fetch_served_logs(home: AirflowHome, url: str, rels: list[str]) -> dict[str, list]:
+    proc = subprocess.run([sys.executable, "-c", _FETCH, url, json.dumps(rels)], env=home.env(),
+                          capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(proc.stdout.splitlines()[-1])
 
 
 def test_an_exec_loop_whose_user_cannot_reach_its_interpreter_is_a_config_error(tmp_path):
