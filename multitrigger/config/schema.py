@@ -185,6 +185,8 @@ class SupervisorSettings(BaseModel):
     max_log_line_bytes: int = Field(_MiB, ge=1024)  # longer log/stdout lines are cut with a marker
     log_bytes_per_second: int = Field(8 * _MiB, ge=1024)  # per-loop log processing budget
     log_buffer_bytes: int = Field(16 * _MiB, validate_default=True)  # per-loop unprocessed-log cap
+    max_open_log_files: int | None = Field(None, ge=1, description="an integer >= 1 (None: a quarter of RLIMIT_NOFILE)",
+                                           examples=["max_open_log_files = 256"])  # trigger log files held open (LRU)
     cgroup_root: str = Field("/sys/fs/cgroup", min_length=1, description="the cgroup filesystem's mount point",
                              examples=['cgroup_root = "/sys/fs/cgroup"'])  # where loops' cgroups are made
     bundles: Annotated[list[_Bundle], AfterValidator(_bundle_list)] | None = Field(

@@ -426,6 +426,7 @@ class Supervisor:
         self.cgroups.close()  # kills anything still inside, removes them
         for slot in self.slots.values():
             slot.relay.flush()
+        self.store.log_files.close_all()
         self._finish_db(deadline)
         for lane in (self.db, self.desk.lane, self.uploads):
             lane.close()

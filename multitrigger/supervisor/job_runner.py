@@ -23,6 +23,7 @@ from multitrigger.supervisor.core import Supervisor
 from multitrigger.supervisor.db_bounds import bound_airflow_engines
 from multitrigger.supervisor.settings import resolve_run_settings
 from multitrigger.supervisor.claims import Claim
+from multitrigger.supervisor.log_files import LogFiles, default_max_open
 from multitrigger.supervisor.store import TriggerStore
 
 log = structlog.get_logger(__name__)
@@ -62,7 +63,9 @@ class MultiTriggerJobRunner(BaseJobRunner):
         _warn_if_config_readable(self.config)
         log.info("serving", bundles=self.scope.served.describe(), loops=list(self.scope.loops),
                  shares={g.loop: g.capacity for g in self.scope.groups if g.loop}, capacity=self.capacity)
-        return Supervisor(served_config(self.config, self.scope), settings, TriggerStore(self.job, claim, self.scope)).run()
+        log_files = LogFiles(settings.max_open_log_files or default_max_open())
+        store = TriggerStore(self.job, claim, self.scope, log_files=log_files)
+        return Supervisor(served_config(self.config, self.scope), settings, store).run()
 
 
 def _warn_if_config_readable(config: Config) -> None:

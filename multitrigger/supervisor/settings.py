@@ -54,6 +54,7 @@ class RunSettings:
     max_log_line_bytes: int = _FILE.max_log_line_bytes
     log_bytes_per_second: int = _FILE.log_bytes_per_second
     log_buffer_bytes: int = _FILE.log_buffer_bytes
+    max_open_log_files: int | None = _FILE.max_open_log_files  # None: log_files.default_max_open()
     #: [supervisor] bundles: serve only these (``--bundles`` wins; the job runner's ``Scope`` decides).
     bundles: list[str] | None = _FILE.bundles
     cgroup_root: str = _FILE.cgroup_root  # where loops' cgroups are made (multitrigger.cgroups)

@@ -144,7 +144,13 @@ class LoopSlot:
         env = {**self.env, ENV_BLAME_FILE: str(self.blame_file)}
         if self.cgroup is not None:
             env[ENV_CGROUP_PROCS] = os.pathsep.join(self.cgroup.join_files)
-        self.process = process = LoopProcess.spawn(self.name, self.argv, env, self.cwd, zygote=self.zygote)
+        try:
+            self.process = process = LoopProcess.spawn(self.name, self.argv, env, self.cwd, zygote=self.zygote)
+        except OSError as err:  # e.g. EMFILE for its sockets: this loop backs off, the supervisor goes on
+            self.start_at = self.policy.died()
+            self.log.error("loop could not start; retrying after backoff", error=str(err),
+                           retry_in=round(self.start_at - self.clock(), 3))
+            return
         self.log = self.log.bind(pid=process.pid)
         output = Stream(lambda line: self.sinks.on_output(self.name, process.pid, line.decode("utf-8", "replace")))
         logs = Stream(self.sinks.on_log_line, render=cut_json_record)

@@ -34,6 +34,7 @@ from multitrigger.routing import Origin, origins_for
 from multitrigger.supervisor import persist
 from multitrigger.scope import Scope
 from multitrigger.supervisor.claims import Claim, Claimer
+from multitrigger.supervisor.log_files import LogFiles, default_max_open, pool_factories
 
 log = structlog.get_logger(__name__)
 
@@ -54,15 +55,19 @@ class _StockWorkloads:
     build_trigger_workloads = TriggerRunnerSupervisor.build_trigger_workloads
     _process_log_messages_from_subprocess = TriggerRunnerSupervisor._process_log_messages_from_subprocess
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, log_files: LogFiles | None = None) -> None:
         self.job = job
         self.id = job.id
         self.logger_cache: dict[int, TriggerLoggingFactory] = {}
+        self.log_files = log_files or LogFiles(default_max_open())
         self._dag_bag = _BatchDagBag()
 
     def build(self, trigger_ids: set[int]) -> list[workloads.RunTrigger]:
+        """Stock's workloads; their log factories write through ``log_files`` (no fd per trigger)."""
         self._dag_bag = _BatchDagBag()  # fresh per pass: a DAG re-serialized later is seen next pass
-        return self.build_trigger_workloads(trigger_ids)
+        built = self.build_trigger_workloads(trigger_ids)
+        pool_factories(self.logger_cache, trigger_ids, self.log_files)
+        return built
 
     def _create_workload(self, trigger, dag_bag, render_log_fname, session):  # type: ignore[no-untyped-def]
         """The stock per-trigger build, with this pass's memoizing dag bag in place of a fresh one."""
@@ -140,11 +145,12 @@ class Tick:
 class TriggerStore:
     """The supervisor's view of the trigger table."""
 
-    def __init__(self, job: Job, claim: Claim, scope: Scope | None = None) -> None:
+    def __init__(self, job: Job, claim: Claim, scope: Scope | None = None, log_files: LogFiles | None = None) -> None:
         self.job = job
         self.claim_filters = claim
         self._claimer = Claimer(job.id, claim, scope or Scope.of(default_config()))
-        self._stock = _StockWorkloads(job)
+        self.log_files = log_files or LogFiles(default_max_open())
+        self._stock = _StockWorkloads(job, self.log_files)
 
     @property
     def logger_cache(self) -> dict[int, TriggerLoggingFactory]:

@@ -1,0 +1,210 @@
+"""
+Per-trigger log files with a bounded number of open file descriptors.
+
+Why: the stock triggerer (Airflow 3.3.2, ``TriggerLoggingFactory`` in
+``airflow/jobs/triggerer_job_runner.py``) opens a running trigger's log file at its first line and
+keeps it open until the trigger ends: one fd per running trigger. With ~17,000 triggers the
+supervisor reached ``RLIMIT_NOFILE`` and *exited* (the next ``open`` raised ``EMFILE`` inside the
+stock log consumer), i.e. one team's flood of deferred tasks took down every team. Here the files
+are the same files (same path, ``init_log_file``'s permissions, truncated at their first line as
+stock does, then appended to), but at most ``max_open`` are open at once: ``LogFiles`` keeps the
+most recently written ones open (LRU) and closes the least recently written to make room. Every
+line is flushed as stock's ``structlog.BytesLogger`` does, so closing a file loses nothing.
+
+A line that cannot be written at all (``EMFILE``/``ENFILE`` even after closing our own files to
+make room, ``ENOSPC``, a permission error) is dropped and counted (``LogFiles.dropped``, per
+trigger in the warning), never raised: an exception there would end the stock consumer generator,
+and with it every trigger's logs.
+
+``PooledLogFactory`` is the stock factory with the file swapped (``TriggerStore`` replaces each
+factory stock's ``_create_workload`` makes); ``upload_to_remote`` still finds the file through
+``_file.name``, as ``airflow.sdk.log.relative_path_from_logger`` reads it (checked against 3.3.2).
+"""
+
+from __future__ import annotations
+
+import errno
+import resource
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+
+import attrs
+import structlog
+
+from airflow.jobs.triggerer_job_runner import TriggerLoggingFactory
+
+log = structlog.get_logger(__name__)
+
+#: Errors that mean "no fd for you right now": make room among our own files and try once more.
+_NO_FD = (errno.EMFILE, errno.ENFILE)
+#: A drop warning at most this often (s): a full disk must not flood the supervisor's own log.
+DROP_REPORT_EVERY = 10.0
+
+
+def default_max_open(limit: int | None = None) -> int:
+    """Log files kept open when ``[supervisor] max_open_log_files`` is not set: a quarter of the
+    soft ``RLIMIT_NOFILE`` (sockets, pipes, DB connections and the health server need the rest),
+    between 16 and 4096."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0] if limit is None else limit
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(16, min(4096, soft // 4))
+
+
+class LogFiles:
+    """The open log files, least recently written first; at most ``max_open`` of them."""
+
+    def __init__(self, max_open: int, clock: Callable[[], float] = time.monotonic) -> None:
+        if max_open < 1:
+            raise ValueError(f"max_open must be >= 1, got {max_open}")
+        self.max_open, self.clock = max_open, clock
+        self._open: OrderedDict[PooledLogFile, None] = OrderedDict()
+        self.dropped = 0  # lines not written, since start
+        self._unreported: dict[str, int] = {}  # path → lines dropped since the last warning
+        self._reported_at = -DROP_REPORT_EVERY
+        # Lines are written on the selector thread; a finished trigger's file is closed on the
+        # upload lane (after its upload, as stock does).
+        self._lock = threading.Lock()
+
+    @property
+    def open_count(self) -> int:
+        return len(self._open)
+
+    def file(self, path: str, init: Callable[[str], object]) -> PooledLogFile:
+        return PooledLogFile(self, path, init)
+
+    def write(self, file: PooledLogFile, data: bytes) -> None:
+        with self._lock:
+            if file.closed:
+                return
+            try:
+                fh = self._handle(file)
+                fh.write(data)
+                fh.flush()
+            except OSError as err:
+                self._drop(file, err)
+
+    def _handle(self, file: PooledLogFile):  # type: ignore[no-untyped-def]
+        if file.fh is not None:
+            self._open.move_to_end(file)
+            return file.fh
+        while len(self._open) >= self.max_open:
+            self._close_oldest()
+        try:
+            fh = file.open()
+        except OSError as err:
+            if err.errno not in _NO_FD or not self._open:
+                raise
+            for _ in range(max(1, len(self._open) // 2)):  # someone else took our fds: give back half
+                self._close_oldest()
+            fh = file.open()
+        self._open[file] = None
+        return fh
+
+    def _close_oldest(self) -> None:
+        oldest, _ = self._open.popitem(last=False)
+        oldest.release()
+
+    def forget(self, file: PooledLogFile) -> None:
+        with self._lock:
+            self._open.pop(file, None)
+            file.release()
+
+    def _drop(self, file: PooledLogFile, err: OSError) -> None:
+        self.dropped += 1
+        self._unreported[file.name] = self._unreported.get(file.name, 0) + 1
+        now = self.clock()
+        if now - self._reported_at >= DROP_REPORT_EVERY:
+            self._reported_at = now
+            log.warning("trigger log lines dropped: cannot write the log file", error=str(err),
+                        dropped_total=self.dropped, files=dict(list(self._unreported.items())[:20]))
+            self._unreported.clear()
+
+    def close_all(self) -> None:
+        with self._lock:
+            while self._open:
+                self._close_oldest()
+
+
+class PooledLogFile:
+    """One trigger's log file, opened by ``LogFiles`` when written to. Stock truncates the file
+    when it first opens it (``"wb"``); so does this, once; later opens append."""
+
+    def __init__(self, pool: LogFiles, path: str, init: Callable[[str], object]) -> None:
+        self.pool, self.path, self._init = pool, path, init
+        self.fh = None
+        self._opened = False
+        self.closed = False
+
+    @property
+    def name(self) -> str:
+        """The file's absolute path (``relative_path_from_logger`` reads it, as of a real file)."""
+        return self.path
+
+    def open(self):  # type: ignore[no-untyped-def]
+        if not self._opened:
+            self.path = str(self._init(self.path))  # dirs and file with Airflow's permissions; absolute
+        self.fh = open(self.path, "ab" if self._opened else "wb")  # noqa: SIM115 (held by the pool)
+        self._opened = True
+        return self.fh
+
+    def release(self) -> None:
+        if self.fh is not None:
+            fh, self.fh = self.fh, None
+            fh.close()
+
+    def write(self, data: bytes) -> None:
+        self.pool.write(self, data)
+
+    def flush(self) -> None:
+        """Every write is flushed already (``LogFiles.write``)."""
+
+    def fileno(self) -> int:
+        """The fd while open, else -1 (never 1: ``relative_path_from_logger`` treats 1 as stdout)."""
+        fh = self.fh  # the pool may close it meanwhile, on another thread
+        try:
+            return fh.fileno() if fh is not None else -1
+        except ValueError:  # closed just now
+            return -1
+
+    def close(self) -> None:
+        self.closed = True
+        self.pool.forget(self)
+
+
+def _init_log_file(relative: str) -> str:
+    from airflow.sdk.log import init_log_file
+
+    return str(init_log_file(relative))
+
+
+@attrs.define(kw_only=True)
+class PooledLogFactory(TriggerLoggingFactory):
+    """Stock's per-trigger logger factory, writing through ``LogFiles`` instead of holding an fd."""
+
+    pool: LogFiles = attrs.field(repr=False)
+
+    def __call__(self, processors: Iterable[structlog.typing.Processor]) -> structlog.typing.WrappedLogger:
+        if hasattr(self, "bound_logger"):
+            return self.bound_logger
+        self._filehandle = self.pool.file(self.log_path, _init_log_file)  # type: ignore[assignment]
+        underlying = structlog.BytesLogger(self._filehandle)  # type: ignore[arg-type]
+        self.bound_logger = structlog.wrap_logger(underlying, processors=processors).bind()
+        return self.bound_logger
+
+    @classmethod
+    def of(cls, stock: TriggerLoggingFactory, pool: LogFiles) -> PooledLogFactory:
+        return cls(log_path=stock.log_path, ti=stock.ti, pool=pool)
+
+
+def pool_factories(cache: dict[int, TriggerLoggingFactory], ids: Iterable[int], pool: LogFiles) -> None:
+    """Swap the stock factories of ``ids`` (made, not yet called, by a build) for pooled ones."""
+    for trigger_id in ids:
+        factory = cache.get(trigger_id)
+        if factory is not None and not isinstance(factory, PooledLogFactory) and not hasattr(factory, "bound_logger"):
+            cache[trigger_id] = PooledLogFactory.of(factory, pool)
+
+
+__all__ = ["LogFiles", "PooledLogFactory", "PooledLogFile", "default_max_open", "pool_factories"]

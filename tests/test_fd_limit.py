@@ -1,0 +1,56 @@
+"""
+More running triggers than the supervisor has file descriptors: it keeps running, every trigger's
+log file is written, and a trigger deferred afterwards still fires.
+
+Stock keeps one log file open per running trigger (``TriggerLoggingFactory``), so the supervisor
+hit ``EMFILE`` and exited at ~17,000 triggers; here a real ``multitrigger run`` gets a soft and
+hard ``RLIMIT_NOFILE`` of 256 (``prlimit``, inherited by its loops) and holds 600 real deferred
+task instances in two bundles (``multitrigger.supervisor.log_files``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mt_testsupport.home import FIRE_AT, WAIT_FOREVER, AirflowHome, DeferSpec, deferring_bundle, iso_in
+
+pytestmark = pytest.mark.timeout(120)
+
+NOFILE = 256
+TRIGGERS = 600
+BUNDLES = ("b0", "b1")
+
+
+def _logs_with_lines(home: AirflowHome) -> dict[str, str]:
+    return {str(p): p.read_text(errors="replace") for p in home.logs_dir.rglob("*.trigger.*.log")}
+
+
+def test_supervisor_holds_more_triggers_than_file_descriptors(tmp_path: Path, start_triggerer) -> None:
+    capacity = str(TRIGGERS + 100)
+    home = AirflowHome.create(tmp_path / "home", {b: deferring_bundle(f"dag_{b}") for b in BUNDLES},
+                              extra_config={"triggerer": {"capacity": capacity, "max_trigger_to_select_per_loop": capacity}})
+    home.defer_many([DeferSpec(f"dag_{BUNDLES[i % 2]}", "t0", WAIT_FOREVER, {"marker_path": str(tmp_path / f"m{i}")},
+                               map_index=i) for i in range(TRIGGERS)])
+    config = "".join(f'[loops.{b}]\nbundles = ["{b}"]\n' for b in BUNDLES)
+    mt = start_triggerer(home, config=config, prefix=["prlimit", f"--nofile={NOFILE}:{NOFILE}", "--"])
+
+    def every_log_started():
+        assert mt.popen.poll() is None, f"supervisor exited {mt.popen.returncode}:\n{mt.text()[-3000:]}"
+        logs = _logs_with_lines(home)
+        started = [text for text in logs.values() if "starting" in text]
+        return logs if len(started) >= TRIGGERS else None
+
+    logs = home.wait_for(every_log_started, timeout=60, interval=1.0,
+                         message=lambda: f"{sum('starting' in t for t in _logs_with_lines(home).values())} logs started")
+    assert len(logs) == TRIGGERS  # one file per trigger, each at stock's path (…trigger.<job id>.log)
+    fds = len(os.listdir(f"/proc/{mt.popen.pid}/fd"))
+    assert fds < NOFILE / 2, f"supervisor holds {fds} fds for {TRIGGERS} triggers"
+
+    (late,) = home.defer_many([DeferSpec(f"dag_{BUNDLES[0]}", "t0", FIRE_AT, {"moment": iso_in(1)}, map_index=TRIGGERS)])
+    home.wait_for_states([late], "scheduled", timeout=30)
+    assert mt.popen.poll() is None
+    text = mt.text()
+    assert "Too many open files" not in text and "dropped" not in text, text[-3000:]

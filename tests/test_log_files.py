@@ -1,0 +1,100 @@
+"""
+``LogFiles``: at most ``max_open`` trigger log files open, every line still in its file, stock's
+truncate-at-first-open kept, and a line that cannot be written dropped and counted, not raised.
+Real files; the EMFILE case runs in a child process with a real, low ``RLIMIT_NOFILE``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import structlog
+
+from multitrigger.supervisor.log_files import LogFiles, PooledLogFactory, default_max_open
+
+
+def _absolute(path: str) -> str:
+    return path
+
+
+def test_lines_reach_their_files_with_at_most_max_open_held(tmp_path: Path) -> None:
+    pool = LogFiles(max_open=3)
+    (tmp_path / "t0.log").write_bytes(b"left from an earlier run\n")
+    files = [pool.file(str(tmp_path / f"t{i}.log"), _absolute) for i in range(10)]
+    for round_ in range(3):
+        for i, f in enumerate(files):
+            f.write(f"trigger {i} line {round_}\n".encode())
+            assert pool.open_count <= 3
+    for i in range(10):  # truncated at its first write (as stock's "wb"), appended to after each reopen
+        assert (tmp_path / f"t{i}.log").read_text() == "".join(f"trigger {i} line {r}\n" for r in range(3))
+    files[0].close()
+    files[0].write(b"after close\n")  # a finished trigger's late line is not reopened into its file
+    assert "after close" not in (tmp_path / "t0.log").read_text()
+    pool.close_all()
+    assert pool.open_count == 0 and pool.dropped == 0
+
+
+def test_an_unwritable_file_drops_its_lines_and_counts_them(tmp_path: Path) -> None:
+    pool = LogFiles(max_open=4)
+    (tmp_path / "a_directory").mkdir()
+    bad = pool.file(str(tmp_path / "a_directory"), _absolute)  # open() raises IsADirectoryError
+    good = pool.file(str(tmp_path / "good.log"), _absolute)
+    bad.write(b"lost\n")
+    bad.write(b"lost too\n")
+    good.write(b"kept\n")
+    assert pool.dropped == 2
+    assert (tmp_path / "good.log").read_text() == "kept\n"
+
+
+def test_the_stock_factory_logs_through_the_pool(tmp_path: Path, monkeypatch) -> None:
+    """Stock's consumer calls ``factory(processors)``; the file is made under ``base_log_folder``
+    by Airflow's ``init_log_file`` and remote upload finds it by ``_file.name``."""
+    from airflow.sdk.log import relative_path_from_logger
+
+    monkeypatch.setenv("AIRFLOW__LOGGING__BASE_LOG_FOLDER", str(tmp_path))
+    pool = LogFiles(max_open=1)
+    factories = [PooledLogFactory(log_path=f"dag_id=d/run_id=r/task_id=t{i}/attempt=1.log.trigger.7.log", ti=None, pool=pool)
+                 for i in range(3)]
+    processors = [structlog.processors.JSONRenderer(serializer=lambda obj, **kw: json.dumps(obj).encode())]
+    for _ in range(2):
+        for i, factory in enumerate(factories):
+            factory(processors).info(f"hello {i}")
+    for i, factory in enumerate(factories):
+        path = tmp_path / factory.log_path
+        assert path.read_text().count(f'"hello {i}"') == 2
+        assert relative_path_from_logger(factory.bound_logger._logger) == Path(factory.log_path)
+        factory.close()
+    assert pool.open_count == 0
+
+
+def test_default_max_open_leaves_room_for_everything_else() -> None:
+    assert default_max_open(256) == 64
+    assert default_max_open(40) == 16
+    assert default_max_open(1 << 20) == 4096
+
+
+EMFILE_CHILD = textwrap.dedent("""
+    import os, resource, sys
+    from multitrigger.supervisor.log_files import LogFiles
+    root = sys.argv[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+    pool = LogFiles(max_open=1000)  # more than the fd limit: EMFILE decides
+    files = [pool.file(os.path.join(root, f"t{i}.log"), lambda p: p) for i in range(200)]
+    for i, f in enumerate(files):
+        f.write(b"line\\n")
+    print("open", pool.open_count, "dropped", pool.dropped)
+    for i in range(200):
+        assert open(os.path.join(root, f"t{i}.log"), "rb").read() == b"line\\n", i
+    print("ok")
+""")
+
+
+def test_emfile_closes_our_oldest_files_and_retries(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", EMFILE_CHILD, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    opened, dropped = done.stdout.split()[1], done.stdout.split()[3]
+    assert int(opened) < 64 and dropped == "0" and done.stdout.strip().endswith("ok")
