@@ -10,7 +10,9 @@ and zygotes are other processes, not counted) is measured over windows: off, off
 health on, alternately a quiet window and one where this process scrapes ``/metrics`` every
 second (and ``/loops`` every fifth second). Quiet and scraped windows of one process compare like
 with like (same DB, same triggers), so the scrape cost is not lost in run-to-run noise; off vs
-quiet is the idle server's cost. Each scrape's wall time is from request to last byte.
+quiet is the idle server's cost. Each scrape's wall time is from request to last byte. Last, the
+floor: a bare standard-library HTTP server process answering a constant body of the same size,
+scraped the same way, so the cost of serving at all is known apart from the cost of our metrics.
 
     .venv/bin/python -m benchmarks.health                 # 2000 triggers, 4 windows of 30 s per mode
     .venv/bin/python -m benchmarks.health --triggers 200 --window 10 --rounds 1   # quick look
@@ -132,6 +134,40 @@ def one_run(home: AirflowHome, triggers: int, health: bool, settle: float, windo
             popen.kill()
 
 
+#: The floor: a bare standard-library HTTP server (the same class as the health server) answering
+#: a constant body of /metrics' size. What one scrape a second costs before any metric is rendered.
+_FLOOR_SERVER = r"""
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+BODY = b"x" * int(sys.argv[1])
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Length", str(len(BODY))); self.end_headers()
+        self.wfile.write(BODY)
+    def log_message(self, *args):
+        pass
+server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+server.daemon_threads = True
+print(server.server_address[1], flush=True)
+server.serve_forever(poll_interval=0.5)
+"""
+
+
+def floor_run(body_bytes: int, window: float, rounds: int) -> dict[str, Any]:
+    """CPU of a bare HTTP server process, quiet vs scraped like the supervisor (``_window``)."""
+    popen = subprocess.Popen([sys.executable, "-c", _FLOOR_SERVER, str(body_bytes)], stdout=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{int(popen.stdout.readline())}"
+        proc = psutil.Process(popen.pid)
+        windows = [_window(proc, url if scraped else None, window) | {"scraped": scraped}
+                   for _ in range(rounds) for scraped in (False, True)]
+    finally:
+        popen.kill()
+        popen.wait()
+    return {"body_bytes": body_bytes, "windows": windows}
+
+
 def _stats(seconds: list[float]) -> dict[str, float] | None:
     if not seconds:
         return None
@@ -152,6 +188,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mt-health-bench-") as tmp:
         home = build_home(Path(tmp), args.triggers)
         runs = [one_run(home, args.triggers, health, args.settle, args.window, args.rounds) for health in (False, True)]
+    body = next(w["metrics_bytes"] for w in runs[1]["windows"] if w["metrics_bytes"])
+    floor = floor_run(body, args.window, args.rounds)
+    floor_pct = {s: statistics.median(w["cpu_pct"] for w in floor["windows"] if w["scraped"] == s) for s in (False, True)}
     for run in runs:
         for w in run["windows"]:
             print(json.dumps({"health": run["health"]} | {k: v for k, v in w.items() if k not in ("metrics_s", "render_s")}))
@@ -165,7 +204,9 @@ def main() -> None:
                "cpu_pct_median": {"off": med[(False, False)], "on_unscraped": med[(True, False)], "on_scraped": med[(True, True)]},
                "scrape_cost_pct_points": round(med[(True, True)] - med[(True, False)], 2),
                "metrics_ms": _stats(scrapes), "render_wall_ms": _stats([w for w, _ in renders]),
-               "render_cpu_ms": _stats([c for _, c in renders]), "runs": runs}
+               "render_cpu_ms": _stats([c for _, c in renders]),
+               "scrape_cost_pct_of_supervisor": round(100 * (med[(True, True)] - med[(True, False)]) / med[(False, False)], 1),
+               "floor_cost_pct_points": round(floor_pct[True] - floor_pct[False], 2), "floor": floor, "runs": runs}
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"health-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
     out.write_text(json.dumps(summary, indent=2))
@@ -173,6 +214,8 @@ def main() -> None:
           f"on scraped every second {med[(True, True)]}; scraping costs {summary['scrape_cost_pct_points']} points")
     print(f"/metrics scrape ms over every scrape: {summary['metrics_ms']}; the server rendering it: wall "
           f"{summary['render_wall_ms']}, CPU {summary['render_cpu_ms']}")
+    print(f"that is {summary['scrape_cost_pct_of_supervisor']}% of the supervisor's CPU with health off; a bare HTTP "
+          f"server answering {body} bytes a second costs {summary['floor_cost_pct_points']} points (the floor)")
     print(f"wrote {out}")
 
 
