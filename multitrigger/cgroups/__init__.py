@@ -112,7 +112,7 @@ def open_hierarchy(root: Path, instance: str, controllers: frozenset[str], *, ow
     if any((root / c).is_dir() for c in v1.HIERARCHIES):
         return v1.V1Hierarchy(root, instance, controllers)
     raise CgroupUnavailable(f"no cgroup filesystem at {root}",
-                            f"mount cgroupfs there, or set [supervisor] cgroup_root to where it is mounted")
+                            "mount cgroupfs there, or set [supervisor] cgroup_root to where it is mounted")
 
 
 def loop_dir_name(loop: str) -> str:

@@ -52,7 +52,7 @@ def level_problems(name: str, table: dict[str, Any]) -> list[Problem]:
                         f'remove level here, and give the bundles that need it their own [loops.<name>] with level = "{level}"')]
     if level == "shared":
         return [Problem(f"{key}.{k}", f"a shared entry runs its bundles in the default loop, which has its own {k}",
-                        f'remove it, set it on [loops.default], or give the loop its own process (level = "process")')
+                        'remove it, set it on [loops.default], or give the loop its own process (level = "process")')
                 for k in sorted(set(table) - _SHARED_KEYS)]
     problems: list[Problem] = []
     if level == "process" and interpreter:
