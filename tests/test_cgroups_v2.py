@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
@@ -121,6 +120,30 @@ def test_no_internal_processes_then_a_leaf_then_loops_that_die_together(unit, tm
     group.remove()
     assert not group.path.exists()
     assert files.pids(path / "supervisor" / "cgroup.procs") == {stand_in.pid}  # the supervisor untouched
+
+
+def test_without_cgroup_kill_a_frozen_forker_and_its_strays_all_die(unit, tmp_path: Path) -> None:
+    """The fallback for kernels before 5.14 (no ``cgroup.kill``), on the real cgroup2 mount: this
+    kernel has ``cgroup.kill``, so the test calls the fallback itself (``freeze_and_kill``)."""
+    path, _stand_in = unit
+    hierarchy = V2Hierarchy(path.parent, frozenset({"hugetlb"}), own="/" + path.name)
+    group = hierarchy.create("forker")
+    pid_file = tmp_path / "sleep.pid"
+    loop = _place_forked(group.join_files, pid_file)
+    assert _poll(lambda: pid_file.exists() and pid_file.read_text().strip())
+    stray = int(pid_file.read_text())
+    forker = subprocess.Popen(["sh", "-c", "while :; do sleep 600 & done"])  # forks all the time
+    files.write(group.path / "cgroup.procs", forker.pid)
+    assert _poll(lambda: len(group.pids()) > 20)
+
+    killed = group.freeze_and_kill()
+    assert killed > 20  # the forker and what it forked, the loop and its stray in a new session
+    assert not group.pids() and files.read_keyed(group.path / "cgroup.events")["populated"] == "0"
+    assert (group.path / "cgroup.freeze").read_text().strip() == "0"  # thawed: the cgroup can be reused
+    assert os.waitpid(loop, 0)[1] != 0 and forker.wait(5) == -9
+    assert not os.path.exists(f"/proc/{stray}") or "Z" in Path(f"/proc/{stray}/stat").read_text().split()[2]
+    group.remove()
+    assert not group.path.exists()
 
 
 def test_delegate_subgroup_means_already_in_the_leaf(unit) -> None:

@@ -21,14 +21,13 @@ killing is caught by the next pass (and bounded by ``pids.max``).
 
 from __future__ import annotations
 
-import os
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from multitrigger.cgroups import CgroupUnavailable, Usage, loop_dir_name
 from multitrigger.cgroups import files
+from multitrigger.cgroups.kill import kill_until_empty
 
 if TYPE_CHECKING:
     from multitrigger.config import Limits
@@ -144,23 +143,11 @@ class V1Cgroup:
     def kill_all(self, timeout: float = 5.0) -> int:
         if not self.pids():  # nothing to freeze (every create, reap and remove asks)
             return 0
-        killed: set[int] = set()
         freezer = self.dirs.get("freezer")
-
-        def one_pass() -> bool:
-            if freezer is not None:
-                _freeze(freezer)
-            try:
-                for pid in self.pids() - {os.getpid()}:
-                    if _kill(pid):
-                        killed.add(pid)
-            finally:
-                if freezer is not None:
-                    files.write(freezer / "freezer.state", "THAWED")
-            return files.wait_for(lambda: not self.pids(), 0.5)
-
-        files.wait_for(one_pass, timeout, step=0.0)
-        return len(killed)
+        if freezer is None:
+            return kill_until_empty(self.pids, None, None, timeout)
+        return kill_until_empty(self.pids, lambda: _freeze(freezer),
+                                lambda: files.write(freezer / "freezer.state", "THAWED"), timeout)
 
     def remove(self) -> None:
         self.kill_all()
@@ -174,11 +161,3 @@ class V1Cgroup:
 def _freeze(freezer: Path) -> None:
     files.write(freezer / "freezer.state", "FROZEN")
     files.wait_for(lambda: (files.read(freezer / "freezer.state") or "").strip() != "FREEZING", 1.0)
-
-
-def _kill(pid: int) -> bool:
-    try:
-        os.kill(pid, signal.SIGKILL)
-        return True
-    except ProcessLookupError:
-        return False

@@ -19,7 +19,8 @@ Files: ``memory.max``, ``memory.high`` (throttles and reclaims, never kills), ``
 (an OOM kill takes the whole loop, not one process of it), ``cpu.max`` ("quota period" in µs),
 ``pids.max``; ``memory.events`` (``oom_kill``), ``pids.events`` (``max``), ``cpu.stat``
 (``usage_usec``); ``cgroup.kill`` (Linux >= 5.14; SIGKILLs the subtree, race-free against forks;
-older kernels: ``cgroup.freeze``, SIGKILL each pid, thaw) and ``cgroup.events`` (``populated 0``)
+older kernels: freeze with ``cgroup.freeze``, SIGKILL each pid, thaw, until empty, as v1 does:
+``multitrigger.cgroups.kill``) and ``cgroup.events`` (``populated 0``)
 before ``rmdir``.
 
 ``root`` may be a fake tree (a plain directory with the files): a write then simply creates the
@@ -30,12 +31,12 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from multitrigger.cgroups import CgroupUnavailable, Usage, files, loop_dir_name
+from multitrigger.cgroups.kill import kill_until_empty
 
 if TYPE_CHECKING:
     from multitrigger.config import Limits
@@ -148,20 +149,20 @@ class V2Cgroup:
         inside = self.pids() - {os.getpid()}
         if not inside:
             return 0
-        if (self.path / "cgroup.kill").exists():
-            files.write(self.path / "cgroup.kill", 1)
-        else:  # Linux < 5.14
-            files.write(self.path / "cgroup.freeze", 1)
-            try:
-                for pid in inside:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-            finally:
-                files.write(self.path / "cgroup.freeze", 0)
+        if not (self.path / "cgroup.kill").exists():  # Linux < 5.14
+            return self.freeze_and_kill(timeout)
+        files.write(self.path / "cgroup.kill", 1)
         files.wait_for(lambda: not self.populated(), timeout)
         return len(inside)
+
+    def freeze_and_kill(self, timeout: float = 5.0) -> int:
+        """Without ``cgroup.kill``: freeze, SIGKILL every pid in ``cgroup.procs``, thaw, until empty (as v1)."""
+        return kill_until_empty(self.pids, self._freeze, lambda: files.write(self.path / "cgroup.freeze", 0), timeout)
+
+    def _freeze(self) -> None:
+        """``cgroup.freeze`` 1, then wait for ``cgroup.events`` to say ``frozen 1`` (a fake tree has no such line)."""
+        files.write(self.path / "cgroup.freeze", 1)
+        files.wait_for(lambda: files.read_keyed(self.path / "cgroup.events").get("frozen", "1") == "1", 1.0)
 
     def remove(self) -> None:
         self.kill_all()
