@@ -100,7 +100,11 @@ class Claimer:
         return len(claimed)
 
     def held_by_group(self, session: Session) -> dict[str | None, int]:
-        """How many triggers we hold, per claim group (loop name; ``None``: the uncapped rest)."""
+        """How many triggers we hold, per claim group (loop name; ``None``: the uncapped rest).
+
+        Without a capacity share only the total matters: one count, not the per-bundle breakdown."""
+        if all(g.capacity is None for g in self.scope.groups):
+            return {None: session.scalar(select(func.count(Trigger.id)).where(Trigger.triggerer_id == self.job_id)) or 0}
         counts: dict[str | None, int] = {}
         for bundle, n in self._held_bundles(session):
             group = next((g.loop for g in self.scope.groups if bundle in g.bundles), None)
