@@ -35,3 +35,13 @@ def test_every_request_type_of_airflow_has_one_owner():
     assert owned - sent_by_airflow == set(), "handlers for types Airflow no longer sends"
     assert messages.TriggerStateChanges not in HANDLERS  # one owner: LoopSlot, not the handler table
     assert all(callable(handler) for handler in HANDLERS.values())
+
+
+def test_team_clients_are_made_once_and_share_one_in_process_api():
+    from multitrigger.supervisor.requests import api_client
+    from multitrigger.supervisor.teams import TEAM_HEADER
+
+    a, b, none = api_client("team_a"), api_client("team_b"), api_client(None)
+    assert api_client("team_a") is a and api_client(None) is none  # not rebuilt per request
+    assert a._transport is b._transport is none._transport  # one app, DAG bag and loop thread for all teams
+    assert (a.headers[TEAM_HEADER], b.headers[TEAM_HEADER], TEAM_HEADER in none.headers) == ("team_a", "team_b", False)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from pydantic import BaseModel
@@ -29,6 +29,9 @@ from airflow.sdk.exceptions import ErrorType
 from airflow.sdk.execution_time import comms as c
 from airflow.sdk.execution_time import request_handlers as h
 from multitrigger.supervisor.teams import TEAM_HEADER, refusal, team_from_header
+
+if TYPE_CHECKING:
+    from airflow.api_fastapi.execution_api.app import InProcessExecutionAPI
 
 log = structlog.get_logger(__name__)
 
@@ -96,12 +99,20 @@ LOCAL: frozenset[type] = frozenset({c.MaskSecret})
 
 
 @functools.cache
-def api_client(team: str | None = None) -> Client:
-    """The stock triggerer's client (in-process Execution API, no HTTP, no token), one per team:
-    the team rides in a header that ``teams.team_from_header`` hands to Airflow's routes."""
+def _server() -> InProcessExecutionAPI:
+    """One in-process Execution API for every team (each one is a FastAPI app, a DAG bag and an
+    event-loop thread): the team travels per request, in a header of the team's client."""
     server = in_process_api_server()
     server.app.dependency_overrides[get_team_name_dep] = team_from_header
-    client = Client(base_url=None, token="", dry_run=True, transport=server.transport)
+    return server
+
+
+@functools.lru_cache(maxsize=256)  # teams are few; a client is cheap, so an evicted one is just made again
+def api_client(team: str | None = None) -> Client:
+    """The stock triggerer's client (in-process Execution API, no HTTP, no token), one per team,
+    all on one server: the team rides in a header that ``teams.team_from_header`` hands to Airflow's routes.
+    Called on the request lane only (one thread), so the caches are never filled twice at once."""
+    client = Client(base_url=None, token="", dry_run=True, transport=_server().transport)
     client.base_url = "http://in-process.invalid./"  # type: ignore[assignment]
     if team is not None:
         client.headers[TEAM_HEADER] = team
