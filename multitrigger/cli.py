@@ -147,11 +147,11 @@ def bundle_lines(config: Config, scope: Scope) -> list[str]:
     from multitrigger.config import DEFAULT_LOOP
 
     lines = []
-    rows = [(b, lp.name) for lp in config.loops.values() for b in sorted(lp.bundles)]
-    rows += [(b, entry) for entry, bundles in config.shared.items() for b in sorted(bundles)]
-    for bundle, entry in sorted(rows) + [(None, DEFAULT_LOOP)]:
-        loop = config.loops.get(entry, config.loops[DEFAULT_LOOP])
-        level = "shared" if entry in config.shared else loop.level
+    shared = {b for bundles in config.shared.values() for b in bundles}
+    named: list[str | None] = sorted({b for lp in config.loops.values() for b in lp.bundles} | shared)
+    for bundle in named + [None]:
+        loop = config.loops[config.loop_for_bundle(bundle) or DEFAULT_LOOP]  # the file's config: serves every bundle
+        level = "shared" if bundle in shared else loop.level
         share = f"capacity share {loop.capacity}" if loop.capacity else "no capacity share (the instance's --capacity)"
         here = "runs here" if bundle in scope.served else "not run here" + (
             f" (an instance started with --bundles {bundle} runs it)" if level == "dedicated" else "")

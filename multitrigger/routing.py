@@ -2,8 +2,11 @@
 Routing: which bundle a trigger comes from, and which loop runs it — or why none may.
 
 One owner for the whole decision: ``bundles_for`` finds bundles in one batch of queries (run by the
-supervisor's DB lane), and ``Router`` turns a (classpath, bundle) into a ``Route`` or a
-``Refusal``. Nothing else maps bundles to loops or checks allow-lists. Each trigger is routed once.
+supervisor's DB lane), and ``Router`` turns a (classpath, bundle) into a ``Route``, a ``Refusal``
+or ``NotServed``. The bundle → loop rule itself is the config's (``Config.loop_for_bundle``), which
+the claim groups, trigger paths and teams share; nothing else checks allow-lists. Each trigger is
+routed once. ``asset_watcher_bundle`` is the one SQL definition of an asset watcher's bundle, for
+routing and claiming alike.
 
 Checked against the Airflow 3.3.2 schema:
 
@@ -12,6 +15,8 @@ Checked against the Airflow 3.3.2 schema:
 * asset-watcher trigger: the bundle of the DAG(s) scheduled on the watched asset (the DAG that
   declares the watcher); several bundles → ambiguous → ``None``;
 * anything else → ``None``, which ``Router`` sends to the default loop (stock behaviour).
+
+A bundle this instance does not serve (``Config.served``) goes to no loop: ``NotServed``.
 
 A task-instance trigger also has the bundle version its DAG run is pinned to
 (``dag_run.bundle_version``; ``None`` for unversioned bundles such as ``LocalDagBundle``, or a DAG
@@ -23,10 +28,10 @@ code (``bundle_code``) and the class can come from the bundle (not ``INSTALLED_O
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from dataclasses import dataclass
 
-from sqlalchemy import and_, select
+from sqlalchemy import ColumnElement, ScalarSelect, and_, case, distinct, func, select
 from sqlalchemy.orm import Session
 
 from airflow.models.asset import AssetWatcherModel, DagScheduleAssetReference
@@ -34,7 +39,8 @@ from airflow.models.callback import Callback
 from airflow.models.dag import DagModel
 from airflow.models.dagrun import DagRun
 from airflow.models.taskinstance import TaskInstance
-from multitrigger.config import DEFAULT_LOOP, LoopConfig
+from airflow.models.trigger import Trigger
+from multitrigger.config import Config
 
 
 #: Classpaths no bundle can provide: Airflow's own and its providers' triggers (``DateTimeTrigger``,
@@ -63,6 +69,14 @@ class Origin:
 
 
 @dataclass(frozen=True)
+class NotServed:
+    """Run it nowhere here and fail nothing: its bundle is another instance's (``dedicated``, or
+    outside ``--bundles``). ``TriggerStore.build`` hands such triggers back."""
+
+    bundle: str | None
+
+
+@dataclass(frozen=True)
 class Refusal:
     """Run it nowhere: its task fails with ``reason``."""
 
@@ -72,20 +86,22 @@ class Refusal:
 
 
 class Router:
-    """Bundle → loop (unknown or ``None`` → the default loop), then that loop's allow-list."""
+    """Bundle → loop (``Config.loop_for_bundle``: unknown → the default loop; a bundle this instance
+    does not serve → ``NotServed``), then that loop's allow-list."""
 
-    def __init__(self, loops: Mapping[str, LoopConfig]) -> None:
-        self._loops = loops
-        self._by_bundle = {bundle: name for name, loop in loops.items() for bundle in loop.bundles}
+    def __init__(self, config: Config) -> None:
+        self._config = config
 
-    def loop_for(self, bundle: str | None) -> str:
-        return self._by_bundle.get(bundle, DEFAULT_LOOP) if bundle is not None else DEFAULT_LOOP
+    def loop_for(self, bundle: str | None) -> str | None:
+        return self._config.loop_for_bundle(bundle)
 
-    def route(self, classpath: str, bundle: str | None, version: str | None = None) -> Route | Refusal:
+    def route(self, classpath: str, bundle: str | None, version: str | None = None) -> Route | Refusal | NotServed:
         loop = self.loop_for(bundle)
-        allowed = self._loops[loop].allowed_triggers
-        if allowed is None or any(_matches(classpath, pattern) for pattern in allowed):
-            versioned = (version is not None and bundle is not None and self._loops[loop].bundle_code
+        if loop is None:
+            return NotServed(bundle)
+        config = self._config.loops[loop]
+        if config.allowed_triggers is None or any(_matches(classpath, pattern) for pattern in config.allowed_triggers):
+            versioned = (version is not None and bundle is not None and config.bundle_code
                          and not classpath.startswith(INSTALLED_ONLY))
             return Route(loop, bundle, version if versioned else None)
         return Refusal(loop, bundle, f"trigger {classpath} is not in loop {loop!r}'s allowed_triggers (bundle {bundle!r})")
@@ -94,6 +110,18 @@ class Router:
 def _matches(classpath: str, pattern: str) -> bool:
     """An allow-list entry: an exact classpath, or a ``prefix.*``."""
     return classpath.startswith(pattern[:-1]) if pattern.endswith(".*") else classpath == pattern
+
+
+def asset_watcher_bundle(trigger_id: ColumnElement[int]) -> ScalarSelect[str | None]:
+    """SQL: an asset-watcher trigger's bundle, the one bundle of the DAGs scheduled on the assets it
+    watches (the DAG that declares the watcher); NULL when there are none, or several (ambiguous).
+    Correlated on *trigger_id*; ``supervisor.claims`` claims by the same expression routing uses."""
+    return (select(case((func.count(distinct(DagModel.bundle_name)) == 1, func.max(DagModel.bundle_name))))
+            .select_from(AssetWatcherModel)
+            .join(DagScheduleAssetReference, DagScheduleAssetReference.asset_id == AssetWatcherModel.asset_id)
+            .join(DagModel, DagModel.dag_id == DagScheduleAssetReference.dag_id)
+            .where(AssetWatcherModel.trigger_id == trigger_id)
+            .scalar_subquery())
 
 
 def bundles_for(trigger_ids: Collection[int], session: Session) -> dict[int, str | None]:
@@ -107,10 +135,7 @@ def bundles_for(trigger_ids: Collection[int], session: Session) -> dict[int, str
         .join(DagModel, DagModel.dag_id == TaskInstance.dag_id)
         .where(TaskInstance.trigger_id.in_(ids)),
         select(Callback.trigger_id, Callback.bundle_name).where(Callback.trigger_id.in_(ids)),
-        select(AssetWatcherModel.trigger_id, DagModel.bundle_name)
-        .join(DagScheduleAssetReference, DagScheduleAssetReference.asset_id == AssetWatcherModel.asset_id)
-        .join(DagModel, DagModel.dag_id == DagScheduleAssetReference.dag_id)
-        .where(AssetWatcherModel.trigger_id.in_(ids)),
+        select(Trigger.id, asset_watcher_bundle(Trigger.id)).where(Trigger.id.in_(ids), Trigger.assets.any()),
     )
     for query in queries:
         for trigger_id, bundle in session.execute(query):

@@ -83,7 +83,7 @@ def test_default_config_without_file(tmp_path: Path) -> None:
         assert loop.level == "shared" and loop.allowed_triggers is None
         assert loop.restart == RestartSettings()
         assert config.supervisor == SupervisorSettings()
-        router = Router(config.loops)
+        router = Router(config)
         assert router.loop_for("anything") == router.loop_for(None) == DEFAULT_LOOP
 
 
@@ -124,7 +124,7 @@ def test_full_config(tmp_path: Path, bundle_venv: Path) -> None:
     # python = the supervisor's own interpreter: nothing differs but the process
     assert config.loops["team-b.v2"].python == Path(sys.executable)
     assert config.loops["team-b.v2"].level == "process"
-    router = Router(config.loops)
+    router = Router(config)
     assert router.loop_for("team_a_extra") == "team_a"
     assert router.loop_for("team_b") == "team-b.v2"
     assert router.loop_for("other") == "default"
@@ -144,7 +144,7 @@ def test_router_routes_by_bundle_then_allow_list(tmp_path: Path) -> None:
         bundles = ["t"]
         allowed_triggers = ["pkg.mod.Exact", "acme.triggers.*"]
         """)
-    router = Router(load_config(path).loops)
+    router = Router(load_config(path))
     assert router.route("pkg.mod.Exact", "t") == Route("t", "t")
     assert router.route("acme.triggers.http.HttpTrigger", "t") == Route("t", "t")
     for refused in ("pkg.mod.ExactOther", "acme.triggersx.T", "acme.triggers"):
@@ -172,7 +172,7 @@ def test_bundle_code_false_runs_no_versions_and_the_cap_is_per_loop(tmp_path: Pa
         max_bundle_versions = 2
         """)
     config = load_config(path)
-    assert Router(config.loops).route("x.Y", "a", "abc123") == Route("a", "a")
+    assert Router(config).route("x.Y", "a", "abc123") == Route("a", "a")
     assert (config.loops["a"].max_bundle_versions, config.loops["b"].max_bundle_versions) == (4, 2)
 
 

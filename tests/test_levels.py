@@ -65,7 +65,39 @@ def test_scope_of_an_instance_without_bundles_skips_dedicated_loops(tmp_path: Pa
     assert "v" in groups[None].bundles and groups[None].capacity is None  # the uncapped rest
     assert not any(b in groups[None].bundles for b in ("p", "s1", None, "d1"))
     served = served_config(config, scope)
-    assert sorted(served.loops) == ["c", "default", "p", "v"] and served.unserved == {"d1", "d2"}
+    assert sorted(served.loops) == ["c", "default", "p", "v"] and served.served == scope.served
+    assert served.loop_for_bundle("d1") is None and served.loop_for_bundle("s1") == served.loop_for_bundle(None) == "default"
+
+
+def test_one_bundle_to_loop_rule_everywhere_and_unserved_bundles_run_nowhere(tmp_path: Path, bundle_venv: Path) -> None:
+    """``Config.loop_for_bundle`` is the rule: the router, the claim groups, the trigger paths and
+    ``bundles_of`` agree with it, on the file's config and on each instance's served config; a
+    bundle the instance does not serve (dedicated, outside ``--bundles``, or an asset watcher's DAG
+    that is another instance's) is ``NotServed`` by the router, never the default loop's."""
+    from multitrigger.routing import NotServed, Route, Router
+    from multitrigger.supervisor.trigger_path import TriggerPaths
+
+    config = load_config(write(tmp_path, ALL_LEVELS.format(venv=bundle_venv)))
+    names = ("s1", "p", "v", "d1", "d2", "c", "other", None)
+    roots = {b: tmp_path / "roots" / b for b in names if b}
+    for only in (None, ["d1"], ["other"], ["p", "d2"]):
+        scope = Scope.of(config, only)
+        served = served_config(config, scope)
+        router, paths = Router(served), TriggerPaths.compute(served, inherited=[], roots=roots, log_entries=False)
+        for bundle in names:
+            loop = served.loop_for_bundle(bundle)
+            assert (loop is not None) == (bundle in scope.served), (only, bundle, loop)
+            assert all((bundle in served.bundles_of(name)) == (name == loop) for name in served.loops), (only, bundle)
+            route = router.route("x.Y", bundle)
+            assert route == (NotServed(bundle) if loop is None else Route(loop, bundle)), (only, bundle, route)
+            with_root = {n for n, entries in paths.loops.items() if any(e.source == f"bundle {bundle}" for e in entries)}
+            assert with_root == ({loop} if loop and bundle else set()), (only, bundle, with_root)
+            group = [g.loop for g in scope.groups if bundle in g.bundles]
+            assert len(group) == (loop is not None), (only, bundle, group)
+    # A dedicated bundle's loop on the instance started for it; nothing of it on the others.
+    assert served_config(config, Scope.of(config, ["d1"])).loop_for_bundle("d1") == "d"
+    assert served_config(config, Scope.of(config)).loop_for_bundle("d1") is None
+    assert served_config(config, Scope.of(config, ["d1"])).loop_for_bundle("d2") is None
 
 
 def test_scope_of_an_instance_started_for_bundles(tmp_path: Path, bundle_venv: Path) -> None:

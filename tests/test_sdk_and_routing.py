@@ -3,7 +3,10 @@ routing of asset-watcher triggers to the bundle of the DAG that declares the wat
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -50,3 +53,45 @@ def test_sdk_calls_are_answered_by_the_supervisor_and_asset_watchers_run_in_thei
     home.wait_for(lambda: f"loop=team_b trigger_id={watcher_trigger}" in mt.text(), timeout=60)
     rows = home.wait_for(lambda: home.sql("SELECT extra FROM asset_event"), timeout=60)
     assert "team_b" in str(rows[0][0])
+
+
+_BUILD = """
+import json, sys
+from pathlib import Path
+from airflow.jobs.job import Job
+from airflow.utils.session import create_session
+from multitrigger.config import load_config
+from multitrigger.scope import Scope
+from multitrigger.supervisor.claims import Claim
+from multitrigger.supervisor.store import TriggerStore
+config, ids = load_config(Path(sys.argv[1])), json.loads(sys.argv[2])
+with create_session() as session:  # a live job holding both triggers, as if it had claimed them
+    job = Job(heartrate=1)
+    job.job_type = "TriggererJob"
+    session.add(job)
+    session.flush()
+    session.execute(__import__("sqlalchemy").text("UPDATE trigger SET triggerer_id = :j"), {"j": job.id})
+built, failures = TriggerStore(job, Claim(100, None, None, 30.0), Scope.of(config)).build(set(ids))
+print(json.dumps({"built": [[w.id, o.bundle] for w, o in built], "failures": failures}))
+"""
+
+
+def test_a_held_trigger_of_a_bundle_this_instance_does_not_serve_is_handed_back_not_run(tmp_path):
+    """Claiming takes only served bundles, by the bundle routing gives a trigger; a trigger whose
+    bundle changed since (its DAG moved to a dedicated bundle, say) is handed back by the build,
+    never routed to the default loop. Here: two triggers held by one instance, one of them of a
+    ``dedicated`` bundle."""
+    home = AirflowHome.create(tmp_path / "home", {"team_a": deferring_bundle("dag_a"), "team_b": deferring_bundle("dag_b")})
+    refs = home.defer_many([DeferSpec(dag, "t0", "mt_testsupport.triggers.WhoAmITrigger", {"paths": []})
+                            for dag in ("dag_a", "dag_b")])
+    config = tmp_path / "mt.toml"
+    config.write_text('[loops.team_a]\nbundles = ["team_a"]\nlevel = "dedicated"\n[loops.team_b]\nbundles = ["team_b"]\n')
+    ids = {ref.dag_id: ref.trigger_id for ref in refs}
+    out = subprocess.run([sys.executable, "-c", _BUILD, str(config), json.dumps(list(ids.values()))], env=home.env(),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result == {"built": [[ids["dag_b"], "team_b"]], "failures": []}, result
+    owners = dict(home.sql("SELECT id, triggerer_id FROM trigger"))
+    assert owners[ids["dag_a"]] is None and owners[ids["dag_b"]] is not None, owners  # team_a's: free for its instance
+    assert "handed back" in out.stdout + out.stderr

@@ -2,7 +2,8 @@
 Bundle-aware claiming on a real PostgreSQL trigger table: dedicated bundles and capacity shares.
 
 - A serves every bundle but ``team_a`` (its loop is ``level = "dedicated"``); B runs
-  ``--bundles team_a``. Every team_a trigger runs on B, none on A; when B is SIGKILLed A does not
+  ``--bundles team_a``. Every team_a trigger runs on B, none on A — asset watchers too, whose
+  bundle is their DAG's: team_a's watcher on B, team_b's on A; when B is SIGKILLed A does not
   take team_a's triggers, even past the health threshold; a second B takes them over.
 - ``capacity = 20`` on team_a's loop, 300 team_a triggers due at once: team_a never holds more
   than 20 at once; team_b's triggers, deferred after the flood, are claimed and fire on time.
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from mt_testsupport.home import FIRE_AT, AirflowHome, DeferSpec, deferring_bundle, iso_in
+from mt_testsupport.home import FIRE_AT, FIRE_AT_EVENT, AirflowHome, DeferSpec, deferring_bundle, iso_in
 from mt_testsupport.procs import process_tree
 from tests.conftest import pg_url
 from tests.test_ha_postgres import _job_id_of, _records
@@ -66,7 +67,18 @@ def _specs(tmp_path: Path, dag_id: str, n: int, moment: str, run_id: str) -> lis
                       run_id=run_id, map_index=i // 10) for i in range(n)]
 
 
-def test_dedicated_bundle_runs_only_on_its_instance_and_is_taken_over_only_by_one(home, start_triggerer, tmp_path):
+@pytest.fixture
+def watchers(home: AirflowHome):
+    """An asset watcher in a DAG of team_a and one of team_b: bundle → trigger id. Their trigger rows
+    are deleted afterwards (the asset_watcher rows go with them), so the next test's instance does
+    not hold them."""
+    ids = {bundle: home.add_asset_watcher(f"watch_{bundle}", f"asset_{bundle}", FIRE_AT_EVENT, {"moment": iso_in(3600)},
+                                          bundle=bundle) for bundle in ("team_a", "team_b")}
+    yield ids
+    home.sql("DELETE FROM trigger WHERE id IN (:a, :b)", {"a": ids["team_a"], "b": ids["team_b"]})
+
+
+def test_dedicated_bundle_runs_only_on_its_instance_and_is_taken_over_only_by_one(home, start_triggerer, tmp_path, watchers):
     a = start_triggerer(home, *ARGS, config=DEDICATED, name="a")
     b = start_triggerer(home, *ARGS, "--bundles", "team_a", config=DEDICATED, name="b")
 
@@ -90,6 +102,12 @@ def test_dedicated_bundle_runs_only_on_its_instance_and_is_taken_over_only_by_on
     owners = home.wait_for(claimed, timeout=40, message=lambda: f"{_owners(home)}\n{tail()}")
     assert {o for tid, (_, o) in owners.items() if tid in team_a} == {job_b}, owners
     assert {o for tid, (_, o) in owners.items() if tid not in team_a} == {job_a}, owners
+    # Asset watchers (no task instance): claimed and run by the instance serving their DAG's bundle.
+    home.wait_for(lambda: _watcher_owners(home, watchers) == {"team_a": job_b, "team_b": job_a}, timeout=40,
+                  message=lambda: f"{_watcher_owners(home, watchers)}\n{tail()}")
+    home.wait_for(lambda: re.search(rf"loop=team_a trigger_id={watchers['team_a']}\b", b.text()), timeout=40, message=tail)
+    home.wait_for(lambda: re.search(rf"loop=team_b trigger_id={watchers['team_b']}\b", a.text()), timeout=40, message=tail)
+    assert not re.search(rf"trigger_id={watchers['team_a']}\b", a.text())
 
     # B dies. Past the health threshold A still does not take team_a's triggers: it does not serve them.
     b.popen.kill()
@@ -98,6 +116,7 @@ def test_dedicated_bundle_runs_only_on_its_instance_and_is_taken_over_only_by_on
     time.sleep(3)  # three of A's claim passes with B dead
     owners = _owners(home)
     assert {o for tid, (_, o) in owners.items() if tid in team_a} == {job_b}, owners  # still the dead job's
+    assert _watcher_owners(home, watchers)["team_a"] == job_b
 
     # A second B takes them over.
     b2 = start_triggerer(home, *ARGS, "--bundles", "team_a", config=DEDICATED, name="b2")
@@ -105,6 +124,7 @@ def test_dedicated_bundle_runs_only_on_its_instance_and_is_taken_over_only_by_on
     job_b2 = home.wait_for(lambda: _job_id_of(b2.text()), timeout=90, message=tail)
     home.wait_for(lambda: {o for tid, (_, o) in _owners(home).items() if tid in team_a} == {job_b2},
                   timeout=40, message=lambda: f"{_owners(home)}\n{tail()}")
+    home.wait_for(lambda: _watcher_owners(home, watchers)["team_a"] == job_b2, timeout=40, message=tail)
 
     states = home.wait_for_states(refs, "scheduled", timeout=90)
     tree_a, tree_b2 = process_tree(a.popen.pid), process_tree(b2.popen.pid)
@@ -119,6 +139,13 @@ def test_dedicated_bundle_runs_only_on_its_instance_and_is_taken_over_only_by_on
             records = _records(record_of[(ref.dag_id, ref.task_id, ref.map_index)])
             assert records and all(pid not in tree_a for _, pid, _ in records), records
     assert not re.search(r"loop started.*loop=team_a", a.text())  # A never even ran a team_a loop
+    assert not re.search(rf"trigger_id={watchers['team_a']}\b", a.text())
+
+
+def _watcher_owners(home: AirflowHome, watchers: dict[str, int]) -> dict[str, int | None]:
+    rows = dict(home.sql("SELECT id, triggerer_id FROM trigger WHERE id IN (:a, :b)",
+                         {"a": watchers["team_a"], "b": watchers["team_b"]}))
+    return {bundle: rows.get(tid) for bundle, tid in watchers.items()}
 
 
 def test_capacity_share_bounds_a_flood_and_others_fire_on_time(home, start_triggerer, tmp_path):

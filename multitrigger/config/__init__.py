@@ -38,6 +38,7 @@ import tomllib
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -46,6 +47,7 @@ from pydantic import ValidationError
 
 import multitrigger
 from multitrigger import interpreter_probe
+from multitrigger.bundles import Bundles
 from multitrigger.config.levels import Level, derived_level
 from multitrigger.config.problems import ConfigError, Problem, problems_from
 from multitrigger.loop import privileges
@@ -96,14 +98,34 @@ class Config:
     health: HealthSettings = HealthSettings()
     #: Bundles of ``level = "shared"`` entries, per entry name: they run in the default loop.
     shared: Mapping[str, frozenset[str]] = field(default_factory=lambda: MappingProxyType({}))
-    #: Bundles of loops this instance does not run (``dedicated`` ones, or not in ``--bundles``);
-    #: see ``multitrigger.scope``. Nobody's default loop gets them.
-    unserved: frozenset[str] = frozenset()
+    #: What this instance serves (``multitrigger.scope.served_config``; the file alone: everything).
+    #: A trigger of any other bundle runs in no loop here: not ``dedicated`` ones, not those outside
+    #: ``--bundles``, whatever routes to them (an asset watcher's DAG, say).
+    served: Bundles = Bundles.everything()
 
     def __post_init__(self) -> None:
         if DEFAULT_LOOP not in self.loops:
             raise ValueError(f"Config.loops must contain {DEFAULT_LOOP!r}")
         object.__setattr__(self, "loops", MappingProxyType(dict(self.loops)))
+
+    def loop_for_bundle(self, bundle: str | None) -> str | None:
+        """The loop that runs *bundle*'s triggers (``None`` as *bundle*: unknown), or ``None`` when
+        this instance does not serve it. The one bundle → loop rule: routing, the claim groups
+        (``scope``), trigger paths, teams and ``config check`` all ask it (or ``bundles_of``)."""
+        if bundle not in self.served:
+            return None
+        return self._by_bundle.get(bundle, DEFAULT_LOOP) if bundle is not None else DEFAULT_LOOP
+
+    def bundles_of(self, loop: str) -> Bundles:
+        """Every bundle ``loop_for_bundle`` sends to *loop*: its list; for the default loop every
+        bundle no loop lists (shared entries' too) and unknown ones; within ``served``."""
+        if loop != DEFAULT_LOOP:
+            return Bundles(self.loops[loop].bundles) & self.served
+        return ~Bundles(frozenset(self._by_bundle)) & self.served
+
+    @cached_property
+    def _by_bundle(self) -> Mapping[str, str]:
+        return {bundle: name for name, loop in self.loops.items() for bundle in loop.bundles}
 
 
 def _default_loop() -> LoopConfig:

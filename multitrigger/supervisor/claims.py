@@ -15,7 +15,10 @@ Where it differs, deliberately:
 
 - only triggers of bundles this instance serves (``multitrigger.scope``), so a dedicated bundle's
   triggers stay unassigned unless an instance started for it runs, and a dead peer's triggers are
-  taken over only by an instance that serves their bundles;
+  taken over only by an instance that serves their bundles. A trigger's bundle is the one routing
+  gives it: task instance → DAG → ``dag.bundle_name``; callback → ``callback.bundle_name``; asset
+  watcher → the one bundle of the DAGs scheduled on its assets (``routing.asset_watcher_bundle``;
+  none or several: unknown, the default loop's);
 - per-loop capacity shares: a loop with ``capacity = N`` gets at most N minus what it holds;
 - stock's callback query takes callback triggers whatever their ``triggerer_id`` (even a live
   peer's); here callbacks are claimed like every other trigger, unassigned or from a dead peer.
@@ -40,7 +43,9 @@ from airflow.models.dag import DagModel
 from airflow.models.taskinstance import TaskInstance
 from airflow.models.trigger import Trigger
 from airflow.utils.sqlalchemy import with_row_locks
-from multitrigger.scope import Bundles, ClaimGroup, Scope
+from multitrigger.bundles import Bundles
+from multitrigger.routing import asset_watcher_bundle
+from multitrigger.scope import ClaimGroup, Scope
 
 log = structlog.get_logger(__name__)
 
@@ -117,9 +122,11 @@ class Claimer:
                  .outerjoin(DagModel, DagModel.dag_id == TaskInstance.dag_id).where(ours).group_by(_TI_BUNDLE))
         by_cb = (select(_CB_BUNDLE, func.count(Trigger.id)).join(Callback, Callback.trigger_id == Trigger.id)
                  .where(ours).group_by(_CB_BUNDLE))
-        rows = [tuple(r) for q in (by_ti, by_cb) for r in session.execute(q)]
+        watched = select(asset_watcher_bundle(Trigger.id).label("bundle")).where(ours, Trigger.assets.any()).subquery()
+        by_aw = select(watched.c.bundle, func.count()).group_by(watched.c.bundle)
+        rows = [tuple(r) for q in (by_ti, by_cb, by_aw) for r in session.execute(q)]
         total = session.scalar(select(func.count(Trigger.id)).where(ours)) or 0
-        rows.append((None, total - sum(n for _, n in rows)))  # asset watchers and orphans: unknown
+        rows.append((None, total - sum(n for _, n in rows)))  # orphans: unknown
         return rows  # type: ignore[return-value]
 
     def _candidates(self, session: Session, bundles: Bundles, limit: int) -> list[int]:
@@ -135,9 +142,10 @@ class Claimer:
             .outerjoin(DagModel, DagModel.dag_id == TaskInstance.dag_id)
             .where(claimable, in_bundles(_TI_BUNDLE, bundles))
             .order_by(coalesce(TaskInstance.priority_weight, 0).desc(), Trigger.created_date),
+            select(Trigger.id)  # asset watchers: by the bundle routing gives them (NULL: unknown)
+            .where(claimable, Trigger.assets.any(), in_bundles(asset_watcher_bundle(Trigger.id), bundles))
+            .order_by(Trigger.created_date),
         ]
-        if bundles.unknown:  # asset watchers have no bundle of their own for claiming
-            queries.append(select(Trigger.id).where(claimable, Trigger.assets.any()).order_by(Trigger.created_date))
         found: list[int] = []
         for query in queries:
             take = min(limit - len(found), self.per_query)

@@ -41,7 +41,7 @@ from multitrigger.health.server import HealthServer
 from multitrigger.interpreter_probe import loop_bootstrap_args
 from multitrigger.poison import PoisonPolicy
 from multitrigger.restart import RestartPolicy
-from multitrigger.routing import Origin, Refusal, Router
+from multitrigger.routing import NotServed, Origin, Refusal, Router
 from multitrigger.supervisor import prestart
 from multitrigger.supervisor.bundle_versions import BundleVersions
 from multitrigger.supervisor.db_health import DbHealth
@@ -84,7 +84,7 @@ class Supervisor:
         for sock in (self._wake_r, self._wake_w):
             sock.setblocking(False)
         self.selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self.router = Router(config.loops)
+        self.router = Router(config)
         self.outcomes = Outcomes()
         self.db = Lane("db", self._wake_up, clock)
         self.uploads = Lane("log-uploads", self._wake_up, clock)
@@ -359,6 +359,10 @@ class Supervisor:
 
     def _route(self, workload: workloads.RunTrigger, origin: Origin) -> None:
         route = self.router.route(workload.classpath, origin.bundle, origin.version)
+        if isinstance(route, NotServed):  # TriggerStore.build hands these back; never run here
+            log.warning("trigger of a bundle this instance does not serve; not run", bundle=route.bundle,
+                        trigger_id=workload.id)
+            return
         placed = route if isinstance(route, Refusal) else self.versions.slot_for(route)
         if isinstance(placed, Refusal):
             log.error("trigger refused", loop=placed.loop, bundle=origin.bundle, version=origin.version,

@@ -217,8 +217,16 @@ class TriggerStore:
         built = self._stock.build(trigger_ids)
         with create_session() as session:
             origins = origins_for([w.id for w in built], session)
+        served = self._claimer.scope.served
+        if unserved := {w.id: b for w in built if (b := origins.get(w.id, Origin(None)).bundle) not in served}:
+            # Claimed by the same bundle rule, so only a trigger whose bundle changed since (a DAG
+            # moved, an asset now watched by another bundle's DAG): its instance takes it over.
+            log.warning("held triggers of bundles this instance does not serve; handed back", triggers=unserved)
+            self.release(unserved)
+            for trigger_id in unserved:
+                self.logger_cache.pop(trigger_id, None)  # made by the stock build; no line was written
         result, failures = [], []
-        for workload in built:
+        for workload in (w for w in built if w.id not in unserved):
             try:
                 workload = workload.model_copy(update={"encrypted_kwargs": plain_kwargs(workload.encrypted_kwargs)})
             except Exception as err:  # wrong key: fail this trigger, not the loop (stock would crash the runner)

@@ -33,7 +33,7 @@ from airflow.models.dagbundle import DagBundleModel
 from airflow.models.team import Team
 from airflow.models.variable import Variable
 from airflow.utils.session import create_session
-from multitrigger.config import DEFAULT_LOOP, Config
+from multitrigger.config import Config
 
 log = structlog.get_logger(__name__)
 
@@ -72,11 +72,8 @@ class LoopTeams:
     def _resolve(self, loop: str) -> str | None:
         with create_session() as session:
             mapped = dict(session.execute(select(DagBundleModel.name, Team.name).join(DagBundleModel.teams)).all())
-            if loop == DEFAULT_LOOP:
-                listed = {b for lp in self.config.loops.values() for b in lp.bundles} | self.config.unserved
-                bundles = set(session.scalars(select(DagBundleModel.name))) - listed
-            else:
-                bundles = set(self.config.loops[loop].bundles)
+            known = set(session.scalars(select(DagBundleModel.name))) | self.config.loops[loop].bundles
+        bundles = {b for b in known if self.config.loop_for_bundle(b) == loop}
         teams = {mapped.get(b) for b in bundles}
         if len(teams) == 1 and None not in teams:
             return teams.pop()

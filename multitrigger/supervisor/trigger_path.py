@@ -33,7 +33,7 @@ from pathlib import Path
 
 import structlog
 
-from multitrigger.config import DEFAULT_LOOP, Config, LoopConfig
+from multitrigger.config import Config, LoopConfig
 from multitrigger.loop.sys_path import ENV_SYS_PATH, PathEntry, encode
 
 log = structlog.get_logger(__name__)
@@ -82,11 +82,8 @@ def versioned_bundle_names() -> set[str]:
 
 
 def loop_bundles(loop: LoopConfig, config: Config, known: Collection[str]) -> list[str]:
-    """The bundles routed to ``loop``: its list, or for the default loop every one nobody lists."""
-    if loop.name != DEFAULT_LOOP:
-        return sorted(loop.bundles)
-    listed = {b for other in config.loops.values() for b in other.bundles} | config.unserved
-    return sorted(set(known) - listed)
+    """The bundles of *known* routed to ``loop`` (``Config.loop_for_bundle``)."""
+    return sorted(b for b in known if config.loop_for_bundle(b) == loop.name)
 
 
 @dataclass(frozen=True)
