@@ -49,8 +49,13 @@ def _user(name: str) -> pwd.struct_passwd:
 @pytest.fixture(scope="session")
 def world_venv() -> Path:
     """A venv any user can run, with this environment's Airflow and multitrigger (cached; ~2 s to build)."""
+    from multitrigger.interpreter_probe import source_root
+    from multitrigger.loop.privileges import first_barrier
+
     if not SYSTEM_PYTHON.exists():
         pytest.skip(f"{SYSTEM_PYTHON} (a CPython outside /root) is needed for an exec'd loop as another user")
+    if barrier := first_barrier(source_root() / "multitrigger", _user(USERS["team_a"]).pw_name, os.R_OK | os.X_OK):
+        pytest.skip(f"this checkout is closed to other users at {barrier}: an exec'd loop run as one cannot import it")
     return shared_venv().parent.parent
 
 
