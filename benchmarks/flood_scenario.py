@@ -18,7 +18,6 @@ from typing import Any
 
 from mt_testsupport.procs import RssSampler
 
-from benchmarks import harness as h
 from benchmarks import runs as r
 from benchmarks.harness import Item
 from benchmarks.runs import Ctx
@@ -32,31 +31,20 @@ def flood(ctx: Ctx) -> dict[str, Any]:
     p = ctx.params("flood")
     flooder, others = "x_flood", [f"calm{i}" for i in range(p["others"])]
     bundles = [flooder, *others]
-    n = p["others"] * p["per_bundle"]
+    n = p["others"] * p["per_bundle"]  # per window
 
     def one(kind: str) -> dict[str, Any]:
         with r.running(ctx, "flood", kind, bundles) as run:
-            due0 = r.base(2 * n, p["margin"])
-            due1 = due0 + p["window"] + p["gap"]  # the flood window: the flood starts at due1
-            calm = [h.fire_at("calm", others[i % len(others)], i, d) for i, d in enumerate(h.spread(due0, p["window"], n))]
-            flooded = [h.fire_at("calm_flood", others[i % len(others)], n + i, d)
-                       for i, d in enumerate(h.spread(due1 + 0.2, p["flood_window"], n))]
-            r.seed(run, calm + flooded)
-            r.start(run, bundles, expect_started=calm + flooded)
-            r.wait_startup(run, 2 * n, due0 - 0.2)
-            r.mark_due(run, due0)
-            sampler = RssSampler(run.triggerer.pid)
-            sampler.start()
             record = run.records / "flood.rec"
-            # Seeded once everything runs; it is claimed and started ~1-2 s later, then waits ``after``.
-            h.sleep_until(due1 - p["gap"])
-            kwargs = {"after": round(max(0.5, due1 - h.now() - 2.0), 2), "record_path": str(record),
-                      "lines": p["lines"], "line_bytes": p["line_mib"] << 20,
-                      "stdout_line_bytes": p["stdout_line_mib"] << 20, "stdout_bytes": p["stdout_mib"] << 20}
-            flood_item = Item("flood", flooder, 999, FLOOD, kwargs, None, validate=False)
-            r.seed(run, [flood_item])
-            r.wait_done(run, calm + flooded + [flood_item], due0, due1 + p["flood_window"] + p["grace"])
-            sampler.stop()
+
+            def offender(after: float) -> Item:
+                kwargs = {"after": after, "record_path": str(record),
+                          "lines": p["lines"], "line_bytes": p["line_mib"] << 20,
+                          "stdout_line_bytes": p["stdout_line_mib"] << 20, "stdout_bytes": p["stdout_mib"] << 20}
+                return Item("flood", flooder, 999, FLOOD, kwargs, None, validate=False)
+
+            flooded, sampler = r.offender_beside_calm(run, p, flooder, others, "calm_flood", p["flood_window"],
+                                                      RssSampler, offender)
             run.result["flood"] = _analysis(run.triggerer.log_text(), run.home.logs_dir, record, sampler,
                                             [i.due for i in flooded])
         return run.result

@@ -16,7 +16,6 @@ from __future__ import annotations
 import re
 import statistics
 import threading
-import time
 from typing import Any
 
 from benchmarks import harness as h
@@ -52,26 +51,15 @@ def memhog(ctx: Ctx) -> dict[str, Any]:
 
     def one(kind: str) -> dict[str, Any]:
         with r.running(ctx, "memhog", kind, bundles) as run:
-            due0 = r.base(2 * n, p["margin"])
-            due1 = due0 + p["window"] + p["gap"]  # the hog starts growing at due1
-            calm = [h.fire_at("calm", others[i % len(others)], i, d) for i, d in enumerate(h.spread(due0, p["window"], n))]
-            hogged = [h.fire_at("hog", others[i % len(others)], n + i, d)
-                      for i, d in enumerate(h.spread(due1 + 0.2, p["hog_window"], n))]
-            r.seed(run, calm + hogged)
-            r.start(run, bundles, expect_started=calm + hogged, loop_settings=limits)
-            r.wait_startup(run, 2 * n, due0 - 0.2)
-            r.mark_due(run, due0)
-            sampler = _TreePss(run.triggerer.pid)
-            sampler.start()
             record = run.records / "hog.rec"
-            h.sleep_until(due1 - p["gap"])
-            kwargs = {"record_path": str(record), "target_mib": p["target_mib"], "step_mib": p["step_mib"],
-                      "step_s": p["step_s"], "hold_s": p["hold_s"], "after": round(max(0.5, due1 - h.now() - 2.0), 2)}
-            hog_item = Item("hog_trigger", hog, 999, GROW, kwargs, None, validate=False)
-            r.seed(run, [hog_item])
-            r.wait_done(run, calm + hogged + [hog_item], due0, due1 + p["hog_window"] + p["grace"])
-            time.sleep(1.0)
-            sampler.stop()
+
+            def offender(after: float) -> Item:
+                kwargs = {"record_path": str(record), "target_mib": p["target_mib"], "step_mib": p["step_mib"],
+                          "step_s": p["step_s"], "hold_s": p["hold_s"], "after": after}
+                return Item("hog_trigger", hog, 999, GROW, kwargs, None, validate=False)
+
+            _, sampler = r.offender_beside_calm(run, p, hog, others, "hog", p["hog_window"], _TreePss, offender,
+                                                loop_settings=limits, settle=1.0)
             run.result["memhog"] = _analysis(kind, run.triggerer.log_text(), record, sampler.samples, p)
         return run.result
 

@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from mt_testsupport.home import AirflowHome, ensure_pg_database, deferring_bundle
 
@@ -217,6 +217,44 @@ def wait_done(run: Run, wait_for: list[Item], first_due: float, deadline: float,
     run.result["all_done"] = bool(done)
     run.result["visible"] = visible
     return bool(done)
+
+
+class Sampler(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+def offender_beside_calm(run: Run, p: dict[str, Any], offender: str, others: list[str], during: str,
+                         during_window: float, sampler: Callable[[int], Sampler],
+                         make_offender: Callable[[float], Item], loop_settings: dict[str, str] | None = None,
+                         settle: float = 0.0) -> tuple[list[Item], Sampler]:
+    """One bundle misbehaves beside healthy ones (flood, memhog): ``p["others"] * p["per_bundle"]``
+    FireAtTriggers in ``others`` due over ``p["window"]`` (series ``calm``), as many again over
+    ``during_window`` from the offender's start (series ``during``), ``p["gap"]`` s apart. Seeds them,
+    starts the triggerer, waits for start-up, starts ``sampler(triggerer pid)``, seeds
+    ``make_offender(after)`` (``after``: seconds it should wait once running so that it starts at the
+    ``during`` window), waits for every outcome, ``settle`` s more, stops the sampler.
+    Returns the ``during`` items and the stopped sampler."""
+    n = p["others"] * p["per_bundle"]
+    due0 = base(2 * n, p["margin"])
+    due1 = due0 + p["window"] + p["gap"]  # the offender starts at due1
+    calm = [h.fire_at("calm", others[i % len(others)], i, d) for i, d in enumerate(h.spread(due0, p["window"], n))]
+    disturbed = [h.fire_at(during, others[i % len(others)], n + i, d)
+                 for i, d in enumerate(h.spread(due1 + 0.2, during_window, n))]
+    seed(run, calm + disturbed)
+    start(run, [offender, *others], expect_started=calm + disturbed, loop_settings=loop_settings)
+    wait_startup(run, 2 * n, due0 - 0.2)
+    mark_due(run, due0)
+    sampling = sampler(run.triggerer.pid)
+    sampling.start()
+    # Seeded once everything runs; it is claimed and started ~1-2 s later, then waits ``after``.
+    h.sleep_until(due1 - p["gap"])
+    item = make_offender(round(max(0.5, due1 - h.now() - 2.0), 2))
+    seed(run, [item])
+    wait_done(run, calm + disturbed + [item], due0, due1 + during_window + p["grace"])
+    time.sleep(settle)
+    sampling.stop()
+    return disturbed, sampling
 
 
 def finish(run: Run) -> None:

@@ -12,11 +12,9 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +23,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from mt_testsupport.datagrams import Datagrams
 from mt_testsupport.home import WAIT_FOREVER, AirflowHome, DeferSpec, deferring_bundle
 from tests.conftest import MULTITRIGGER, Triggerer
 
@@ -53,9 +52,8 @@ CGROUPS = os.geteuid() == 0 and Path("/sys/fs/cgroup/memory/cgroup.procs").exist
 
 
 class Running:
-    def __init__(self, home: AirflowHome, mt: Triggerer, url: str, refs: dict, statsd: socket.socket) -> None:
+    def __init__(self, home: AirflowHome, mt: Triggerer, url: str, refs: dict, statsd: Datagrams) -> None:
         self.home, self.mt, self.url, self.refs, self.statsd = home, mt, url, refs, statsd
-        self.grams: list[str] = []  # every statsd line received so far
 
     def get(self, path: str) -> tuple[int, str]:
         try:
@@ -69,25 +67,7 @@ class Running:
 
     def statsd_wait(self, pattern: str, timeout: float = 20) -> str:
         """The first statsd line received (since the start) matching ``pattern``."""
-        deadline, seen = time.monotonic() + timeout, 0
-        while True:
-            for line in self.grams[seen:]:
-                if re.search(pattern, line):
-                    return line
-            seen = len(self.grams)
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no statsd line matching {pattern!r} within {timeout}s: {self.grams[-30:]}")
-            time.sleep(0.1)
-
-    def drain_statsd(self) -> None:
-        """On a thread: keep every datagram (the socket's buffer holds only seconds of them)."""
-        while True:
-            try:
-                self.grams += self.statsd.recv(65536).decode().splitlines()
-            except TimeoutError:
-                continue
-            except OSError:  # closed at teardown
-                return
+        return self.statsd.wait_for(pattern, timeout)
 
     def trigger_id(self, key: str) -> int:
         return self.home.ti_state(self.refs[key]).trigger_id
@@ -99,14 +79,13 @@ class Running:
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory):
-    statsd = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    statsd.bind(("127.0.0.1", 0))
-    statsd.settimeout(0.2)
+    statsd = Datagrams.udp()
+    statsd.drain()
     root = tmp_path_factory.mktemp("health")
     bundles = {"team_a": deferring_bundle("dag_a", n_tasks=3), "team_b": deferring_bundle("dag_b", n_tasks=4),
                "team_c": deferring_bundle("dag_c", n_tasks=1)}
     home = AirflowHome.create(root / "home", bundles, extra_config={"metrics": {
-        "statsd_on": "True", "statsd_host": "127.0.0.1", "statsd_port": str(statsd.getsockname()[1]),
+        "statsd_on": "True", "statsd_host": "127.0.0.1", "statsd_port": str(statsd.port),
         "statsd_prefix": "airflow", "statsd_influxdb_enabled": "True"}})
     specs = {
         **{f"a{i}": DeferSpec("dag_a", f"t{i}", WAIT_FOREVER, {"marker_path": str(root / f"a{i}")}) for i in range(3)},
@@ -131,7 +110,6 @@ def running(tmp_path_factory: pytest.TempPathFactory):
         doc = json.loads(address.read_text())
         assert doc["pid"] == popen.pid and doc["url"].startswith("http://127.0.0.1:")  # loopback by default
         running = Running(home, mt, doc["url"], refs, statsd)
-        threading.Thread(target=running.drain_statsd, daemon=True).start()
         yield running
     finally:
         mt.stop()

@@ -10,13 +10,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from mt_testsupport.datagrams import Datagrams
 from mt_testsupport.home import WAIT_FOREVER, AirflowHome, DeferSpec, deferring_bundle
 from multitrigger.supervisor.sd_notify import Notifier, notify, watchdog_interval
 
@@ -25,50 +25,10 @@ UNIT_DIR = Path(__file__).resolve().parent.parent / "systemd"
 CONFIG = '[loops.team_a]\nbundles = ["team_a"]\n'
 
 
-class NotifySocket:
-    """What systemd listens on: a bound datagram socket; every message kept with its arrival time."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
-        self.messages: list[tuple[float, str]] = []
-
-    def receive(self, timeout: float) -> list[str]:
-        """Every message that arrives within ``timeout`` seconds."""
-        got: list[str] = []
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            self.sock.settimeout(left)
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                break
-            self.messages.append((time.monotonic(), data.decode()))
-            got.append(data.decode())
-        return got
-
-    def wait_for(self, pattern: str, timeout: float) -> str:
-        """The first message (new or already received) matching ``pattern``."""
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while True:
-            for _, msg in self.messages[seen:]:
-                if re.search(pattern, msg):
-                    return msg
-            seen = len(self.messages)
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {pattern!r} within {timeout}s; got {[m for _, m in self.messages][-10:]}")
-            self.receive(0.2)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @pytest.mark.parametrize("kind", ["path", "abstract"])
 def test_notify_sends_one_datagram_to_a_path_or_abstract_socket(tmp_path, kind):
     address = str(tmp_path / "notify") if kind == "path" else f"@mt-test-{os.getpid()}-{kind}"
-    listener = NotifySocket(address)
+    listener = Datagrams.unix(address)
     try:
         assert notify("READY=1\nSTATUS=up", {"NOTIFY_SOCKET": address})
         assert listener.receive(1.0) == ["READY=1\nSTATUS=up"]
@@ -104,7 +64,7 @@ def test_supervisor_sends_ready_status_watchdog_which_stops_when_wedged_and_stop
     home.defer_many([DeferSpec("dag_a", "t0", WAIT_FOREVER, {"marker_path": str(tmp_path / "m_a")}),
                      DeferSpec("dag_s", "t0", WAIT_FOREVER, {"marker_path": str(tmp_path / "m_s")})])
     address = f"@mt-test-{os.getpid()}-supervisor"
-    listener = NotifySocket(address)
+    listener = Datagrams.unix(address)
     try:
         mt = start_triggerer(home, "--skip-serve-logs", config=CONFIG,
                              env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "2000000"})
