@@ -62,8 +62,9 @@ def _stale(home: AirflowHome, job_id: int) -> bool:
     return float(age) > THRESHOLD
 
 
-def _specs(tmp_path: Path, dag_id: str, n: int, moment: str, run_id: str) -> list[DeferSpec]:
-    return [DeferSpec(dag_id, f"t{i % 10}", FIRE_AT, {"moment": moment, "record_path": str(tmp_path / f"{run_id}.{dag_id}.{i}.rec")},
+def _specs(tmp_path: Path, dag_id: str, n: int, moment: str, run_id: str, gate: Path | None = None) -> list[DeferSpec]:
+    kwargs = {"moment": moment, **({"gate": str(gate)} if gate else {})}
+    return [DeferSpec(dag_id, f"t{i % 10}", FIRE_AT, {**kwargs, "record_path": str(tmp_path / f"{run_id}.{dag_id}.{i}.rec")},
                       run_id=run_id, map_index=i // 10) for i in range(n)]
 
 
@@ -88,8 +89,9 @@ def test_dedicated_bundle_runs_only_on_its_instance_and_is_taken_over_only_by_on
     extra: list = []
     job_a, job_b = (home.wait_for(lambda p=p: _job_id_of(p.text()), timeout=90, message=tail) for p in (a, b))
 
-    moment = iso_in(45)
-    specs = [s for dag in DAGS for s in _specs(tmp_path, dag, 6, moment, "ded")]
+    # They fire once the test opens the gate, after the takeover: until then they run and wait.
+    gate = tmp_path / "gate"
+    specs = [s for dag in DAGS for s in _specs(tmp_path, dag, 6, iso_in(0), "ded", gate)]
     refs = home.defer_many(specs)
     record_of = {(s.dag_id, s.task_id, s.map_index): Path(s.kwargs["record_path"]) for s in specs}
     bundle_of = {r.trigger_id: DAGS[r.dag_id] for r in refs}
@@ -126,6 +128,7 @@ def test_dedicated_bundle_runs_only_on_its_instance_and_is_taken_over_only_by_on
                   timeout=40, message=lambda: f"{_owners(home)}\n{tail()}")
     home.wait_for(lambda: _watcher_owners(home, watchers)["team_a"] == job_b2, timeout=40, message=tail)
 
+    gate.touch()
     states = home.wait_for_states(refs, "scheduled", timeout=90)
     tree_a, tree_b2 = process_tree(a.popen.pid), process_tree(b2.popen.pid)
     for ref in refs:

@@ -30,20 +30,22 @@ class FireAtTrigger(demo.FireAtTrigger):
     appends ``start <pid> <loop>`` when it starts running and ``fire <pid> <loop>`` when it fires,
     so tests can prove a trigger ran (and fired) exactly once. With ``record_tag`` every line ends
     with the tag (many triggers sharing one file), and ``cancel <pid> <loop>`` is appended when the
-    trigger is cancelled (a triggerer stopping or handing it back)."""
+    trigger is cancelled (a triggerer stopping or handing it back). With ``gate`` (a file path) it
+    fires at ``moment`` or once the file exists, whichever is later: a test opens the gate when its
+    scenario is ready instead of guessing a due time long enough for a loaded machine."""
 
     def __init__(self, moment: str, payload: dict[str, Any] | None = None, record_path: str | None = None,
-                 record_tag: str | None = None, **kwargs: Any) -> None:
+                 record_tag: str | None = None, gate: str | None = None, **kwargs: Any) -> None:
         super().__init__(moment, payload, **kwargs)
         self.record_path = record_path
         self.record_tag = record_tag
+        self.gate = gate
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         path, kwargs = super().serialize()
-        if self.record_path:
-            kwargs["record_path"] = self.record_path
-        if self.record_tag:
-            kwargs["record_tag"] = self.record_tag
+        for key in ("record_path", "record_tag", "gate"):
+            if getattr(self, key):
+                kwargs[key] = getattr(self, key)
         return path, kwargs
 
     def _record(self, what: str) -> None:
@@ -56,6 +58,8 @@ class FireAtTrigger(demo.FireAtTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         self._record("start")
         try:
+            while self.gate and not os.path.exists(self.gate):
+                await asyncio.sleep(0.05)
             async for event in super().run():
                 self._record("fire")
                 yield event
