@@ -12,7 +12,9 @@ Checked against Airflow 3.3.2. The supervisor hands the loop:
   first, before Airflow or any user code is imported (a forked loop replaces its zygote's entries).
 
 Set-up order matters and mirrors ``airflow.sdk.execution_time.supervisor._fork_main``: reset
-signals, send logs over the JSON channel, block ORM access, then run the trigger runner.
+signals, send logs over the JSON channel, block ORM access, then run the trigger runner. A loop
+forked from a zygote (``prepared``) finds the last two done: the zygote did them once before forking
+(``multitrigger.loop.zygote.prepare_loop``) and put this loop's log socket on the channel's fd.
 """
 
 from __future__ import annotations
@@ -24,18 +26,30 @@ from multitrigger.loop import privileges, sys_path
 from multitrigger.protocol import ENV_LOG_FD
 
 
-def main() -> None:
-    privileges.drop()  # MULTITRIGGER_LOOP_USER: become the loop's user before anything else runs
-    sys_path.apply()
+def setup(log_fd: int, reset_signals: bool = True) -> None:
+    """Stock's child set-up (see the module docstring): signals, JSON log channel, no ORM."""
     from airflow.sdk.execution_time.supervisor import (
         _configure_logs_over_json_channel,
         _reset_signals,
         block_orm_access,
     )
 
-    _reset_signals()
-    _configure_logs_over_json_channel(int(os.environ[ENV_LOG_FD]))
+    if reset_signals:
+        _reset_signals()
+    _configure_logs_over_json_channel(log_fd)
     block_orm_access()
+
+
+def main(prepared: bool = False) -> None:
+    """Run the loop; ``prepared``: forked from a zygote that ran ``setup`` (all but the signals)."""
+    privileges.drop()  # MULTITRIGGER_LOOP_USER: become the loop's user before anything else runs
+    sys_path.apply()
+    if prepared:
+        from airflow.sdk.execution_time.supervisor import _reset_signals
+
+        _reset_signals()
+    else:
+        setup(int(os.environ[ENV_LOG_FD]))
 
     from multitrigger.loop.runner import LoopRunner
 
