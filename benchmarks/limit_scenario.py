@@ -13,10 +13,18 @@ take minutes for 20,000 and the run has a 20-minute budget; its rate on 2000 bou
 Start-up is split: launch -> every trigger claimed (DB: ``triggerer_id`` set) -> built (the
 supervisor's ``claim pass`` log line, multitrigger only) -> every trigger running (its
 per-trigger log's first ``starting`` line).
+
+Scenario ``limit_held`` (and ``limit_held_pg``): one burst (200) due at one instant while ``held``
+(19,000) other triggers are held and running and never fire (``FireAtTrigger``s due a day later),
+so every claim pass walks ~19,200 held triggers while the burst is persisted: the case where an
+event waited for the claim pass in flight on the one DB lane (issue 13). Stock holds at most
+``stock_held_max`` of them (its start-up with 19,000 takes minutes, and each holds an open log
+file in its supervisor).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from benchmarks import harness as h
@@ -82,6 +90,50 @@ def _claim_passes(run: r.Run) -> dict[str, Any]:
     return {"claim_passes": passes,
             "claim_s_total": round(sum(float(x.get("claim_s", 0)) for x in passes), 2),
             "build_s_total": round(sum(float(x.get("build_s", 0)) for x in passes), 2)}
+
+
+def _limit_held(ctx: Ctx, name: str, db: str) -> dict[str, Any]:
+    p = ctx.params("limit_held")
+    bundles = [f"lim{i}" for i in range(p["bundles"])]
+    series = f"n{p['burst']}"
+
+    def one(kind: str) -> dict[str, Any]:
+        held_n = p["held"] if kind == MULTI else min(p["held"], p["stock_held_max"])
+        total = held_n + p["burst"]
+        cap = str(total + 100)
+        extra = {"triggerer": {"capacity": cap, "max_trigger_to_select_per_loop": cap}}
+        with r.running(ctx, name, kind, bundles, extra_config=extra, db=db) as run:
+            slow = 2 if db == "pg" else 1  # as in _limit
+            due = r.base(3 * slow * total, p["margin"] + slow * p["margin_per_trigger"] * total)
+            held = [h.fire_at("held", bundles[k % len(bundles)], k, due + 86400) for k in range(held_n)]
+            burst = [h.fire_at(series, bundles[k % len(bundles)], k, due) for k in range(held_n, total)]
+            t0 = time.monotonic()
+            run.home.defer_many([i.spec() for i in held])  # not run.items: they stay deferred, by design
+            run.result["seed_held_s"] = round(time.monotonic() - t0, 2)
+            r.seed(run, burst)
+            r.start(run, bundles, expect_started=held + burst)
+            r.wait_startup(run, total, due - 0.2)
+            r.mark_due(run, due)
+            run.result["startup"].update(_claim_passes(run))
+            r.wait_done(run, burst, due, due + p["grace"], interval=0.25)
+            run.result["held"] = held_n
+            run.result["due"] = {series: due}
+        return run.result
+
+    return r.scenario(
+        ctx, one, name, f"{p['burst']} due at once while {p['held']} others are held ({db})",
+        f"FireAtTriggers over {p['bundles']} bundles: {p['burst']} due at one instant while {p['held']} others "
+        f"(stock: at most {p['stock_held_max']}) are held and running, due a day later; [triggerer] capacity and "
+        "max_trigger_to_select_per_loop = all of them + 100; latency = scheduled_dttm - due",
+        p, [series], db="postgresql" if db == "pg" else "sqlite")
+
+
+def limit_held(ctx: Ctx) -> dict[str, Any]:
+    return _limit_held(ctx, "limit_held", "sqlite")
+
+
+def limit_held_pg(ctx: Ctx) -> dict[str, Any]:
+    return _limit_held(ctx, "limit_held_pg", "pg")
 
 
 def limit(ctx: Ctx) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from benchmarks import runs as r
 from benchmarks.crash_scenarios import crash, storm
 from benchmarks.flood_scenario import flood
 from benchmarks.memhog_scenario import memhog
-from benchmarks.limit_scenario import limit, limit_pg
+from benchmarks.limit_scenario import limit, limit_held, limit_held_pg, limit_pg
 from benchmarks.scaleout_scenario import scaleout
 from benchmarks.harness import Item
 from benchmarks.runs import Ctx
@@ -183,5 +183,7 @@ SCENARIOS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "memhog": memhog,
     "limit": limit,
     "limit_pg": limit_pg,
+    "limit_held": limit_held,
+    "limit_held_pg": limit_held_pg,
     "scaleout": scaleout,
 }

@@ -2,12 +2,12 @@
 The supervisor's main loop: one selector serves every loop; each pass reconciles.
 
 Like gunicorn's arbiter, each pass of ``run`` is a handful of verbs: service the sockets of every
-loop, answer held polls, reap and restart dead loops, kill hung ones, and drive the DB lane:
-persist what the loops reported, and once per claim interval claim/route/cancel triggers and
-heartbeat. Signal handlers only record the signal; the loop acts on it. No thread per loop.
+loop, answer held polls, reap and restart dead loops, kill hung ones, and drive the DB lanes:
+persist what the loops reported (its own lane, at once), and once per claim interval
+claim/route/cancel triggers and heartbeat. Signal handlers only record the signal; the loop acts on it. No thread per loop.
 
 The selector thread never waits on the database or on remote log storage: that work runs on lanes
-(``multitrigger.supervisor.lanes``: DB steps, loop requests, log uploads), one thread each, whose
+(``multitrigger.supervisor.lanes``: persisting, the claim pass, loop requests, log uploads), one thread each, whose
 completions run back here. While the DB is slow or gone the selector keeps reading every loop,
 answering check-ins and holding events; hang detection counts only time in which it listened.
 
@@ -86,7 +86,8 @@ class Supervisor:
         self.selector.register(self._wake_r, selectors.EVENT_READ, None)
         self.router = Router(config)
         self.outcomes = Outcomes()
-        self.db = Lane("db", self._wake_up, clock)
+        self.db = Lane("db", self._wake_up, clock)  # claim, build, clean, heartbeat, release
+        self.persist_lane = Lane("db-persist", self._wake_up, clock)  # events and failures, beside the claim pass
         self.uploads = Lane("log-uploads", self._wake_up, clock)
         teams = LoopTeams(config)  # a version slot's requests resolve as its loop's (its bundles are the loop's)
         self.desk = RequestDesk(Lane("requests", self._wake_up, clock), settings.request_timeout, clock,
@@ -97,7 +98,6 @@ class Supervisor:
         self._unbuilt = 0  # held triggers the last pass left unbuilt (Tick.backlog)
         self.db_health = DbHealth(settings.db_retry_limit, step_bound=settings.db_timeout + 2,
                                   retry_after_error=settings.claim_interval, clock=clock)
-        self._last_step = "tick"  # the DB lane alternates persist and tick when both are due
         self._gave_up = False
         self._listened = 0.0  # the listening clock (seconds); see _listen
         self._last_listen = clock()
@@ -211,8 +211,10 @@ class Supervisor:
         now = self.clock()
         deadlines = [self.desk.next_deadline()] + [s.poll_deadline() for s in self.slots.values()]
         deadlines += [s.relay.next_due() for s in self.slots.values()]
+        if self.persist_lane.idle and self.outcomes:
+            deadlines.append(max(self.db_health.retry_at, now))
         if self.db.idle:
-            deadlines.append(max(self.db_health.retry_at, self._next_tick if not (self.outcomes or self._unbuilt) else now))
+            deadlines.append(max(self.db_health.retry_at, now if self._unbuilt else self._next_tick))
         for name, s in self.slots.items():  # a waiting loop's deadline is the pool's
             if s.process is None and self._wanted(name, s) and not self._waiting_for_zygote(s, now):
                 deadlines.append(s.start_at)
@@ -236,7 +238,7 @@ class Supervisor:
                 proc.flush(self.selector)
             if mask & selectors.EVENT_READ:
                 proc.service(self.selector, sock, reader)
-        for lane in (self.db, self.desk.lane, self.uploads):
+        for lane in (self.persist_lane, self.db, self.desk.lane, self.uploads):
             lane.run_completions()
         self.versions.run_completions()
         self._deliver_output()
@@ -296,23 +298,43 @@ class Supervisor:
         snap = self.board.latest
         return (False, "starting") if snap is None else (snap.ready, snap.summary)
 
-    # -- the DB lane --------------------------------------------------------------------------
+    # -- the DB lanes --------------------------------------------------------------------------
+    #
+    # Two lanes, each with its own thread and so its own session and connection (Airflow's
+    # ``Session`` is thread-local): ``persist_lane`` writes events and failures, ``db`` runs the
+    # claim pass (clean, claim, build, heartbeat). With ~19,000 triggers held a claim pass holds
+    # its lane 0.3-0.4 s every second; an event queued behind it missed a 50 ms p99. Now it never
+    # waits for one (on PostgreSQL; SQLite has one writer at a time, so a persist may wait for the
+    # claim pass's short write transactions, on the busy timeout ``db_bounds`` sets).
+    #
+    # Why the two cannot undo each other: a trigger with an event or failure not yet in the DB
+    # is in ``routes`` (until its loop reports it finished) or ``outcomes.pending_ids()`` (until
+    # its persist step completes here), so it is in the ``known`` set every claim pass gets at
+    # submit time, and a pass never builds or runs it again. A pass submitted after that persist
+    # completed reads a committed write: stock's build skips a trigger whose task instance no
+    # longer points at it, and ``clean_unused`` deletes it. The pass writes trigger rows
+    # (``triggerer_id``; unused ones deleted), the job's heartbeat, and clears ``trigger_id`` of
+    # task instances no longer deferred (``clean_unused``: what persisting sets already, and it
+    # matches no row a persist has not committed). Persist writes task-instance rows (and, on
+    # stock's path, asset events and callbacks), never a trigger row. A trigger leaves ``held``
+    # only once deleted, i.e. after its persist committed, so a pass never cancels a trigger
+    # whose event is still in flight. A failed claim pass never touches the outcomes; a failed
+    # persist puts its batch back. (``tests/test_persist_lane.py``: a persist while every claim
+    # pass waits for a lock.)
 
     def _drive_db(self, now: float) -> None:
-        """Give the DB lane its next step (one at a time, in order); notice a step that never ends."""
-        if not self.db.idle:
-            if busy := self.db.busy_for():
+        """Give each DB lane its next step (one at a time per lane); notice a step that never ends."""
+        for lane in (self.persist_lane, self.db):
+            if busy := lane.busy_for():
                 self.db_health.running(*busy)
-            return
         if not self.db_health.may_try:
             return
-        if self.outcomes and not (now >= self._next_tick and self._last_step == "persist"):
+        if self.persist_lane.idle and self.outcomes:
             self._submit_persist()
-        elif now >= self._next_tick or self._unbuilt:
+        if self.db.idle and (now >= self._next_tick or self._unbuilt):
             # Claimed but not yet built (``Tick.backlog``): build the next chunk at once, without
             # claiming more; the claim cadence stays the claim interval's.
             claim = now >= self._next_tick
-            self._last_step = "tick"
             if claim:
                 self._next_tick = now + self.settings.claim_interval
             exclude = frozenset(self.routes) | self.outcomes.pending_ids()
@@ -320,13 +342,13 @@ class Supervisor:
                            lambda done: self._db_done(done, self._ticked))
 
     def _submit_persist(self) -> None:
-        self._last_step = "persist"
         batch = self.outcomes.take()
-        self.db.submit("persist", lambda: self._persist(batch),
-                       lambda done: self._db_done(done, lambda persisted: self._persisted(batch, persisted)))
+        self.persist_lane.submit("persist", lambda: self._persist(batch),
+                                 lambda done: self._db_done(done, lambda persisted: self._persisted(batch, persisted),
+                                                            on_error=self.outcomes.put_back))
 
     def _persist(self, batch: Batch) -> set[int]:
-        """On the DB lane: events, then failures. Returns the trigger ids whose events were written."""
+        """On the persist lane: events, then failures. Returns the trigger ids whose events were written."""
         persisted = set(self.store.submit_events([(e.trigger_id, e.event) for _, e in batch.events])) if batch.events else set()
         if batch.failures:
             self.store.submit_failures(batch.failures)
@@ -374,13 +396,14 @@ class Supervisor:
                  classpath=workload.classpath)
         self.slots[placed].add(workload)
 
-    def _db_done(self, done: Done, on_ok: Callable) -> None:
+    def _db_done(self, done: Done, on_ok: Callable, on_error: Callable[[], None] | None = None) -> None:
         """A DB step ended: its result goes on, or the outage is handled (loops untouched)."""
         if done.error is None:
             self.db_health.ok()
             on_ok(done.value)
             return
-        self.outcomes.put_back()
+        if on_error is not None:
+            on_error()
         try:
             raise_if_unreachable(done.error)
         except DatabaseUnavailable as down:
@@ -432,27 +455,29 @@ class Supervisor:
             slot.relay.flush()
         self.store.log_files.close_all()
         self._finish_db(deadline)
-        for lane in (self.db, self.desk.lane, self.uploads):
+        for lane in (self.persist_lane, self.db, self.desk.lane, self.uploads):
             lane.close()
         if self._health_server is not None:
             self._health_server.stop()
         return 1 if self._gave_up else 0
 
     def _drive_persist_only(self) -> None:
-        if self.db.idle and self.outcomes and self.db_health.may_try:
+        if self.persist_lane.idle and self.outcomes and self.db_health.may_try:
             self._submit_persist()
 
     def _finish_db(self, deadline: float) -> None:
         """Persist what is left and hand triggers back, within the grace period; skip if the DB is down."""
         deadline = max(deadline, self.clock() + 1.0)
-        while self.clock() < deadline and self.db_health.down_since is None and (self.outcomes or not self.db.idle):
+        while (self.clock() < deadline and self.db_health.down_since is None
+               and (self.outcomes or not self.db.idle or not self.persist_lane.idle)):
             self._drive_persist_only()
             self._service(0.05)
         if self.outcomes:
             log.error("metadata DB unreachable at shutdown: outcomes not persisted; their triggers run again elsewhere",
                       count=len(self.outcomes))
-        if self.db_health.down_since is not None or not self.db.idle:
+        if self.db_health.down_since is not None or not (self.db.idle and self.persist_lane.idle):
             log.warning("not handing triggers back (DB unreachable); other triggerers take them after the health threshold")
+            self.store.drop_idle_connections()
             return
         routes = list(self.routes)
         released: list[bool] = []

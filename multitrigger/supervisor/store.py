@@ -294,6 +294,20 @@ class TriggerStore:
         team = self.claim_filters.team_name
         stats.incr("triggerer_heartbeat", 1, 1, tags={"team_name": team} if team else {})
 
+    def drop_idle_connections(self) -> None:
+        """Close the pool's idle connections (at shutdown, the DB unreachable).
+
+        Airflow's ``run_job`` marks the job complete on the main thread after we return, on a
+        pooled connection: its pre-ping on a connection into a black hole that still ACKs (a proxy,
+        a half-dead load balancer) never returns, so the process never exits. A fresh connection
+        is bounded by ``connect_timeout`` (``db_bounds``). Connections a stuck lane holds are not
+        in the pool and stay where they are.
+        """
+        from airflow import settings
+
+        if settings.engine is not None:
+            settings.engine.dispose()
+
     def release(self, trigger_ids: Iterable[int]) -> None:
         """Hand triggers back (``triggerer_id = NULL``) so another triggerer claims them at once."""
         from sqlalchemy import update
