@@ -45,7 +45,7 @@ PARAMS: dict[str, dict[str, Any]] = {
     "idle": {"bundles": 4, "per_bundle": 3, "idle": 15.0, "start_timeout": 120.0, "pss_samples": 3},
     "storm": {"others": 3, "per_bundle": 20, "window": 30.0, "crashed_healthy": 8, "kill_offset": 3.0,
               "kill_every": 3.0, "stagger": 0.7, "margin": 40.0, "restart_delay": 2.0, "grace": 60.0},
-    "limit": {"bundles": 4, "sizes": [200, 2000, 17000], "gaps": [8.0, 30.0], "stock_max": 2000, "margin": 30.0,
+    "limit": {"bundles": 4, "sizes": [200, 2000, 20000], "gaps": [8.0, 30.0], "stock_max": 2000, "margin": 30.0,
               "margin_per_trigger": 0.003,
               "grace": 60.0},
     "limit_held": {"bundles": 4, "held": 19000, "burst": 200, "stock_held_max": 2000, "margin": 30.0,
