@@ -16,22 +16,18 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from pydantic import BaseModel
 
-from airflow.api_fastapi.execution_api.security import get_team_name_dep
 from airflow.configuration import conf
-from airflow.jobs.triggerer_job_runner import HITLDetailResponseResult, in_process_api_server
+from airflow.jobs.triggerer_job_runner import HITLDetailResponseResult
 from airflow.sdk.api.client import Client, ServerResponseError
 from airflow.sdk.exceptions import ErrorType
 from airflow.sdk.execution_time import comms as c
 from airflow.sdk.execution_time import request_handlers as h
-from multitrigger.supervisor.teams import TEAM_HEADER, refusal, team_from_header
-
-if TYPE_CHECKING:
-    from airflow.api_fastapi.execution_api.app import InProcessExecutionAPI
+from multitrigger.supervisor.teams import TEAM_HEADER, refusal
 
 log = structlog.get_logger(__name__)
 
@@ -98,21 +94,15 @@ HANDLERS: dict[type, Handler] = {
 LOCAL: frozenset[type] = frozenset({c.MaskSecret})
 
 
-@functools.cache
-def _server() -> InProcessExecutionAPI:
-    """One in-process Execution API for every team (each one is a FastAPI app, a DAG bag and an
-    event-loop thread): the team travels per request, in a header of the team's client."""
-    server = in_process_api_server()
-    server.app.dependency_overrides[get_team_name_dep] = team_from_header
-    return server
-
-
 @functools.lru_cache(maxsize=256)  # teams are few; a client is cheap, so an evicted one is just made again
 def api_client(team: str | None = None) -> Client:
     """The stock triggerer's client (in-process Execution API, no HTTP, no token), one per team,
-    all on one server: the team rides in a header that ``teams.team_from_header`` hands to Airflow's routes.
+    all on one server (``api_server``, imported here: not at start): the team rides in a header that
+    ``api_server.team_from_header`` hands to Airflow's routes.
     Called on the request lane only (one thread), so the caches are never filled twice at once."""
-    client = Client(base_url=None, token="", dry_run=True, transport=_server().transport)
+    from multitrigger.supervisor import api_server
+
+    client = Client(base_url=None, token="", dry_run=True, transport=api_server.server().transport)
     client.base_url = "http://in-process.invalid./"  # type: ignore[assignment]
     if team is not None:
         client.headers[TEAM_HEADER] = team

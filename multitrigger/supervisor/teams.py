@@ -15,7 +15,8 @@ Here the team comes from the loop, which the supervisor knows (a loop cannot cla
   ``PERMISSION_DENIED`` with a message, which the trigger raises and which fails its task.
 
 The team travels to Airflow's own routes in a request header of the supervisor's in-process client
-(loops never reach the API), read by an override of ``get_team_name_dep``.
+(loops never reach the API), read by an override of ``get_team_name_dep``
+(``multitrigger.supervisor.api_server.team_from_header``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import time
 from collections.abc import Callable
 
 import structlog
-from fastapi import Request
 from sqlalchemy import select
 
 from airflow.configuration import conf
@@ -40,13 +40,6 @@ log = structlog.get_logger(__name__)
 TEAM_HEADER = "X-Multitrigger-Team"
 #: How long a loop's team is remembered before ``dag_bundle_team`` is read again (s).
 TEAM_TTL = 30.0
-
-
-async def team_from_header(request: Request) -> str | None:
-    """``get_team_name_dep`` for the supervisor's in-process API: the team our client sent."""
-    if not conf.getboolean("core", "multi_team"):
-        return None
-    return request.headers.get(TEAM_HEADER) or None
 
 
 class LoopTeams:
