@@ -147,7 +147,9 @@ class Triggerer:
     def command(self) -> list[str]:
         if self.kind == STOCK:
             return [str(BIN / "airflow"), "triggerer", "--skip-serve-logs"]
-        return [str(BIN / "multitrigger"), "run", "--skip-serve-logs", "--config", str(self.config)]
+        # The health server runs, as by default, but on any free port: a fixed one (8796) may be
+        # taken by another supervisor on the machine, and then the server would not start at all.
+        return [str(BIN / "multitrigger"), "run", "--skip-serve-logs", "--health-port", "0", "--config", str(self.config)]
 
     def start(self) -> None:
         n = len(self.logs)
