@@ -54,3 +54,17 @@ def test_supervisor_holds_more_triggers_than_file_descriptors(tmp_path: Path, st
     assert mt.popen.poll() is None
     text = mt.text()
     assert "Too many open files" not in text and "dropped" not in text, text[-3000:]
+
+
+def test_a_loop_that_cannot_open_its_files_backs_off_alone(tmp_path: Path, start_triggerer) -> None:
+    """A loop's start that fails with an OSError (here its blame file is a directory: the same path
+    as EMFILE) is that loop's failed start, retried with backoff; the supervisor and the other
+    loop go on."""
+    home = AirflowHome.create(tmp_path / "home", {b: deferring_bundle(f"dag_{b}") for b in BUNDLES})
+    (home.path / "multitrigger" / "loops" / "b1" / "blame").mkdir(parents=True)
+    config = "".join(f'[loops.{b}]\nbundles = ["{b}"]\n' for b in BUNDLES)
+    (ref,) = home.defer_many([DeferSpec("dag_b0", "t0", FIRE_AT, {"moment": iso_in(1)})])
+    mt = start_triggerer(home, "--skip-serve-logs", config=config)
+    home.wait_for_states([ref], "scheduled", timeout=60)
+    home.wait_for(lambda: mt.text().count("loop could not start") >= 2, 20, message="b1's start retried")
+    assert mt.popen.poll() is None

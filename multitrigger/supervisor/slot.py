@@ -140,13 +140,13 @@ class LoopSlot:
     # -- process lifecycle --------------------------------------------------------------------
 
     def start(self, selector: selectors.BaseSelector) -> None:
-        reset_blame(self.blame_file)
         env = {**self.env, ENV_BLAME_FILE: str(self.blame_file)}
         if self.cgroup is not None:
             env[ENV_CGROUP_PROCS] = os.pathsep.join(self.cgroup.join_files)
         try:
+            reset_blame(self.blame_file)
             self.process = process = LoopProcess.spawn(self.name, self.argv, env, self.cwd, zygote=self.zygote)
-        except OSError as err:  # e.g. EMFILE for its sockets: this loop backs off, the supervisor goes on
+        except OSError as err:  # e.g. EMFILE (its blame file, its sockets): this loop backs off, the supervisor goes on
             self.start_at = self.policy.died()
             self.log.error("loop could not start; retrying after backoff", error=str(err),
                            retry_in=round(self.start_at - self.clock(), 3))
