@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
-from mt_testsupport.home import WAIT_FOREVER, AirflowHome, DeferSpec, deferring_bundle
+from mt_testsupport.home import FIRE_AT, WAIT_FOREVER, AirflowHome, DeferSpec, deferring_bundle, iso_in
 
 pytestmark = pytest.mark.timeout(180)  # the loops are routed their triggers before they are up
 
@@ -70,21 +70,27 @@ def test_airflow_metrics_reach_an_otel_collector_with_loop_and_bundle(tmp_path, 
     collector = Collector()
     try:
         home = AirflowHome.create(tmp_path / "home", {"team_a": deferring_bundle("dag_a", n_tasks=2),
-                                                      "team_b": deferring_bundle("dag_b", n_tasks=1)},
+                                                      "team_b": deferring_bundle("dag_b", n_tasks=2)},
                                   extra_config={"metrics": {"otel_on": "True"}})
-        home.defer_many([DeferSpec("dag_a", f"t{i}", WAIT_FOREVER, {"marker_path": str(tmp_path / f"a{i}")})
-                         for i in range(2)] + [DeferSpec("dag_b", "t0", WAIT_FOREVER, {"marker_path": str(tmp_path / "b")})])
+        refs = home.defer_many([DeferSpec("dag_a", f"t{i}", WAIT_FOREVER, {"marker_path": str(tmp_path / f"a{i}")})
+                                for i in range(2)] + [DeferSpec("dag_b", "t0", WAIT_FOREVER, {"marker_path": str(tmp_path / "b")}),
+                                                      DeferSpec("dag_b", "t1", FIRE_AT, {"moment": iso_in(5)})])
         mt = start_triggerer(home, "--skip-serve-logs", "--no-health", config=CONFIG, env={
             "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": f"http://127.0.0.1:{collector.server_address[1]}/v1/metrics",
             "OTEL_METRIC_EXPORT_INTERVAL": "1000"})
 
         def running() -> bool:
             a = collector.find("airflow.triggers.running", loop="team_a", bundle="team_a")
-            b = collector.find("airflow.triggers.running", loop="team_b", bundle="team_b")
             up = collector.find("airflow.multitrigger.loop.up", loop="team_a")
-            return bool(a and b and up and a[-1] == 2 and b[-1] == 1 and up[-1] == 1)
+            return bool(a and up and a[-1] == 2 and up[-1] == 1)
 
         home.wait_for(running, timeout=120, message=lambda: f"{collector.points[-20:]}\n{mt.text()[-3000:]}")
+        # An event, counted once written (stock counts triggers.succeeded after on_trigger_event).
+        home.wait_for_states([refs[-1]], "scheduled", timeout=60)
+        home.wait_for(lambda: collector.find("airflow.triggers.succeeded", loop="team_b", bundle="team_b")[-1:] == [1]
+                      and collector.find("airflow.triggers.running", loop="team_b")[-1:] == [1], timeout=30,
+                      message=lambda: str([p for p in collector.points if "succeeded" in p[0]]))
+        assert not collector.find("airflow.triggers.succeeded", loop="team_a")
         # The job's heartbeat (every [scheduler] job_heartbeat_sec), a counter: an OTLP sum.
         home.wait_for(lambda: collector.find("airflow.triggerer_heartbeat"), timeout=30,
                       message=lambda: str(sorted({n for n, _, _ in collector.points})))

@@ -12,7 +12,9 @@ UDP datagram per value, non-blocking):
 * ``triggerer.capacity_left`` once per supervisor (capacity is shared by all loops, so a per-loop
   value would mean nothing);
 * ``triggers.succeeded``, ``triggers.failed``, ``triggers.blocked_main_thread`` per loop, as
-  increments since the last emission (events as the loops report them);
+  increments since the last emission; ``succeeded`` counts events once written to the DB, as
+  stock counts them after ``on_trigger_event`` (so an outage does not count what may be lost);
+  ``failed`` counts failures as the loops report them or the supervisor decides them;
 * multitrigger's own: ``multitrigger.loop.restarts`` (counter), ``multitrigger.loop.up``,
   ``multitrigger.loop.lag_p50`` and ``multitrigger.loop.lag_p99`` (gauges, milliseconds).
 
@@ -50,7 +52,7 @@ class AirflowStats:
             for name, value in (("multitrigger.loop.lag_p50", loop.lag_p50), ("multitrigger.loop.lag_p99", loop.lag_p99)):
                 if value is not None:
                     stats.gauge(name, round(value * 1000, 3), tags=tags)
-            for name, total in (("triggers.succeeded", loop.events), ("triggers.failed", loop.failures),
+            for name, total in (("triggers.succeeded", loop.events_persisted), ("triggers.failed", loop.failures),
                                 ("triggers.blocked_main_thread", loop.blocked_episodes),
                                 ("multitrigger.loop.restarts", loop.restarts)):
                 if (delta := total - self._sent.get((loop.name, name), 0)) > 0:

@@ -53,6 +53,7 @@ class LoopSnapshot:
     forked: bool | None
     triggers: int
     events: int
+    events_persisted: int
     failures: int
     restarts: int
     restarts_recent: int
@@ -163,7 +164,7 @@ def _loop(slot: LoopSlot, wanted: bool, now: float, wall: float, lost: tuple[str
         name=slot.name, bundles=tuple(sorted(slot.config.bundles)), level=slot.config.level,
         interpreter=str(slot.config.python), start_method=slot.config.start_method, wanted=wanted,
         state=loop_state(slot, wanted, now), pid=process.pid if process else None,
-        forked=process.forked if process else None, triggers=len(slot.assigned), events=stats.events,
+        forked=process.forked if process else None, triggers=len(slot.assigned), events=stats.events, events_persisted=stats.events_persisted,
         failures=stats.failures, restarts=stats.restarts,
         restarts_recent=sum(1 for t in stats.restart_times if wall - t <= RECENT_WINDOW),
         last_exit=stats.last_exit, last_exit_at=stats.last_exit_at,

@@ -357,8 +357,10 @@ class Supervisor:
     def _persisted(self, batch: Batch, persisted: set[int]) -> None:
         self.outcomes.done()
         for loop, entry in batch.events:
-            if entry.persist_seq is not None and entry.trigger_id in persisted and (slot := self.slots.get(loop)):
-                slot.persisted(entry.persist_seq)
+            if entry.trigger_id in persisted and (slot := self.slots.get(loop)):
+                slot.stats.events_persisted += 1
+                if entry.persist_seq is not None:
+                    slot.persisted(entry.persist_seq)
 
     def _ticked(self, tick: Tick) -> None:
         """Back on the selector thread: cancel what we no longer hold, route what is new."""

@@ -71,6 +71,7 @@ class LoopStats:
     """Counters shown by status/health surfaces (``multitrigger.health.snapshot``)."""
 
     events: int = 0
+    events_persisted: int = 0  # of those, written to the DB (what stock's triggers.succeeded counts)
     failures: int = 0
     restarts: int = 0
     last_exit: str | None = None
