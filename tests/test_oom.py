@@ -79,15 +79,18 @@ def memory_cgroup():
 def test_a_loop_killed_by_the_oom_killer_is_reported_out_of_memory(memory_cgroup, tmp_path, start_triggerer):
     home = AirflowHome.create(tmp_path / "home", {"x_oom": deferring_bundle("dag_x", n_tasks=2),
                                                    "team_a": deferring_bundle("dag_a", n_tasks=2)})
+    gate = tmp_path / "gate"  # the healthy ones fire once the hog has been failed: they outlived every OOM kill
     hog, healthy, neighbour = home.defer_many([
         DeferSpec("dag_x", "t0", "mt_testsupport.crash_triggers.MemoryHogTrigger", {"after": 1.0}, validate=False),
-        DeferSpec("dag_x", "t1", FIRE_AT, {"moment": iso_in(30)}),
-        DeferSpec("dag_a", "t0", FIRE_AT, {"moment": iso_in(25)}),
+        DeferSpec("dag_x", "t1", FIRE_AT, {"moment": iso_in(0), "gate": str(gate)}),
+        DeferSpec("dag_a", "t0", FIRE_AT, {"moment": iso_in(0), "gate": str(gate)}),
     ])
     config = '[loops.x_oom]\nbundles = ["x_oom"]\n[loops.x_oom.restart]\nbackoff_initial = 0.2\nbackoff_max = 1.0\n'
     enter = ["sh", "-c", f'echo $$ > {memory_cgroup}/cgroup.procs && exec "$@"', "sh"]
     mt = start_triggerer(home, "--skip-serve-logs", config=config, prefix=enter)
-    states = home.wait_for_states([hog, healthy, neighbour], "scheduled", timeout=180)
+    states = home.wait_for_states([hog], "scheduled", timeout=180)
+    gate.touch()
+    states |= home.wait_for_states([healthy, neighbour], "scheduled", timeout=60)
 
     reason = "".join(decode_serde(states[hog].next_kwargs)["traceback"])
     assert states[hog].next_method == "__fail__"

@@ -5,7 +5,6 @@ SIGKILL of the supervisor (no orphans), and a real metadata-DB outage (PostgreSQ
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import re
 import signal
@@ -122,20 +121,20 @@ def test_db_outage_keeps_loops_running_loses_no_event_and_gives_up_after_the_bou
     proxy.start()
     via_proxy = home.db_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
     records = [tmp_path / f"r{i}" for i in range(4)]
-    due = iso_in(28)
+    gate = tmp_path / "gate"  # the triggers fire once it exists: during the outage
     refs = home.defer_many([
-        DeferSpec(d, t, FIRE_AT, {"moment": due, "record_path": str(records[i])})
+        DeferSpec(d, t, FIRE_AT, {"moment": iso_in(0), "gate": str(gate), "record_path": str(records[i])})
         for i, (d, t) in enumerate([("dag_a", "t0"), ("dag_a", "t1"), ("dag_s", "t0"), ("dag_s", "t1")])
     ])
     config = CONFIG + "[supervisor]\ndb_retry_limit = 15\n"
     mt = start_triggerer(home, "--skip-serve-logs", config=config,
                          env={"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": via_proxy})
     home.wait_for(lambda: all(r.exists() and "start" in r.read_text() for r in records), timeout=60)
-    time.sleep(max(0.0, (dt.datetime.fromisoformat(due) - dt.datetime.now(dt.timezone.utc)).total_seconds() - 2))
 
-    # Outage across the triggers' due time (shorter than db_retry_limit): they fire in their
+    # Outage across the moment the triggers fire (shorter than db_retry_limit): they fire in their
     # loops; the events wait in the supervisor, not lost.
     proxy.cut()
+    gate.touch()
     home.wait_for(lambda: all(fired(r) == 1 for r in records), timeout=60)
     home.wait_for(lambda: "metadata DB unreachable" in mt.text(), timeout=15)
     assert all(s.state == "deferred" for s in home.ti_states(refs).values())
