@@ -171,6 +171,14 @@ def test_db_health_declares_an_outage_when_a_step_outlives_every_bound() -> None
     clock.now += 18
     health.running("tick", 31)
     assert health.exhausted
+    # Another lane reaching the DB ends the outage, but not a step hung past the limit.
+    stuck = DbHealth(retry_limit=30, step_bound=12, retry_after_error=1, clock=clock)
+    stuck.running("tick", 20)
+    stuck.ok()
+    assert stuck.down_since is None and not stuck.exhausted
+    stuck.running("tick", 31)
+    stuck.ok()
+    assert stuck.exhausted
     # A step failing for another reason (not connectivity) is just tried again later.
     other = DbHealth(retry_limit=30, step_bound=12, retry_after_error=1, clock=clock)
     other.failed(ValueError("constraint"))

@@ -34,6 +34,7 @@ class DbHealth:
     failures: int = 0
     retry_at: float = 0.0
     _stuck_reported: bool = False
+    _stuck_too_long: bool = False  # a step outran retry_limit: sticky (see ``running``)
 
     @property
     def may_try(self) -> bool:
@@ -41,8 +42,8 @@ class DbHealth:
 
     @property
     def exhausted(self) -> bool:
-        """The outage has lasted longer than ``retry_limit``: time to exit."""
-        return self.down_since is not None and self.clock() - self.down_since > self.retry_limit
+        """The outage has lasted longer than ``retry_limit``, or one step has: time to exit."""
+        return self._stuck_too_long or (self.down_since is not None and self.clock() - self.down_since > self.retry_limit)
 
     def ok(self) -> None:
         """A step reached the DB."""
@@ -66,9 +67,17 @@ class DbHealth:
         self.retry_at = self.clock() + self.retry_after_error
 
     def running(self, step: str, seconds: float) -> None:
-        """A step has been running ``seconds``: past the bound, the DB is unreachable now."""
+        """A step has been running ``seconds``: past the bound, the DB is unreachable now.
+
+        With two DB lanes (persist; claim pass) one lane's success ends the outage (``ok``) while
+        the other's step may still hang; a step that outruns ``retry_limit`` is therefore an
+        outage too long on its own, whatever succeeded meanwhile: a supervisor whose claim pass
+        and heartbeat never return must exit, so HA peers take its triggers over cleanly.
+        """
         if seconds <= self.step_bound:
             return
+        if seconds > self.retry_limit:
+            self._stuck_too_long = True
         if not self._stuck_reported:
             self._stuck_reported = True
             log.error("metadata DB unreachable: a DB step has not returned", step=step, seconds=round(seconds, 1))
