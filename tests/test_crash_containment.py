@@ -99,6 +99,12 @@ def test_every_misbehaviour_stays_in_its_own_loop(home, start_triggerer, tmp_pat
         if bundle != "x_badinit":  # a bad constructor fails its trigger without crashing the loop at all
             assert "crashed its loop" in reason, reason
 
+    # A loop killed for hanging counts a blocked episode named by its blame slot, like one that ended.
+    for bundle in ("x_sleep", "x_busy"):
+        named = [ln for ln in mt.text().splitlines() if "event loop blocked by trigger" in ln and f"loop={bundle}" in ln
+                 and f"classpath={CRASH}{MISBEHAVIOURS[bundle][0]}" in ln]
+        assert named, mt.text()[-3000:]
+
     # print() is just output: that trigger fired normally, its loop never restarted.
     assert states[printed].event["printed"] is True
     log = mt.text()

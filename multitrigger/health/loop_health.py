@@ -78,6 +78,11 @@ class ReportedHealth:
             self.blocked_episodes += report.blocked_unlisted
             log.warning("event loop blocked more often than reported one by one", episodes=report.blocked_unlisted)
 
+    def episode(self, trigger_id: int, seconds: float, info: TriggerInfo | None, log: Any,
+                wall: Callable[[], float] = time.time) -> None:
+        """An episode the supervisor saw itself: a loop silent past the hang threshold, killed."""
+        self._episode(trigger_id, seconds, info, wall(), log)
+
     def _episode(self, trigger_id: int, seconds: float, info: TriggerInfo | None, now: float, log: Any) -> None:
         self.blocked_episodes += 1
         self.blocked_seconds += seconds

@@ -249,7 +249,11 @@ class LoopSlot:
     def check_hang(self) -> None:
         """Kill the loop if it said nothing for ``hang_threshold`` seconds of *listening* time."""
         silent = self.listening() - self.last_heard
-        if self.process is not None and silent > self.hang_threshold:
+        if self.process is not None and silent > self.hang_threshold and self._kill_reason is None:
+            # A block that never ended is an episode too, named by the blame slot (the loop itself
+            # cannot report it: it is stuck in the trigger's code).
+            culprit = read_blame(self.blame_file)
+            self.stats.health.episode(culprit, silent, self.describe(culprit) if culprit else None, self.log)
             self.kill(f"event loop blocked: no check-in for {silent:.1f}s (threshold {self.hang_threshold:g}s)")
 
     # -- frames from the loop -----------------------------------------------------------------
