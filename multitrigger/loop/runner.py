@@ -14,9 +14,10 @@ trigger goes to that trigger's log (``multitrigger.loop.output``).
 
 ``get_trigger_by_classpath`` only adds, to an import error, where the loop looked
 (``multitrigger.loop.sys_path.where_looked``). ``init_comms`` is stock's but hands the comms decoder
-two pydantic ``TypeAdapter``s built once, when this module is imported (in a zygote: before the
-fork, so every forked loop shares them): stock builds both per ``TriggerCommsDecoder``, i.e. in each
-loop after the fork, where they cost ~4 MB of private memory per loop (measured, Airflow 3.3.2).
+its three decoders (two pydantic ``TypeAdapter``s, one msgspec decoder) built once, when this module
+is imported (in a zygote: before the fork, so every forked loop shares them): stock builds them per
+``TriggerCommsDecoder``, i.e. in each loop after the fork, where they cost ~5 MB of private memory
+per loop (measured, Airflow 3.3.2).
 Only the main loop (``arun``) is replaced, because the stock one checks in once a second:
 
 * a **poll task** keeps one empty ``TriggerStateChanges`` outstanding; the supervisor answers it
@@ -38,10 +39,11 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from pydantic import TypeAdapter
 
 from airflow.jobs.triggerer_job_runner import ToTriggerRunner, TriggerCommsDecoder, TriggerRunner, messages
-from airflow.sdk.execution_time.comms import ToTask
+from airflow.sdk.execution_time.comms import ToTask, _ResponseFrame
 from multitrigger.loop import sys_path
 from multitrigger.loop.blame import BlamedCoroutine, BlameSlot
 from multitrigger.loop.health import LoopHealth
@@ -54,10 +56,13 @@ COALESCE_SECONDS = 0.002
 IDLE_SECONDS = 1.0
 
 
-#: ``TriggerCommsDecoder``'s two decoders, as its attrs factories build them (its ``err_decoder``
-#: is ``TypeAdapter(ToTask)`` in stock too). Stateless validators, safe to share between threads.
+#: ``TriggerCommsDecoder``'s decoders, as its attrs factories build them (its ``err_decoder`` is
+#: ``TypeAdapter(ToTask)`` in stock too). One each per process, as stock has one each per comms
+#: decoder, which every thread of the loop uses. The msgpack frame decoder costs ~1 MB when it is
+#: the process's first for ``_ResponseFrame`` (msgspec's per-type state), ~0.2 MB after.
 _BODY_DECODER: TypeAdapter = TypeAdapter(ToTriggerRunner)
 _ERR_DECODER: TypeAdapter = TypeAdapter(ToTask)
+_RESP_DECODER: msgspec.msgpack.Decoder = msgspec.msgpack.Decoder(_ResponseFrame)
 
 
 class _WakingDeque(deque):
@@ -113,7 +118,7 @@ class LoopRunner(TriggerRunner):
         from airflow.sdk.execution_time import task_runner
 
         reader, writer = await asyncio.open_connection(sock=socket.socket(fileno=0))
-        self.comms_decoder = TriggerCommsDecoder(async_writer=writer, async_reader=reader,
+        self.comms_decoder = TriggerCommsDecoder(async_writer=writer, async_reader=reader, resp_decoder=_RESP_DECODER,
                                                  body_decoder=_BODY_DECODER, err_decoder=_ERR_DECODER)
         task_runner.SUPERVISOR_COMMS = self.comms_decoder
         msg = self.comms_decoder._from_frame(await self.comms_decoder._aread_frame())

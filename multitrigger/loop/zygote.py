@@ -64,6 +64,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from multitrigger.cgroups.join import join_or_exit, procs_files
+from multitrigger.heap import release_free_heap
 from multitrigger.loop import sys_path
 from multitrigger.pdeathsig import set_pdeathsig
 from multitrigger.zygote_protocol import (
@@ -372,6 +373,7 @@ def main() -> NoReturn:
     global PRELOADED
     PRELOADED = frozenset(sys.modules)
     gc.collect()
+    release_free_heap()  # what the imports freed stays out of every fork (multitrigger.heap)
     gc.freeze()
     send(ctl, Ready(pid=os.getpid(), python=sys.executable, modules=modules,
                     warmup_s=round(time.monotonic() - started, 3), **timings))

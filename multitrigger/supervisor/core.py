@@ -35,6 +35,7 @@ from airflow.jobs.triggerer_job_runner import TriggerLoggingFactory
 from multitrigger.cgroups.leftovers import NOTE_EVERY, ProcTable
 from multitrigger.cgroups.loops import LoopCgroups, instance_name
 from multitrigger.config import DEFAULT_LOOP, Config, ConfigError, LoopConfig
+from multitrigger.heap import release_free_heap
 from multitrigger.health import snapshot
 from multitrigger.health.airflow_stats import AirflowStats
 from multitrigger.health.server import HealthServer
@@ -115,6 +116,7 @@ class Supervisor:
         self._output_turn = 0
         self._next_note = 0.0  # when loops' descendants are next noted
         self.notifier = Notifier()  # systemd Type=notify; a no-op without $NOTIFY_SOCKET
+        self._trimmed = False  # the C heap was trimmed once the supervisor was first ready
         self.claimed = False  # set after the first successful claim
         self.board = snapshot.Board(clock)  # what the health server and Airflow's metrics read
         self.board.subscribers.append(AirflowStats())
@@ -197,6 +199,7 @@ class Supervisor:
         # event burst triggered it: measured on a 200-event batch, 0.29 s → 0.015 s).
         gc.collect()
         gc.freeze()
+        release_free_heap()  # and again once ready (_reconcile): what start-up freed (multitrigger.heap)
         log.info("multitrigger supervisor starting", loops=sorted(self.slots), job_id=self.store.job.id)
         self._health_server = HealthServer.start(self.config.health, self.board, self.settings.state_dir)
         while not self._signals and not self.db_health.exhausted:
@@ -281,6 +284,8 @@ class Supervisor:
         self.desk.pump()
         self._drive_db(now)
         self.notifier.tick(now, self._health)
+        if not self._trimmed and self._health()[0]:  # the first claim pass and every loop are done
+            self._trimmed = release_free_heap() or True
 
     def _note_descendants(self, now: float) -> None:
         """Every ``NOTE_EVERY`` s, one /proc scan for all loops without a cgroup (``Leftovers``)."""
