@@ -263,6 +263,12 @@ def table(doc: dict[str, Any]) -> str:
                 nz = run.get("noisy") or {}
                 bits.append(f"{nz.get('blocks_overlapping_window')} blocks of the noisy loop overlapped the due window, "
                             f"{nz.get('others_due_inside_a_block')} of the others were due inside one")
+            if sc["name"] == "marginal":
+                mem = run.get("memory") or {}
+                bits.append(f"tree PSS {_f(mem.get('tree_pss_mb'), ' MB')} ({len(mem.get('processes', []))} processes)")
+                if "venv_pair_pss_mb" in mem:
+                    bits.append(f"venv zygote + loop ({mem.get('venv_pair_processes')} processes) "
+                                f"{_f(mem.get('venv_pair_pss_mb'), ' MB')}, the rest {_f(mem.get('base_tree_pss_mb'), ' MB')}")
             if sc["name"] == "idle":
                 mem = run.get("memory") or {}
                 bits.append(f"tree PSS {_f(mem.get('tree_pss_mb'), ' MB')} "
@@ -284,6 +290,10 @@ def table(doc: dict[str, Any]) -> str:
                 notes.append(f"  {sc['name']:<10} {kind:<12} " + "; ".join(bits))
         if sc["name"] == "scaleout":
             notes += scaleout_lines(sc)
+        if sc["name"] == "marginal" and (m := sc.get("marginal")):
+            notes.append(f"  {'marginal':<10} one more venv loop {_f(m.get('venv_pair_pss_mb'), ' MB')} vs one more "
+                         f"stock triggerer {_f(m.get('stock_triggerer_pss_mb'), ' MB')}: {m.get('ratio')}x "
+                         f"(goal <= {m.get('goal')}x)")
         if sc["name"] in ("idle", "throughput"):
             r = sc.get("ratios", {})
             extra = {k: v for k, v in r.items() if k not in sc["series"] and v is not None}

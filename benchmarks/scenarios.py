@@ -17,6 +17,7 @@ from benchmarks.crash_scenarios import crash, storm
 from benchmarks.flood_scenario import flood
 from benchmarks.memhog_scenario import memhog
 from benchmarks.limit_scenario import limit, limit_held, limit_held_pg, limit_pg
+from benchmarks.marginal_scenario import marginal
 from benchmarks.scaleout_scenario import scaleout
 from benchmarks.harness import Item
 from benchmarks.runs import Ctx
@@ -178,6 +179,7 @@ SCENARIOS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "noisy": noisy,
     "crash": crash,
     "idle": idle,
+    "marginal": marginal,
     "storm": storm,
     "flood": flood,
     "memhog": memhog,
