@@ -381,8 +381,10 @@ def test_memory_of_forked_loops(zygote: Zygote, harness: Harness) -> None:
              f"RSS {m['rss'] / 1024:.1f} MB" for pid, m in usage.items()]
     print("\nforked loops:\n" + "\n".join(lines)
           + f"\n  zygote pid {zygote.pid}: USS {zyg['uss'] / 1024:.1f} MB, PSS {zyg['pss'] / 1024:.1f} MB")
+    # What one more forked loop adds (its private pages): ~9-11 MB measured (issue 13), ~18 MB before
+    # the zygote did the loops' common set-up and they stopped rebuilding shared decoders.
     for m in usage.values():
-        assert m["uss"] < 60 * 1024
+        assert m["uss"] < 20 * 1024
 
 
 @pytest.mark.timeout(120)
