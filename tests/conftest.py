@@ -35,12 +35,19 @@ def pg_url(name: str) -> str:
         pytest.fail(f"PostgreSQL at {PG_SERVER_URL} is needed for this test and is not usable: {exc}")
 
 
-class Triggerer:
-    """A running `multitrigger run` (or stock `airflow triggerer`) process with its log file."""
+#: At teardown a stock triggerer gets this long after SIGTERM, then its process group is killed:
+#: its graceful stop often takes 10-20 s and proves nothing there (tests that care call ``stop``).
+STOCK_TEARDOWN_GRACE = 3.0
 
-    def __init__(self, popen: subprocess.Popen, log: Path) -> None:
+
+class Triggerer:
+    """A running `multitrigger run` (or stock `airflow triggerer`) process with its log file.
+    A stock one leads a process group of its own (with its runner child)."""
+
+    def __init__(self, popen: subprocess.Popen, log: Path, stock: bool = False) -> None:
         self.popen = popen
         self.log = log
+        self.stock = stock
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -51,8 +58,18 @@ class Triggerer:
             try:
                 return self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.popen.kill()
+                self.kill()
         return self.popen.wait(10)
+
+    def kill(self) -> None:
+        """SIGKILL it; a stock triggerer with its whole group (its runner child would outlive it)."""
+        try:
+            if self.stock:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            else:
+                self.popen.kill()
+        except ProcessLookupError:
+            pass
 
 
 @pytest.fixture
@@ -75,13 +92,16 @@ def start_triggerer() -> Iterator[Callable[..., Triggerer]]:
                 cmd += ["--config", str(cfg)]
         cmd = [*(prefix or []), *cmd]
         with log.open("wb") as fh:
-            popen = subprocess.Popen(cmd, env=home.env(env), stdout=fh, stderr=subprocess.STDOUT, cwd=home.path)
-        started.append(proc := Triggerer(popen, log))
+            popen = subprocess.Popen(cmd, env=home.env(env), stdout=fh, stderr=subprocess.STDOUT, cwd=home.path,
+                                     start_new_session=stock)
+        started.append(proc := Triggerer(popen, log, stock=stock))
         return proc
 
     yield start
     for proc in started:
-        proc.stop()
+        proc.stop(STOCK_TEARDOWN_GRACE if proc.stock else 30)
+        if proc.stock:  # the runner child, if the main process went first
+            proc.kill()
 
 
 #: Test files by how long they take alone (``--durations``, ``-n 0``, a busy 2-core machine, Dec 2026),
