@@ -232,6 +232,9 @@ def main(argv: list[str] | None = None) -> None:
     args = (_status_only_parser() if argv[:1] == ["status"] else build_parser()).parse_args(argv)
     if args.func is not cmd_run:
         sys.exit(args.func(args) or 0)
+    from multitrigger.supervisor.prestart import configure_prestarted
+
+    configure_prestarted()  # Airflow is imported now (build_parser): prestarted zygotes can import it too
     _exit_now(_run_to_code(args))
 
 

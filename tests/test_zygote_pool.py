@@ -211,3 +211,31 @@ def test_prestarted_zygote_that_died_is_replaced_at_adoption(tmp_path: Path, sel
     assert fresh is not None and fresh is not staged and not fresh.awaiting_env
     _pump(sel, lambda: fresh.ready, 90, "fresh zygote ready")
     assert fresh.info is not None and fresh.info.prewarm_s is None
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("same_env", [True, False], ids=["same-env-adopted", "other-env-replaced"])
+def test_zygote_configured_early_is_adopted_only_with_the_pools_environment(tmp_path: Path, sel, pools,
+                                                                              same_env: bool) -> None:
+    """``cli.main`` configures prestarted zygotes as soon as Airflow is imported; the pool keeps one
+    only if Airflow was imported under exactly the environment the pool would send."""
+    config = _config(tmp_path, "")
+    state = tmp_path / "state"
+    home = zygote_home(state, PYTHON)
+    prestart.prestart(config, state)
+    prestart.configure_prestarted()
+    taken = prestart.take_prestarted()
+    early = taken[PYTHON]
+    assert not early.awaiting_env and early.configured_env == prestart.zygote_env(home)
+
+    def env_for(h: Path) -> dict[str, str]:
+        return prestart.zygote_env(h) | ({} if same_env else {"AIRFLOW__LOGGING__LOGGING_LEVEL": "DEBUG"})
+
+    pool = ZygotePool(config, state, sel, env_for=env_for)
+    pools.append(pool)
+    pool.start(taken)
+    kept = pool.for_loop(config.loops["default"])
+    assert kept is not None and (kept is early) is same_env
+    if not same_env:
+        assert early.popen.poll() is not None, "the early-configured zygote is closed"
+    _pump(sel, lambda: kept.ready, 90, "zygote ready")

@@ -88,6 +88,7 @@ class Zygote:
     _eof: bool = False
     #: A staged zygote (``start(staged=True)``) waits for ``configure`` before it imports Airflow.
     awaiting_env: bool = False
+    configured_env: dict[str, str] | None = None  # what ``configure`` sent (Airflow was imported under it)
     _selector: selectors.BaseSelector | None = None
 
     @classmethod
@@ -128,7 +129,7 @@ class Zygote:
         if not self.awaiting_env:
             raise ZygoteError(f"zygote for {self.python} is not waiting for an environment")
         self._send(Configure(env=dict(env)), [], time.monotonic() + timeout)
-        self.awaiting_env = False
+        self.awaiting_env, self.configured_env = False, dict(env)
 
     # -- state ---------------------------------------------------------------------------------
 

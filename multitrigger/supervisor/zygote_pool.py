@@ -15,7 +15,9 @@ Rules:
   (``zygote_interpreters``); one zygote serves every fork loop of that interpreter.
 * Adoption: ``supervisor.prestart`` may have started a staged zygote before the supervisor
   imported Airflow. If it is still alive and waiting for its environment it is adopted and sent the
-  real loop environment (``Zygote.configure``); otherwise it is closed and a fresh one started.
+  real loop environment (``Zygote.configure``); if ``prestart.configure_prestarted`` already sent it
+  one, it is adopted only if that is exactly the environment the pool would send; otherwise it is
+  closed and a fresh one started.
 * First-start wait: a fork loop's first start waits while its zygote is still importing, at most
   ``startup_wait`` after ``start`` (N loops exec'd cold would cost N x 120 MB). Restarts never wait:
   a loop whose zygote is not ready is exec'd (``LoopProcess.spawn``).
@@ -151,9 +153,16 @@ class ZygotePool:
     def _adopt(self, prestarted: Zygote, home: Path) -> Zygote | None:
         """A prestarted zygote, configured with the loop environment; None if it is unusable."""
         try:
-            if not (prestarted.alive and prestarted.awaiting_env):
-                raise ZygoteError("exited before it was adopted" if not prestarted.alive else "not staged")
-            prestarted.configure(self.env_for(home))
+            if not prestarted.alive:
+                raise ZygoteError("exited before it was adopted")
+            env = self.env_for(home)
+            if prestarted.awaiting_env:
+                prestarted.configure(env)
+            elif prestarted.configured_env is None:
+                raise ZygoteError("not staged")
+            elif prestarted.configured_env != env:  # Airflow was imported under another environment
+                changed = sorted(set(env.items()) ^ set(prestarted.configured_env.items()))
+                raise ZygoteError(f"configured early with another loop environment ({', '.join(k for k, _ in changed)})")
         except ZygoteError as err:
             log.warning("prestarted zygote unusable; starting another", python=str(prestarted.python),
                         pid=prestarted.pid, error=str(err))
