@@ -29,6 +29,7 @@ new session when the supervisor itself is SIGKILLed (no one is left to look). Gi
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 from dataclasses import dataclass, field
@@ -122,11 +123,26 @@ class Leftovers:
         return sorted(pid for pid, start in targets.items() if pid != os.getpid() and _kill(pid, start, self.proc))
 
 
+def _kill_by_pid(pid: int, start: int, proc: Path) -> bool:
+    """Without pidfds: the start-time check, then a plain kill (a pid recycled in between is the
+    one race this cannot close; kernels since 5.3 take the pidfd path)."""
+    stat = read_stat(pid, proc)
+    if stat is None or stat.start != start or stat.state == "Z":
+        return False
+    try:
+        os.kill(pid, signal.SIGKILL)
+        return True
+    except OSError:
+        return False
+
+
 def _kill(pid: int, start: int, proc: Path) -> bool:
     """SIGKILL ``pid`` if it is still the process that started at ``start``."""
     try:
         fd = os.pidfd_open(pid)
-    except OSError:  # gone (ProcessLookupError), or not ours to signal
+    except OSError as err:  # gone (ProcessLookupError), or not ours to signal
+        if err.errno in (errno.ENOSYS, errno.EINVAL):  # Linux < 5.3: no pidfds; check, then kill
+            return _kill_by_pid(pid, start, proc)
         return False
     try:
         stat = read_stat(pid, proc)  # read after the pidfd is held: the same process, or a dead fd

@@ -31,6 +31,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import structlog
+
 from multitrigger.config import Config
 from multitrigger.paths import default_config_path, state_dir
 from multitrigger.supervisor.launch import early_loop_env
@@ -39,6 +41,7 @@ from multitrigger.supervisor.zygote_pool import zygote_home, zygote_interpreters
 
 #: Staged zygotes started by ``prestart``, until the supervisor's pool takes them.
 _PRESTARTED: dict[Path, Zygote] = {}
+log = structlog.get_logger(__name__)
 _HOMES: dict[Path, Path] = {}  # interpreter → its zygote's home (``zygote_home``)
 
 
@@ -77,11 +80,16 @@ def configure_prestarted() -> None:
 
     if not any(z.awaiting_env for z in _PRESTARTED.values()):
         return
-    ProvidersManager().initialize_providers_configuration()
+    try:
+        ProvidersManager().initialize_providers_configuration()
+        envs = {python: zygote_env(home) for python, home in _HOMES.items()}
+    except Exception:  # best effort: the pool computes and sends it again, with its own errors
+        log.debug("prestarted zygotes left waiting", exc_info=True)
+        return
     for python, zygote in _PRESTARTED.items():
-        if zygote.alive and zygote.awaiting_env:
+        if zygote.alive and zygote.awaiting_env and python in envs:
             try:
-                zygote.configure(zygote_env(_HOMES[python]))
+                zygote.configure(envs[python])
             except ZygoteError:
                 pass
 
