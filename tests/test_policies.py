@@ -141,6 +141,24 @@ def test_outcomes_put_back_keeps_order_and_pending_ids_cover_the_batch_in_flight
     assert outcomes.pending_ids() == set() and not outcomes
 
 
+def test_events_and_failures_persist_in_separate_steps_and_committed_events_are_not_put_back() -> None:
+    from airflow.jobs.triggerer_job_runner import TriggerEventEntry
+    from airflow.triggers.base import TriggerEvent
+
+    outcomes = Outcomes()
+    for tid in (1, 2, 3):
+        outcomes.add_event("team_a", TriggerEventEntry(trigger_id=tid, event=TriggerEvent(tid), persist_seq=None))
+    outcomes.add_failure(9, ["crashed\n"])
+    batch = outcomes.take()
+    assert [e.trigger_id for _, e in batch.events] == [1, 2, 3] and not batch.failures  # events first, alone
+    outcomes.put_back(persisted={1})  # one by one, 1 was committed before the DB went away
+    assert outcomes.pending_ids() == {2, 3, 9}
+    again = outcomes.take()
+    assert [e.trigger_id for _, e in again.events] == [2, 3] and not again.failures
+    outcomes.done()
+    assert [tid for tid, _ in outcomes.take().failures] == [9]
+
+
 def test_db_health_backs_off_gives_up_past_the_limit_and_recovers() -> None:
     clock = Clock()
     health = DbHealth(retry_limit=60, step_bound=12, retry_after_error=1, clock=clock)

@@ -95,3 +95,27 @@ def test_a_held_trigger_of_a_bundle_this_instance_does_not_serve_is_handed_back_
     owners = dict(home.sql("SELECT id, triggerer_id FROM trigger"))
     assert owners[ids["dag_a"]] is None and owners[ids["dag_b"]] is not None, owners  # team_a's: free for its instance
     assert "handed back" in out.stdout + out.stderr
+
+
+def test_a_trigger_whose_dag_cannot_be_built_fails_alone_and_the_others_are_built(tmp_path):
+    """Stock's build lets one trigger's error escape the whole pass (every team's claims, and the
+    heartbeat after them, stop). A DAG whose serialized form does not load in the triggerer (here:
+    a timetable class that does not exist) fails its own trigger, with the reason, and the other
+    bundle's trigger is built."""
+    home = AirflowHome.create(tmp_path / "home", {"team_a": deferring_bundle("dag_a"), "team_b": deferring_bundle("dag_b")})
+    refs = home.defer_many([DeferSpec(dag, "t0", "mt_testsupport.triggers.WhoAmITrigger", {"paths": []})
+                            for dag in ("dag_a", "dag_b")])
+    (data,) = home.sql("SELECT data FROM serialized_dag WHERE dag_id = 'dag_b'")[0]
+    broken = json.loads(data) if isinstance(data, str) else data
+    broken["dag"]["timetable"] = {"__type": "no_such_module.NoSuchTimetable", "__var": {}}
+    home.sql("UPDATE serialized_dag SET data = :d WHERE dag_id = 'dag_b'", {"d": json.dumps(broken)})
+    config = tmp_path / "mt.toml"
+    config.write_text('[loops.team_a]\nbundles = ["team_a"]\n[loops.team_b]\nbundles = ["team_b"]\n')
+    ids = {ref.dag_id: ref.trigger_id for ref in refs}
+    out = subprocess.run([sys.executable, "-c", _BUILD, str(config), json.dumps(list(ids.values()))], env=home.env(),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result["built"] == [[ids["dag_a"], "team_a"]], result
+    ((failed_id, reason),) = result["failures"]
+    assert failed_id == ids["dag_b"] and "could not build this trigger's workload" in reason[0], result

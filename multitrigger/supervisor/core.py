@@ -58,7 +58,7 @@ from multitrigger.supervisor.settings import RunSettings
 from multitrigger.supervisor.slot import LoopSlot, SlotSinks
 from multitrigger.supervisor.trigger_path import TriggerPaths
 from multitrigger.supervisor.teams import LoopTeams
-from multitrigger.supervisor.store import DatabaseUnavailable, Tick, TriggerStore, raise_if_unreachable
+from multitrigger.supervisor.store import DatabaseUnavailable, PartlyPersisted, Tick, TriggerStore, raise_if_unreachable
 
 log = structlog.get_logger(__name__)
 
@@ -350,7 +350,7 @@ class Supervisor:
         batch = self.outcomes.take()
         self.persist_lane.submit("persist", lambda: self._persist(batch),
                                  lambda done: self._db_done(done, lambda persisted: self._persisted(batch, persisted),
-                                                            on_error=self.outcomes.put_back))
+                                                            on_error=lambda error: self._persist_failed(batch, error)))
 
     def _persist(self, batch: Batch) -> set[int]:
         """On the persist lane: events, then failures. Returns the trigger ids whose events were written."""
@@ -361,6 +361,16 @@ class Supervisor:
 
     def _persisted(self, batch: Batch, persisted: set[int]) -> None:
         self.outcomes.done()
+        self._confirm(batch, persisted)
+
+    def _persist_failed(self, batch: Batch, error: BaseException) -> None:
+        """Put the batch back, but for what was committed before the DB went away."""
+        persisted = set(error.persisted) if isinstance(error, PartlyPersisted) else set()
+        self.outcomes.put_back(persisted)
+        self._confirm(batch, persisted)
+
+    def _confirm(self, batch: Batch, persisted: set[int]) -> None:
+        """Count the written events per loop; confirm their shared-stream sequence numbers."""
         for loop, entry in batch.events:
             if entry.trigger_id in persisted and (slot := self.slots.get(loop)):
                 slot.stats.events_persisted += 1
@@ -403,14 +413,14 @@ class Supervisor:
                  classpath=workload.classpath)
         self.slots[placed].add(workload)
 
-    def _db_done(self, done: Done, on_ok: Callable, on_error: Callable[[], None] | None = None) -> None:
+    def _db_done(self, done: Done, on_ok: Callable, on_error: Callable[[BaseException], None] | None = None) -> None:
         """A DB step ended: its result goes on, or the outage is handled (loops untouched)."""
         if done.error is None:
             self.db_health.ok()
             on_ok(done.value)
             return
         if on_error is not None:
-            on_error()
+            on_error(done.error)
         try:
             raise_if_unreachable(done.error)
         except DatabaseUnavailable as down:

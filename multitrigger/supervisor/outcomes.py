@@ -13,6 +13,7 @@ unfinished, so a claim must not build and run them again.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from airflow.jobs.triggerer_job_runner import TriggerEventEntry
@@ -45,18 +46,24 @@ class Outcomes:
         return len(self._events) + len(self._failures)
 
     def take(self) -> Batch:
-        """Everything queued, for one persist step (``done`` or ``put_back`` it)."""
-        batch, self._events, self._failures = Batch(self._events, self._failures), [], []
+        """What is queued, for one persist step (``done`` or ``put_back`` it): every event, or if
+        there is none, every failure. Never both: events and failures commit apart, so a step
+        that fails half-way puts back only what it did not write."""
+        if self._events:
+            batch, self._events = Batch(self._events, []), []
+        else:
+            batch, self._failures = Batch([], self._failures), []
         self._in_flight = batch
         return batch
 
     def done(self) -> None:
         self._in_flight = None
 
-    def put_back(self) -> None:
-        """The persist step did not reach the DB: its batch goes first in the next one."""
+    def put_back(self, persisted: Collection[int] = ()) -> None:
+        """The persist step did not reach the DB: its batch goes first in the next one, but for
+        the events it did commit (``persisted``) before the DB went away."""
         if self._in_flight is not None:
-            self._events[:0] = self._in_flight.events
+            self._events[:0] = [(loop, e) for loop, e in self._in_flight.events if e.trigger_id not in persisted]
             self._failures[:0] = self._in_flight.failures
             self._in_flight = None
 

@@ -61,17 +61,30 @@ class _StockWorkloads:
         self.logger_cache: dict[int, TriggerLoggingFactory] = {}
         self.log_files = log_files or LogFiles(default_max_open())
         self._dag_bag = _BatchDagBag()
+        self.failed: list[tuple[int, list[str]]] = []  # this pass's triggers that could not be built
 
     def build(self, trigger_ids: set[int]) -> list[workloads.RunTrigger]:
-        """Stock's workloads; their log factories write through ``log_files`` (no fd per trigger)."""
+        """Stock's workloads; their log factories write through ``log_files`` (no fd per trigger).
+        Those that could not be built are in ``failed`` (with the reason for their task)."""
         self._dag_bag = _BatchDagBag()  # fresh per pass: a DAG re-serialized later is seen next pass
+        self.failed = []
         built = self.build_trigger_workloads(trigger_ids)
         pool_factories(self.logger_cache, trigger_ids, self.log_files)
         return built
 
     def _create_workload(self, trigger, dag_bag, render_log_fname, session):  # type: ignore[no-untyped-def]
-        """The stock per-trigger build, with this pass's memoizing dag bag in place of a fresh one."""
-        return TriggerRunnerSupervisor._create_workload(self, trigger, self._dag_bag, render_log_fname, session)
+        """The stock per-trigger build, with this pass's memoizing dag bag in place of a fresh one.
+
+        Stock lets any error here escape the whole build, so one trigger whose DAG does not
+        deserialize in the triggerer (a timetable or class it cannot import) stops every team's
+        claims and the heartbeat after them, pass after pass. Here it fails that trigger alone."""
+        try:
+            return TriggerRunnerSupervisor._create_workload(self, trigger, self._dag_bag, render_log_fname, session)
+        except Exception as err:
+            raise_if_unreachable(err)
+            log.exception("cannot build trigger workload", trigger_id=trigger.id)
+            self.failed.append((trigger.id, [f"the triggerer could not build this trigger's workload: {err!r}\n"]))
+            return None
 
 
 class _Deserialized:
@@ -113,8 +126,19 @@ class DatabaseUnavailable(Exception):
     """The metadata database cannot be reached right now (connection refused, reset, timed out)."""
 
 
+class PartlyPersisted(DatabaseUnavailable):
+    """The DB went away after some events of a batch were committed (one by one): ``persisted``
+    must not be written again (an asset watcher's event would register its asset change twice)."""
+
+    def __init__(self, message: str, persisted: list[int]) -> None:
+        super().__init__(message)
+        self.persisted = persisted
+
+
 def raise_if_unreachable(err: BaseException) -> None:
     """Re-raise connectivity failures as ``DatabaseUnavailable``; let the caller handle the rest."""
+    if isinstance(err, DatabaseUnavailable):
+        raise err
     if isinstance(err, (OperationalError, InterfaceError)) or (
         isinstance(err, DBAPIError) and err.connection_invalidated
     ):
@@ -215,6 +239,7 @@ class TriggerStore:
         and its DAG run's bundle version), and the failures of those that cannot run (kwargs that
         do not decrypt), for the outcome queue."""
         built = self._stock.build(trigger_ids)
+        build_failures = list(self._stock.failed)
         with create_session() as session:
             origins = origins_for([w.id for w in built], session)
         served = self._claimer.scope.served
@@ -225,7 +250,7 @@ class TriggerStore:
             self.release(unserved)
             for trigger_id in unserved:
                 self.logger_cache.pop(trigger_id, None)  # made by the stock build; no line was written
-        result, failures = [], []
+        result, failures = [], build_failures
         for workload in (w for w in built if w.id not in unserved):
             try:
                 workload = workload.model_copy(update={"encrypted_kwargs": plain_kwargs(workload.encrypted_kwargs)})
@@ -255,7 +280,10 @@ class TriggerStore:
                 Trigger.submit_event(trigger_id=trigger_id, event=event)
                 done.append(trigger_id)
             except Exception as err:
-                raise_if_unreachable(err)
+                try:
+                    raise_if_unreachable(err)
+                except DatabaseUnavailable as down:
+                    raise PartlyPersisted(str(down), done) from err
                 log.exception("could not persist trigger event", trigger_id=trigger_id)
         return done
 
