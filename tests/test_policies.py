@@ -159,6 +159,23 @@ def test_events_and_failures_persist_in_separate_steps_and_committed_events_are_
     assert [tid for tid, _ in outcomes.take().failures] == [9]
 
 
+def test_db_health_with_one_lane_stuck_stays_down_while_the_other_succeeds() -> None:
+    clock = Clock()
+    health = DbHealth(retry_limit=60, step_bound=12, retry_after_error=1, clock=clock)
+    clock.now += 13
+    health.running("tick", 13.0)  # the claim pass has not returned
+    stuck_since = health.down_since
+    assert stuck_since is not None
+    for _ in range(5):  # persists keep succeeding on the other lane, the pass is still stuck
+        clock.now += 0.5
+        health.ok()
+        assert health.down_since == stuck_since
+        health.running("tick", clock.now - stuck_since)
+    clock.now += 3  # the stuck step ended (no longer reported running): the next success recovers
+    health.ok()
+    assert health.down_since is None and not health.exhausted
+
+
 def test_db_health_backs_off_gives_up_past_the_limit_and_recovers() -> None:
     clock = Clock()
     health = DbHealth(retry_limit=60, step_bound=12, retry_after_error=1, clock=clock)
@@ -189,9 +206,13 @@ def test_db_health_declares_an_outage_when_a_step_outlives_every_bound() -> None
     clock.now += 18
     health.running("tick", 31)
     assert health.exhausted
-    # Another lane reaching the DB ends the outage, but not a step hung past the limit.
+    # Another lane reaching the DB does not end it while the step is still stuck; once the step
+    # is no longer seen, a success does; but a step hung past the limit is sticky.
     stuck = DbHealth(retry_limit=30, step_bound=12, retry_after_error=1, clock=clock)
     stuck.running("tick", 20)
+    stuck.ok()
+    assert stuck.down_since is not None and not stuck.exhausted
+    clock.now += 3
     stuck.ok()
     assert stuck.down_since is None and not stuck.exhausted
     stuck.running("tick", 31)

@@ -22,6 +22,8 @@ log = structlog.get_logger(__name__)
 
 #: Retries back off from 1 s (0.5 × 2) to this many seconds.
 MAX_BACKOFF = 10.0
+#: A step seen running past the bound this recently is still stuck (the selector checks every pass).
+STUCK_FRESH = 2.0
 
 
 @dataclass
@@ -35,6 +37,7 @@ class DbHealth:
     retry_at: float = 0.0
     _stuck_reported: bool = False
     _stuck_too_long: bool = False  # a step outran retry_limit: sticky (see ``running``)
+    _stuck_seen: float | None = None  # when a step was last seen running past ``step_bound``
 
     @property
     def may_try(self) -> bool:
@@ -46,7 +49,12 @@ class DbHealth:
         return self._stuck_too_long or (self.down_since is not None and self.clock() - self.down_since > self.retry_limit)
 
     def ok(self) -> None:
-        """A step reached the DB."""
+        """A step reached the DB. While the other lane's step is still stuck past the bound, the
+        outage goes on (no "reachable again" between every persist and the next stuck report)."""
+        if self._stuck_seen is not None and self.clock() - self._stuck_seen < STUCK_FRESH:
+            self.failures = 0
+            return
+        self._stuck_seen = None
         if self.down_since is not None:
             log.info("metadata DB reachable again", outage=round(self.clock() - self.down_since, 1))
         self.down_since, self.failures, self._stuck_reported = None, 0, False
@@ -76,6 +84,7 @@ class DbHealth:
         """
         if seconds <= self.step_bound:
             return
+        self._stuck_seen = self.clock()
         if seconds > self.retry_limit:
             self._stuck_too_long = True
         if not self._stuck_reported:
