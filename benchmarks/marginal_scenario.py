@@ -77,18 +77,14 @@ def marginal(ctx: Ctx) -> dict[str, Any]:
     def one(kind: str) -> dict[str, Any]:
         bundles = [*base, VENV_BUNDLE] if kind == MULTI else [VENV_BUNDLE]  # stock: one team's triggerer
         with r.running(ctx, "marginal", kind, bundles) as run:
-            far = h.now() + 3600
-            records = {b: run.records / f"{b}.rec" for b in bundles}
-            items = [h.fire_at("idle", b, j, far, records[b]) for b in bundles for j in range(p["per_bundle"])]
-            for k, item in enumerate(items):
-                item.map_index = k
-            r.seed(run, items)
+            records = r.seed_idle(run, bundles, p["per_bundle"])
             settings = {VENV_BUNDLE: f'venv = "{venv}"'} if kind == MULTI else None
             r.start(run, bundles, record_files=list(records.values()), loop_settings=settings)
             tr = run.triggerer
-            h.wait_until(lambda: len(run.tail.snapshot("start")) >= len(items), tr.launched_at + p["start_timeout"],
+            want = len(bundles) * p["per_bundle"]
+            h.wait_until(lambda: len(run.tail.snapshot("start")) >= want, tr.launched_at + p["start_timeout"],
                          interval=0.05)
-            run.result["startup"] = {"running": f"{min(len(run.tail.snapshot('start')), len(items))}/{len(items)}"}
+            run.result["startup"] = {"running": f"{min(len(run.tail.snapshot('start')), want)}/{want}"}
             run.load.mark("ready", tr.pid)
             venv_python = str(venv / "bin" / "python") if kind == MULTI and venv is not None else None
             run.result["memory"] = _idle_memory(run, p, venv_python)

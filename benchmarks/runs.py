@@ -155,6 +155,18 @@ def seed(run: Run, items: list[Item]) -> None:
     run.result.setdefault("seed_s", []).append(round(time.monotonic() - t0, 2))
 
 
+def seed_idle(run: Run, bundles: list[str], per_bundle: int) -> dict[str, Path]:
+    """``per_bundle`` FireAtTriggers per bundle due in an hour (they only have to run); map_index
+    unique overall for simple bookkeeping. Returns each bundle's record file."""
+    far = h.now() + 3600
+    records = {b: run.records / f"{b}.rec" for b in bundles}
+    items = [h.fire_at("idle", b, j, far, records[b]) for b in bundles for j in range(per_bundle)]
+    for k, item in enumerate(items):
+        item.map_index = k
+    seed(run, items)
+    return records
+
+
 def start(run: Run, loops: list[str], expect_started: list[Item] | None = None,
            record_files: list[Path] | None = None, loop_settings: dict[str, str] | None = None) -> None:
     if expect_started is not None:

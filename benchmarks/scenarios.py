@@ -134,16 +134,10 @@ def idle(ctx: Ctx) -> dict[str, Any]:
 
     def one(kind: str) -> dict[str, Any]:
         with r.running(ctx, "idle", kind, bundles) as run:
-            far = h.now() + 3600
-            records = {b: run.records / f"{b}.rec" for b in bundles}
-            items = [h.fire_at("idle", b, j, far, records[b]) for b in bundles for j in range(p["per_bundle"])]
-            # map_index must be unique per DAG only; make them unique overall for simple bookkeeping
-            for k, item in enumerate(items):
-                item.map_index = k
-            r.seed(run, items)
+            records = r.seed_idle(run, bundles, p["per_bundle"])
             r.start(run, bundles, record_files=list(records.values()))
             tr = run.triggerer
-            want = len(items)
+            want = len(bundles) * p["per_bundle"]
             h.wait_until(lambda: len(run.tail.snapshot("start")) >= want, tr.launched_at + p["start_timeout"],
                          interval=0.05)
             starts = run.tail.snapshot("start")

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -76,6 +77,14 @@ print(json.dumps({"built": [[w.id, o.bundle] for w, o in built], "failures": fai
 """
 
 
+def _build(home: AirflowHome, config: Path, ids: dict[str, int]) -> tuple[subprocess.CompletedProcess, dict]:
+    """``TriggerStore.build`` of ``ids`` in a fresh interpreter (as a supervisor's DB lane runs it)."""
+    out = subprocess.run([sys.executable, "-c", _BUILD, str(config), json.dumps(list(ids.values()))], env=home.env(),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out, json.loads(out.stdout.splitlines()[-1])
+
+
 def test_a_held_trigger_of_a_bundle_this_instance_does_not_serve_is_handed_back_not_run(tmp_path):
     """Claiming takes only served bundles, by the bundle routing gives a trigger; a trigger whose
     bundle changed since (its DAG moved to a dedicated bundle, say) is handed back by the build,
@@ -87,10 +96,7 @@ def test_a_held_trigger_of_a_bundle_this_instance_does_not_serve_is_handed_back_
     config = tmp_path / "mt.toml"
     config.write_text('[loops.team_a]\nbundles = ["team_a"]\nlevel = "dedicated"\n[loops.team_b]\nbundles = ["team_b"]\n')
     ids = {ref.dag_id: ref.trigger_id for ref in refs}
-    out = subprocess.run([sys.executable, "-c", _BUILD, str(config), json.dumps(list(ids.values()))], env=home.env(),
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.splitlines()[-1])
+    out, result = _build(home, config, ids)
     assert result == {"built": [[ids["dag_b"], "team_b"]], "failures": []}, result
     owners = dict(home.sql("SELECT id, triggerer_id FROM trigger"))
     assert owners[ids["dag_a"]] is None and owners[ids["dag_b"]] is not None, owners  # team_a's: free for its instance
@@ -112,10 +118,7 @@ def test_a_trigger_whose_dag_cannot_be_built_fails_alone_and_the_others_are_buil
     config = tmp_path / "mt.toml"
     config.write_text('[loops.team_a]\nbundles = ["team_a"]\n[loops.team_b]\nbundles = ["team_b"]\n')
     ids = {ref.dag_id: ref.trigger_id for ref in refs}
-    out = subprocess.run([sys.executable, "-c", _BUILD, str(config), json.dumps(list(ids.values()))], env=home.env(),
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.splitlines()[-1])
+    out, result = _build(home, config, ids)
     assert result["built"] == [[ids["dag_a"], "team_a"]], result
     ((failed_id, reason),) = result["failures"]
     assert failed_id == ids["dag_b"] and "could not build this trigger's workload" in reason[0], result
