@@ -128,3 +128,32 @@ def test_stock_triggerer_claims_by_team_but_resolves_every_trigger_as_no_team(ho
                     else f"VARIABLE_NOT_FOUND: {{'message': 'Variable {key} not found'}}")
         assert expected in text, text
         assert "Access denied" not in text and "a value" not in text and "a.example" not in text, text
+
+
+_TEAMS = """
+import json, sys
+from pathlib import Path
+from multitrigger.config import load_config
+from multitrigger.supervisor.teams import LoopTeams
+config = load_config(Path(sys.argv[1]))
+teams = LoopTeams(config)
+print(json.dumps({loop: teams.team_of(loop) for loop in config.loops}))
+"""
+
+
+def test_the_loop_that_runs_triggers_of_unknown_bundle_resolves_as_no_team(home, tmp_path):
+    """team_b's bundle is the only known one left to the default loop, but that loop also runs the
+    triggers routing cannot place (an asset watched by DAGs of two teams' bundles): it must not
+    hand them team_b's secrets. A listed loop of one team keeps its team."""
+    import json
+    import subprocess
+    import sys
+
+    config = tmp_path / "mt.toml"
+    config.write_text('[loops.team_a]\nbundles = ["team_a"]\n[loops.shared]\nbundles = ["shared"]\n')
+    out = subprocess.run([sys.executable, "-c", _TEAMS, str(config)], env=home.env(), capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    teams = json.loads(out.stdout.splitlines()[-1])
+    assert teams == {"default": None, "team_a": "team_a", "shared": None}, teams
+    assert "triggers of unknown bundle" in out.stdout + out.stderr  # the warning says why

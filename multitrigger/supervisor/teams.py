@@ -9,8 +9,10 @@ client carries no task token, so there the team is always ``None``: triggers get
 Here the team comes from the loop, which the supervisor knows (a loop cannot claim to be another):
 
 - a loop whose bundles all map to one team resolves as that team (its + global entries);
-- any other loop — bundles of several teams, or some with no team, the default loop with such a
-  mix — resolves as no team (global entries only, as stock), and a warning says why;
+- any other loop — bundles of several teams, or some with no team — resolves as no team (global
+  entries only, as stock), and a warning says why. The loop that runs triggers of unknown bundle
+  (the default loop, unless that is not served) is such a loop: an asset watched by DAGs of two
+  teams' bundles must not get either team's secrets;
 - a request for an entry that exists only for another team gets a refusal, not "not found":
   ``PERMISSION_DENIED`` with a message, which the trigger raises and which fails its task.
 
@@ -68,6 +70,11 @@ class LoopTeams:
             known = set(session.scalars(select(DagBundleModel.name))) | self.config.loops[loop].bundles
         bundles = {b for b in known if self.config.loop_for_bundle(b) == loop}
         teams = {mapped.get(b) for b in bundles}
+        if self.config.loop_for_bundle(None) == loop:
+            # It also runs triggers of no known bundle (an asset watched by DAGs of several
+            # bundles, or of none): they belong to no team, so neither does the loop.
+            teams.add(None)
+            bundles.add("(triggers of unknown bundle)")
         if len(teams) == 1 and None not in teams:
             return teams.pop()
         if any(t is not None for t in teams):
