@@ -11,9 +11,9 @@ The selector thread never waits on the database or on remote log storage: that w
 completions run back here. While the DB is slow or gone the selector keeps reading every loop,
 answering check-ins and holding events; hang detection counts only time in which it listened.
 
-Length: ~410 lines, because the verbs share the supervisor's state (slots, routes, outcomes,
+Length: ~470 lines, because the verbs share the supervisor's state (slots, routes, outcomes,
 lanes); each policy it consults is its own module (``RestartPolicy``, ``PoisonPolicy``,
-``DbHealth``, ``Router``, ``ZygotePool``, ``RequestDesk``), and the slots of versioned bundles
+``DbHealth``, ``Router``, ``ZygotePool``, ``RequestDesk``, the persist lane's ``Persister``), and the slots of versioned bundles
 (one per bundle version in use, made and ended on demand) are ``BundleVersions``'.
 """
 
@@ -50,7 +50,8 @@ from multitrigger.supervisor.lanes import Done, Lane
 from multitrigger.supervisor.launch import loop_env, private_home, user_reach_problems
 from multitrigger.supervisor.loop_process import read_order
 from multitrigger.supervisor.output import OutputLimits
-from multitrigger.supervisor.outcomes import Batch, Outcomes
+from multitrigger.supervisor.outcomes import Outcomes
+from multitrigger.supervisor.persisting import Persister
 from multitrigger.supervisor.request_desk import RequestDesk
 from multitrigger.supervisor.sd_notify import Notifier
 from multitrigger.supervisor.zygote_pool import ZygotePool
@@ -58,7 +59,7 @@ from multitrigger.supervisor.settings import RunSettings
 from multitrigger.supervisor.slot import LoopSlot, SlotSinks
 from multitrigger.supervisor.trigger_path import TriggerPaths
 from multitrigger.supervisor.teams import LoopTeams
-from multitrigger.supervisor.store import DatabaseUnavailable, PartlyPersisted, Tick, TriggerStore, raise_if_unreachable
+from multitrigger.supervisor.store import DatabaseUnavailable, Tick, TriggerStore, raise_if_unreachable
 
 log = structlog.get_logger(__name__)
 
@@ -112,6 +113,7 @@ class Supervisor:
         self.versions = BundleVersions(config.loops, self.slots, self.paths, make_slot=self._make_slot,
                                        fail=self.outcomes.add_failure, forget=self.desk.forget,
                                        wake=self._wake_up, clock=clock)
+        self.persister = Persister(self.outcomes, self.persist_lane, store, self.slots, self._db_done)
         self.routes: dict[int, str] = {}  # trigger id → slot name (a loop's, or a bundle version's), decided once
         self._output_turn = 0
         self._next_note = 0.0  # when loops' descendants are next noted
@@ -214,7 +216,7 @@ class Supervisor:
         now = self.clock()
         deadlines = [self.desk.next_deadline()] + [s.poll_deadline() for s in self.slots.values()]
         deadlines += [s.relay.next_due() for s in self.slots.values()]
-        if self.persist_lane.idle and self.outcomes:
+        if self.persister.ready:
             deadlines.append(max(self.db_health.retry_at, now))
         if self.db.idle:
             deadlines.append(max(self.db_health.retry_at, now if self._unbuilt else self._next_tick))
@@ -303,29 +305,7 @@ class Supervisor:
         snap = self.board.latest
         return (False, "starting") if snap is None else (snap.ready, snap.summary)
 
-    # -- the DB lanes --------------------------------------------------------------------------
-    #
-    # Two lanes, each with its own thread and so its own session and connection (Airflow's
-    # ``Session`` is thread-local): ``persist_lane`` writes events and failures, ``db`` runs the
-    # claim pass (clean, claim, build, heartbeat). With ~19,000 triggers held a claim pass holds
-    # its lane 0.3-0.4 s every second; an event queued behind it missed a 50 ms p99. Now it never
-    # waits for one (on PostgreSQL; SQLite has one writer at a time, so a persist may wait for the
-    # claim pass's short write transactions, on the busy timeout ``db_bounds`` sets).
-    #
-    # Why the two cannot undo each other: a trigger with an event or failure not yet in the DB
-    # is in ``routes`` (until its loop reports it finished) or ``outcomes.pending_ids()`` (until
-    # its persist step completes here), so it is in the ``known`` set every claim pass gets at
-    # submit time, and a pass never builds or runs it again. A pass submitted after that persist
-    # completed reads a committed write: stock's build skips a trigger whose task instance no
-    # longer points at it, and ``clean_unused`` deletes it. The pass writes trigger rows
-    # (``triggerer_id``; unused ones deleted), the job's heartbeat, and clears ``trigger_id`` of
-    # task instances no longer deferred (``clean_unused``: what persisting sets already, and it
-    # matches no row a persist has not committed). Persist writes task-instance rows (and, on
-    # stock's path, asset events and callbacks), never a trigger row. A trigger leaves ``held``
-    # only once deleted, i.e. after its persist committed, so a pass never cancels a trigger
-    # whose event is still in flight. A failed claim pass never touches the outcomes; a failed
-    # persist puts its batch back. (``tests/test_persist_lane.py``: a persist while every claim
-    # pass waits for a lock.)
+    # -- the DB lanes (the persist lane, and why it cannot undo a claim pass: ``persisting``) ----
 
     def _drive_db(self, now: float) -> None:
         """Give each DB lane its next step (one at a time per lane); notice a step that never ends."""
@@ -334,8 +314,8 @@ class Supervisor:
                 self.db_health.running(*busy)
         if not self.db_health.may_try:
             return
-        if self.persist_lane.idle and self.outcomes:
-            self._submit_persist()
+        if self.persister.ready:
+            self.persister.submit()
         if self.db.idle and (now >= self._next_tick or self._unbuilt):
             # Claimed but not yet built (``Tick.backlog``): build the next chunk at once, without
             # claiming more; the claim cadence stays the claim interval's.
@@ -345,37 +325,6 @@ class Supervisor:
             exclude = frozenset(self.routes) | self.outcomes.pending_ids()
             self.db.submit("tick" if claim else "build", lambda: self.store.tick(exclude, claim=claim),
                            lambda done: self._db_done(done, self._ticked))
-
-    def _submit_persist(self) -> None:
-        batch = self.outcomes.take()
-        self.persist_lane.submit("persist", lambda: self._persist(batch),
-                                 lambda done: self._db_done(done, lambda persisted: self._persisted(batch, persisted),
-                                                            on_error=lambda error: self._persist_failed(batch, error)))
-
-    def _persist(self, batch: Batch) -> set[int]:
-        """On the persist lane: events, then failures. Returns the trigger ids whose events were written."""
-        persisted = set(self.store.submit_events([(e.trigger_id, e.event) for _, e in batch.events])) if batch.events else set()
-        if batch.failures:
-            self.store.submit_failures(batch.failures)
-        return persisted
-
-    def _persisted(self, batch: Batch, persisted: set[int]) -> None:
-        self.outcomes.done()
-        self._confirm(batch, persisted)
-
-    def _persist_failed(self, batch: Batch, error: BaseException) -> None:
-        """Put the batch back, but for what was committed before the DB went away."""
-        persisted = set(error.persisted) if isinstance(error, PartlyPersisted) else set()
-        self.outcomes.put_back(persisted)
-        self._confirm(batch, persisted)
-
-    def _confirm(self, batch: Batch, persisted: set[int]) -> None:
-        """Count the written events per loop; confirm their shared-stream sequence numbers."""
-        for loop, entry in batch.events:
-            if entry.trigger_id in persisted and (slot := self.slots.get(loop)):
-                slot.stats.events_persisted += 1
-                if entry.persist_seq is not None:
-                    slot.persisted(entry.persist_seq)
 
     def _ticked(self, tick: Tick) -> None:
         """Back on the selector thread: cancel what we no longer hold, route what is new."""
@@ -479,8 +428,8 @@ class Supervisor:
         return 1 if self._gave_up else 0
 
     def _drive_persist_only(self) -> None:
-        if self.persist_lane.idle and self.outcomes and self.db_health.may_try:
-            self._submit_persist()
+        if self.persister.ready and self.db_health.may_try:
+            self.persister.submit()
 
     def _finish_db(self, deadline: float) -> None:
         """Persist what is left and hand triggers back, within the grace period; skip if the DB is down."""
