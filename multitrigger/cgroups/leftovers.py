@@ -123,34 +123,27 @@ class Leftovers:
         return sorted(pid for pid, start in targets.items() if pid != os.getpid() and _kill(pid, start, self.proc))
 
 
-def _kill_by_pid(pid: int, start: int, proc: Path) -> bool:
-    """Without pidfds: the start-time check, then a plain kill (a pid recycled in between is the
-    one race this cannot close; kernels since 5.3 take the pidfd path)."""
-    stat = read_stat(pid, proc)
-    if stat is None or stat.start != start or stat.state == "Z":
-        return False
-    try:
-        os.kill(pid, signal.SIGKILL)
-        return True
-    except OSError:
-        return False
-
-
 def _kill(pid: int, start: int, proc: Path) -> bool:
-    """SIGKILL ``pid`` if it is still the process that started at ``start``."""
+    """SIGKILL ``pid`` if it is still the process that started at ``start``. The check is made
+    with a pidfd held, so a recycled pid is never hit; Linux < 5.3 has no pidfds (ENOSYS): there
+    the check, then a plain kill (the one race it cannot close)."""
     try:
-        fd = os.pidfd_open(pid)
+        fd: int | None = os.pidfd_open(pid)
     except OSError as err:  # gone (ProcessLookupError), or not ours to signal
-        if err.errno in (errno.ENOSYS, errno.EINVAL):  # Linux < 5.3: no pidfds; check, then kill
-            return _kill_by_pid(pid, start, proc)
-        return False
+        if err.errno not in (errno.ENOSYS, errno.EINVAL):
+            return False
+        fd = None
     try:
-        stat = read_stat(pid, proc)  # read after the pidfd is held: the same process, or a dead fd
+        stat = read_stat(pid, proc)  # with a pidfd held: the same process, or a dead fd
         if stat is None or stat.start != start or stat.state == "Z":  # a zombie is dead already
             return False
-        signal.pidfd_send_signal(fd, signal.SIGKILL)
+        if fd is None:
+            os.kill(pid, signal.SIGKILL)
+        else:
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
         return True
     except OSError:
         return False
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
