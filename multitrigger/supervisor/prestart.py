@@ -82,12 +82,12 @@ def configure_prestarted() -> None:
         return
     try:
         ProvidersManager().initialize_providers_configuration()
-        envs = {python: zygote_env(home) for python, home in _HOMES.items()}
+        envs = {python: zygote_env(_HOMES[python]) for python, z in _PRESTARTED.items() if z.alive and z.awaiting_env}
     except Exception:  # best effort: the pool computes and sends it again, with its own errors
         log.debug("prestarted zygotes left waiting", exc_info=True)
         return
     for python, zygote in _PRESTARTED.items():
-        if zygote.alive and zygote.awaiting_env and python in envs:
+        if python in envs:
             try:
                 zygote.configure(envs[python])
             except ZygoteError:
