@@ -13,7 +13,9 @@ Checked against the Airflow 3.3.2 schema:
 * task-instance trigger: ``task_instance.trigger_id`` → ``task_instance.dag_id`` → ``dag.bundle_name``;
 * callback trigger: ``callback.bundle_name``;
 * asset-watcher trigger: the bundle of the DAG(s) scheduled on the watched asset (the DAG that
-  declares the watcher); several bundles → ambiguous → ``None``;
+  declares the watcher), stale DAGs (``dag.is_stale``: removed from their bundle, whose references
+  Airflow has not cleaned yet) left out; several bundles → ambiguous → ``None``, logged with the
+  bundles and counted (``AMBIGUOUS``): such a watcher runs in the default loop, as no team;
 * anything else → ``None``, which ``Router`` sends to the default loop (stock behaviour).
 
 A bundle this instance does not serve (``Config.served``) goes to no loop: ``NotServed``.
@@ -31,7 +33,8 @@ from collections import defaultdict
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, ScalarSelect, and_, case, distinct, func, select
+import structlog
+from sqlalchemy import ColumnElement, ScalarSelect, Select, and_, case, distinct, func, select
 from sqlalchemy.orm import Session
 
 from airflow.models.asset import AssetWatcherModel, DagScheduleAssetReference
@@ -39,8 +42,9 @@ from airflow.models.callback import Callback
 from airflow.models.dag import DagModel
 from airflow.models.dagrun import DagRun
 from airflow.models.taskinstance import TaskInstance
-from airflow.models.trigger import Trigger
 from multitrigger.config import Config
+
+log = structlog.get_logger(__name__)
 
 
 #: Classpaths no bundle can provide: Airflow's own and its providers' triggers (``DateTimeTrigger``,
@@ -119,9 +123,27 @@ def asset_watcher_bundle(trigger_id: ColumnElement[int]) -> ScalarSelect[str | N
     return (select(case((func.count(distinct(DagModel.bundle_name)) == 1, func.max(DagModel.bundle_name))))
             .select_from(AssetWatcherModel)
             .join(DagScheduleAssetReference, DagScheduleAssetReference.asset_id == AssetWatcherModel.asset_id)
-            .join(DagModel, DagModel.dag_id == DagScheduleAssetReference.dag_id)
+            .join(DagModel, and_(DagModel.dag_id == DagScheduleAssetReference.dag_id, DagModel.is_stale.is_(False)))
             .where(AssetWatcherModel.trigger_id == trigger_id)
             .scalar_subquery())
+
+
+def _watcher_bundles(ids: Collection[int]) -> Select[tuple[int, str]]:
+    """Every (watcher trigger, bundle) pair, by the joins ``asset_watcher_bundle`` counts over."""
+    return (select(AssetWatcherModel.trigger_id, DagModel.bundle_name).distinct()
+            .join(DagScheduleAssetReference, DagScheduleAssetReference.asset_id == AssetWatcherModel.asset_id)
+            .join(DagModel, and_(DagModel.dag_id == DagScheduleAssetReference.dag_id, DagModel.is_stale.is_(False)))
+            .where(AssetWatcherModel.trigger_id.in_(ids)))
+
+
+@dataclass
+class Counter:
+    value: int = 0
+
+
+#: Triggers found to come from several bundles, each time one is routed (health:
+#: ``multitrigger_triggers_ambiguous_bundle_total``). They run in the default loop, as no team.
+AMBIGUOUS = Counter()
 
 
 def bundles_for(trigger_ids: Collection[int], session: Session) -> dict[int, str | None]:
@@ -135,12 +157,17 @@ def bundles_for(trigger_ids: Collection[int], session: Session) -> dict[int, str
         .join(DagModel, DagModel.dag_id == TaskInstance.dag_id)
         .where(TaskInstance.trigger_id.in_(ids)),
         select(Callback.trigger_id, Callback.bundle_name).where(Callback.trigger_id.in_(ids)),
-        select(Trigger.id, asset_watcher_bundle(Trigger.id)).where(Trigger.id.in_(ids), Trigger.assets.any()),
+        _watcher_bundles(ids),
     )
     for query in queries:
         for trigger_id, bundle in session.execute(query):
             if bundle:
                 found[trigger_id].add(bundle)
+    if ambiguous := {tid: sorted(b) for tid, b in found.items() if len(b) > 1}:
+        AMBIGUOUS.value += len(ambiguous)
+        log.warning("triggers of several bundles (an asset watched by DAGs of different bundles): they run in the "
+                    "default loop, as no team; schedule the asset from one bundle's DAGs to route them",
+                    triggers=ambiguous)
     return {tid: (next(iter(found[tid])) if len(found[tid]) == 1 else None) for tid in ids}
 
 

@@ -68,3 +68,42 @@ def test_a_loop_that_cannot_open_its_files_backs_off_alone(tmp_path: Path, start
     home.wait_for_states([ref], "scheduled", timeout=60)
     home.wait_for(lambda: mt.text().count("loop could not start") >= 2, 20, message="b1's start retried")
     assert mt.popen.poll() is None
+
+
+def test_a_loop_spawn_at_emfile_leaves_no_socket_open() -> None:
+    """A loop (re)start that runs out of fds while making its three socketpairs closes the ones it
+    made at once, and the exec path closes its own on a failed ``Popen``: the supervisor, short of
+    fds, does not leak more on every retry. The errors are kept here, as a caller that reports
+    them later does: their tracebacks hold the spawn's frames, so refcounting would not close the
+    sockets either."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import gc, os, resource
+        from pathlib import Path
+        from multitrigger.supervisor.loop_process import LoopProcess
+        gc.disable()
+        kept = []
+        before = len(os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (before + 3, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        for _ in range(3):  # room for one pair and one socket of the next
+            try:
+                LoopProcess.spawn("x", ["/bin/true"], {}, Path("/"))
+            except OSError as err:
+                assert err.errno == 24, err
+                kept.append(err)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (before + 64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        for _ in range(3):  # Popen fails (no such program): the parent ends are closed too
+            try:
+                LoopProcess.spawn("x", ["/no/such/python"], {}, Path("/"))
+            except OSError as err:
+                assert err.errno == 2, err
+                kept.append(err)
+        print(before, len(os.listdir("/proc/self/fd")))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    before, after = map(int, out.stdout.split())
+    assert after == before, out.stdout

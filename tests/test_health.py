@@ -172,6 +172,8 @@ def test_metrics_parse_and_match_the_db_and_airflow_stats_carry_the_loop(running
     m = _metrics(running)
     a = (("bundle", "team_a"), ("loop", "team_a"))
     assert m[("multitrigger_ready", ())] == 1 and m[("multitrigger_triggers_running", ())] == 8
+    assert m[("multitrigger_log_files_open", ())] >= 1 and m[("multitrigger_log_lines_dropped_total", ())] == 0
+    assert ("multitrigger_log_file_reopens_total", ()) in m
     assert m[("multitrigger_loop_up", a)] == 1 and m[("multitrigger_loop_restarts_total", a)] == 0
     assert m[("multitrigger_loop_state", a + (("state", "running"),))] == 1
     assert m[("multitrigger_loop_memory_pss_bytes", a)] > 1_000_000 and m[("multitrigger_loop_cpu_seconds_total", a)] > 0

@@ -98,3 +98,35 @@ def test_emfile_closes_our_oldest_files_and_retries(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     opened, dropped = done.stdout.split()[1], done.stdout.split()[3]
     assert int(opened) < 64 and dropped == "0" and done.stdout.strip().endswith("ok")
+
+
+def test_a_file_deleted_from_outside_is_made_again_with_airflows_permissions(tmp_path: Path, monkeypatch) -> None:
+    """A log file removed while its trigger runs (logrotate, an operator) comes back at the next
+    reopen through ``init_log_file``: its folders too (a plain reopen would fail and drop every later
+    line), and ``file_task_handler_new_file_permissions`` (a plain ``open`` gives 0o666 less the
+    umask); reopens are counted (``multitrigger_log_file_reopens_total``)."""
+    import os
+    import stat
+
+    monkeypatch.setenv("AIRFLOW__LOGGING__BASE_LOG_FOLDER", str(tmp_path))
+    monkeypatch.setenv("AIRFLOW__LOGGING__FILE_TASK_HANDLER_NEW_FILE_PERMISSIONS", "0o640")
+    old_umask = os.umask(0o022)
+    try:
+        pool = LogFiles(max_open=1)
+        factories = [PooledLogFactory(log_path=f"dag_id=d/run_id=r/task_id=t{i}/attempt=1.log.trigger.{i}.log",
+                                      ti=None, pool=pool) for i in range(2)]
+        processors = [structlog.processors.JSONRenderer(serializer=lambda obj, **kw: json.dumps(obj).encode())]
+        loggers = [f(processors) for f in factories]
+        loggers[0].info("first")
+        path = tmp_path / factories[0].log_path
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+        loggers[1].info("makes room: t0 is closed")
+        path.unlink()
+        path.parent.rmdir()
+        loggers[0].info("after the delete")  # reopened: made again by init_log_file
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640, oct(path.stat().st_mode)
+        assert [json.loads(line)["event"] for line in path.read_text().splitlines()] == ["after the delete"]
+        loggers[1].info("again")
+        assert pool.dropped == 0 and pool.reopens == 2  # t0 once, t1 once; first opens are not reopens
+    finally:
+        os.umask(old_umask)

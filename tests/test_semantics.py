@@ -1,7 +1,8 @@
 """
 Stock-Airflow semantics that multitrigger must keep, on a real SQLite home with Airflow's own code:
-trigger timeouts (scheduler side: ``SchedulerJobRunner.check_trigger_timeouts``) and routing of
-triggerer callbacks by ``callback.bundle_name``.
+trigger timeouts (scheduler side: ``SchedulerJobRunner.check_trigger_timeouts``), routing of
+triggerer callbacks by ``callback.bundle_name``, and of asset watchers by the bundle of the DAGs
+scheduled on their asset.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 
 import pytest
 
-from mt_testsupport.home import WAIT_FOREVER, AirflowHome, DeferSpec, decode_serde, deferring_bundle
+from mt_testsupport.home import FIRE_AT_EVENT, WAIT_FOREVER, AirflowHome, DeferSpec, decode_serde, deferring_bundle, iso_in
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -95,3 +96,42 @@ def test_callback_triggers_are_routed_by_callback_bundle_name(home):
     assert proc.returncode == 0, proc.stderr
     result = {int(k): v for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
     assert result == {trigger_id: "team_b", lone: None}
+
+
+def test_an_asset_watcher_of_two_bundles_is_ambiguous_and_a_stale_dag_does_not_count(home):
+    """A watcher whose asset is scheduled by DAGs of two bundles has no bundle (default loop, no
+    team), and is logged and counted; once the other bundle's DAG is stale (removed from its
+    bundle, its reference not yet cleaned by Airflow) it is the declaring bundle's again. The
+    claim-side SQL expression (``asset_watcher_bundle``) agrees with routing in both cases."""
+    watcher = home.add_asset_watcher("watching_amb", "asset_amb", FIRE_AT_EVENT, {"moment": iso_in(3600)}, bundle="team_b")
+    (asset_id,) = home.sql("SELECT asset_id FROM asset_watcher WHERE trigger_id = :t", {"t": watcher})[0]
+    home.sql("INSERT INTO dag_schedule_asset_reference (asset_id, dag_id, created_at, updated_at) "
+             "VALUES (:a, 'dag_s', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)", {"a": asset_id})
+    code = textwrap.dedent(f"""
+        import json
+        from sqlalchemy import select
+        from airflow.models.trigger import Trigger
+        from airflow.utils.session import create_session
+        from multitrigger import routing
+        with create_session() as session:
+            routed = routing.bundles_for([{watcher}], session)[{watcher}]
+            claimed = session.scalar(select(routing.asset_watcher_bundle(Trigger.id)).where(Trigger.id == {watcher}))
+        print(json.dumps([routed, claimed, routing.AMBIGUOUS.value]))
+        """)
+
+    def route() -> tuple[list, str]:
+        proc = subprocess.run([home.python, "-c", code], env=home.env(), cwd=home.path, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stdout + proc.stderr
+
+    try:
+        got, out = route()
+        assert got == [None, None, 1], got
+        assert "triggers of several bundles" in out and "'shared', 'team_b'" in out, out[-2000:]
+        home.sql("UPDATE dag SET is_stale = :s WHERE dag_id = 'dag_s'", {"s": True})
+        got, out = route()
+        assert got == ["team_b", "team_b", 0], got
+    finally:
+        home.sql("UPDATE dag SET is_stale = :s WHERE dag_id = 'dag_s'", {"s": False})
+        home.sql("DELETE FROM dag_schedule_asset_reference WHERE dag_id = 'dag_s'")

@@ -47,6 +47,15 @@ class SnapshotCollector(Collector):
         if snap.capacity is not None:
             yield GaugeMetricFamily("multitrigger_capacity", "Trigger capacity ([triggerer] capacity / --capacity)",
                                     value=snap.capacity)
+        yield GaugeMetricFamily("multitrigger_log_files_open", "Per-trigger log files the supervisor holds open",
+                                value=snap.log_files_open)
+        yield CounterMetricFamily("multitrigger_log_file_reopens", "Log files opened again after being closed to stay "
+                                  "under max_open_log_files (churn: raise it if this grows fast)", value=snap.log_file_reopens)
+        yield CounterMetricFamily("multitrigger_log_lines_dropped", "Trigger log lines that could not be written",
+                                  value=snap.log_lines_dropped)
+        yield CounterMetricFamily("multitrigger_triggers_ambiguous_bundle", "Triggers found to come from several bundles "
+                                  "(an asset watched by DAGs of different bundles), run in the default loop as no team",
+                                  value=snap.triggers_ambiguous_bundle)
         yield from self._loops(snap.loops)
 
     def _loops(self, loops: tuple[LoopSnapshot, ...]) -> Iterator[Metric]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from multitrigger.loop.blame import read_blame
+from multitrigger.routing import AMBIGUOUS
 
 if TYPE_CHECKING:
     from multitrigger.supervisor.core import Supervisor
@@ -103,6 +104,13 @@ class Snapshot:
     db: str  # "ok" or "unreachable"
     triggers: int
     loops: tuple[LoopSnapshot, ...]
+    # Per-trigger log files (``supervisor.log_files``): open now; reopened after the pool closed
+    # them to stay under ``max_open_log_files`` (churn); lines that could not be written.
+    log_files_open: int = 0
+    log_file_reopens: int = 0
+    log_lines_dropped: int = 0
+    # Triggers found to come from several bundles (``routing.AMBIGUOUS``), each time one was routed.
+    triggers_ambiguous_bundle: int = 0
 
     @property
     def not_ready(self) -> list[str]:
@@ -191,6 +199,8 @@ def build(sup: Supervisor, now: float, wall: float | None = None) -> Snapshot:
         job_id=job.id, team_name=claim.team_name, capacity=claim.capacity,
         claimed=sup.claimed, db="ok" if sup.db_health.down_since is None else "unreachable",
         triggers=len(sup.routes),
+        log_files_open=sup.store.log_files.open_count, log_file_reopens=sup.store.log_files.reopens,
+        log_lines_dropped=sup.store.log_files.dropped, triggers_ambiguous_bundle=AMBIGUOUS.value,
         loops=tuple(_loop(slot, sup._wanted(name, slot), now, wall, lost=tuple(sup.cgroups.lost.get(sup.versions.loop_of(name), ())))
                     for name, slot in sup.slots.items()),
     )

@@ -347,9 +347,13 @@ class Supervisor:
 
     def _route(self, workload: workloads.RunTrigger, origin: Origin) -> None:
         route = self.router.route(workload.classpath, origin.bundle, origin.version)
-        if isinstance(route, NotServed):  # TriggerStore.build hands these back; never run here
-            log.warning("trigger of a bundle this instance does not serve; not run", bundle=route.bundle,
+        if isinstance(route, NotServed):
+            # TriggerStore.build hands these back by the same rule (``Config.served``), so this is
+            # not reached; if it were, the trigger would stay held here, unrun, rebuilt every pass.
+            log.warning("trigger of a bundle this instance does not serve; handed back, not run", bundle=route.bundle,
                         trigger_id=workload.id)
+            self.db.submit("hand back", lambda: self.store.release([workload.id]),
+                           lambda done: self._db_done(done, lambda _: None))
             return
         placed = route if isinstance(route, Refusal) else self.versions.slot_for(route)
         if isinstance(placed, Refusal):

@@ -9,7 +9,11 @@ stock log consumer), i.e. one team's flood of deferred tasks took down every tea
 are the same files (same path, ``init_log_file``'s permissions, truncated at their first line as
 stock does, then appended to), but at most ``max_open`` are open at once: ``LogFiles`` keeps the
 most recently written ones open (LRU) and closes the least recently written to make room. Every
-line is flushed as stock's ``structlog.BytesLogger`` does, so closing a file loses nothing.
+line is flushed as stock's ``structlog.BytesLogger`` does, so closing a file loses nothing. A file
+deleted from outside while its trigger runs is made again with ``init_log_file``'s permissions at its
+next reopen, not the umask's. Reopens are counted (``LogFiles.reopens``, the health metric
+``multitrigger_log_file_reopens_total``): under churn above ``max_open`` every line costs an open and a
+close on the selector thread, and that count says when to raise ``max_open_log_files``.
 
 A line that cannot be written at all (``EMFILE``/``ENFILE`` even after closing our own files to
 make room, ``ENOSPC``, a permission error) is dropped and counted (``LogFiles.dropped``, per
@@ -24,6 +28,7 @@ factory stock's ``_create_workload`` makes); ``upload_to_remote`` still finds th
 from __future__ import annotations
 
 import errno
+import os
 import resource
 import threading
 import time
@@ -62,6 +67,7 @@ class LogFiles:
         self.max_open, self.clock = max_open, clock
         self._open: OrderedDict[PooledLogFile, None] = OrderedDict()
         self.dropped = 0  # lines not written, since start
+        self.reopens = 0  # files opened again after the pool closed them, since start
         self._unreported: dict[str, int] = {}  # path → lines dropped since the last warning
         self._reported_at = -DROP_REPORT_EVERY
         # Lines are written on the selector thread; a finished trigger's file is closed on the
@@ -92,6 +98,8 @@ class LogFiles:
             return file.fh
         while len(self._open) >= self.max_open:
             self._close_oldest()
+        if file.opened:
+            self.reopens += 1
         try:
             fh = file.open()
         except OSError as err:
@@ -134,8 +142,9 @@ class PooledLogFile:
 
     def __init__(self, pool: LogFiles, path: str, init: Callable[[str], object]) -> None:
         self.pool, self.path, self._init = pool, path, init
+        self._relative = path  # as stock's factory gives it: relative to base_log_folder
         self.fh = None
-        self._opened = False
+        self.opened = False  # opened (and truncated) once already: later opens append
         self.closed = False
 
     @property
@@ -144,10 +153,10 @@ class PooledLogFile:
         return self.path
 
     def open(self):  # type: ignore[no-untyped-def]
-        if not self._opened:
-            self.path = str(self._init(self.path))  # dirs and file with Airflow's permissions; absolute
-        self.fh = open(self.path, "ab" if self._opened else "wb")  # noqa: SIM115 (held by the pool)
-        self._opened = True
+        if not self.opened or not os.path.exists(self.path):  # first open, or deleted from outside since
+            self.path = str(self._init(self._relative))  # dirs and file with Airflow's permissions; absolute
+        self.fh = open(self.path, "ab" if self.opened else "wb")  # noqa: SIM115 (held by the pool)
+        self.opened = True
         return self.fh
 
     def release(self) -> None:

@@ -117,9 +117,7 @@ class LoopProcess:
                 return cls.spawn_forked(name, zygote, env, cwd)
             except ZygoteError as err:
                 log.warning("zygote could not fork; exec'ing the loop", loop=name, error=str(err))
-        req_parent, req_child = socket.socketpair()
-        out_parent, out_child = socket.socketpair()
-        log_parent, log_child = socket.socketpair()
+        (req_parent, req_child), (out_parent, out_child), (log_parent, log_child) = _socket_pairs(3)
         child_env = {**env, ENV_LOG_FD: str(log_child.fileno()), ENV_LOOP_NAME: name}
         try:
             popen = subprocess.Popen(
@@ -134,6 +132,10 @@ class LoopProcess:
                 start_new_session=True,
                 preexec_fn=_preexec(procs_files(env)),
             )
+        except BaseException:
+            for sock in (req_parent, out_parent, log_parent):
+                sock.close()
+            raise
         finally:
             for sock in (req_child, out_child, log_child):
                 sock.close()
@@ -145,9 +147,7 @@ class LoopProcess:
 
         Raises ``ZygoteError`` (nothing left open) if the zygote cannot fork now; exec instead.
         """
-        req_parent, req_child = socket.socketpair()
-        out_parent, out_child = socket.socketpair()
-        log_parent, log_child = socket.socketpair()
+        (req_parent, req_child), (out_parent, out_child), (log_parent, log_child) = _socket_pairs(3)
         try:
             pid = zygote.fork(name, {**env, ENV_LOOP_NAME: name}, cwd, req_child, out_child, log_child)
         except BaseException:
@@ -311,3 +311,18 @@ def describe_exit(returncode: int) -> str:
         except ValueError:
             return f"killed by signal {-returncode}"
     return f"exited with code {returncode}"
+
+
+def _socket_pairs(n: int) -> list[tuple[socket.socket, socket.socket]]:
+    """``n`` socketpairs, or none: at ``EMFILE`` the pairs already made are closed here, at once,
+    not left to the garbage collector while the supervisor is short of fds."""
+    pairs: list[tuple[socket.socket, socket.socket]] = []
+    try:
+        for _ in range(n):
+            pairs.append(socket.socketpair())
+    except BaseException:
+        for pair in pairs:
+            for sock in pair:
+                sock.close()
+        raise
+    return pairs
