@@ -1,0 +1,147 @@
+"""One burst of exact-time triggers through multitrigger, with CPU seconds per process (issue 13).
+
+A profiling driver, not a scenario: ``N`` ``FireAtTrigger``s over ``--bundles`` loops, all due at
+one instant, SQLite, multitrigger only. It reports the latency (``scheduled_dttm - due``, from
+the DB) and, per process of the triggerer's tree (supervisor, zygote, each loop), the CPU seconds
+spent from just before the due time until every event is in the DB, per 1000 events: on a loaded
+machine that, not the latency, is what compares across runs. ``--pyspy DIR`` records the tree with
+py-spy (``--subprocesses``, raw collapsed stacks, one file) over the burst.
+
+    .venv/bin/python -m benchmarks.burst_probe -n 2000 --out /tmp/bench-burst
+    .venv/bin/python -m benchmarks.burst_probe -n 2000 --pyspy /tmp/bench-burst/spy
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from benchmarks import harness as h
+from benchmarks import runs as r
+from benchmarks.harness import MULTI
+from benchmarks.runs import Ctx
+
+
+def _role(proc: psutil.Process, root: int) -> str:
+    if proc.pid == root:
+        return "supervisor"
+    try:  # loops are forked by a zygote, the supervisor's child
+        return "zygote" if proc.ppid() == root else f"loop {proc.pid}"
+    except psutil.Error:
+        return "?"
+
+
+def _cpu(root: int) -> dict[int, tuple[str, float]]:
+    """pid -> (role, user+system CPU seconds) for the tree under ``root``."""
+    out: dict[int, tuple[str, float]] = {}
+    top = psutil.Process(root)
+    for proc in [top, *top.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+            out[proc.pid] = (_role(proc, root), t.user + t.system)
+        except psutil.Error:
+            continue
+    return out
+
+
+def _pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+_FIRED_AT = re.compile(r"'fired_at': '([^']+)'")
+
+
+def _phases(logs_dir: Path, due: float) -> dict[str, Any]:
+    """From the per-trigger log files (timestamped in the loops): seconds after ``due`` when each
+    trigger's sleep ended (its payload's ``fired_at``), its 'Trigger fired event' record was made
+    (the event is queued right after) and its 'trigger completed' record; median / p99 / max."""
+    seen: dict[str, list[float]] = {"woke": [], "fired_record": [], "completed_record": []}
+    for path in logs_dir.rglob("*.log.trigger.*.log"):
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            if rec.get("event") == "Trigger fired event":
+                seen["fired_record"].append(h.to_epoch(rec["timestamp"]) - due)
+                if m := _FIRED_AT.search(rec.get("result", "")):
+                    seen["woke"].append(h.to_epoch(m[1]) - due)
+            elif rec.get("event") == "trigger completed":
+                seen["completed_record"].append(h.to_epoch(rec["timestamp"]) - due)
+    return {k: {"median": round(statistics.median(v), 4), "p99": round(_pct(v, 0.99), 4), "max": round(max(v), 4)}
+            for k, v in seen.items() if v}
+
+
+def probe(n: int, bundles: int, out: Path, margin: float, pyspy: Path | None, spy_seconds: float,
+          rate: int) -> dict[str, Any]:
+    ctx = Ctx(out=out, kinds=(MULTI,), quiet_wait=0.0)
+    names = [f"lim{i}" for i in range(bundles)]
+    cap = str(n + 100)
+    extra = {"triggerer": {"capacity": cap, "max_trigger_to_select_per_loop": cap}}
+    res: dict[str, Any] = {"n": n, "bundles": bundles}
+    with r.running(ctx, "burst", MULTI, names, extra_config=extra) as run:
+        due = r.base(3 * n, margin + 0.003 * n)
+        items = [h.fire_at("burst", names[k % bundles], k, due) for k in range(n)]
+        r.seed(run, items)
+        r.start(run, names, expect_started=items)
+        r.wait_startup(run, n, due - 1.0)
+        r.mark_due(run, due)
+        root = run.triggerer.pid
+        spy = None
+        h.sleep_until(due - 0.6)
+        if pyspy is not None:
+            pyspy.mkdir(parents=True, exist_ok=True)
+            spy = subprocess.Popen([str(h.BIN / "py-spy"), "record", "--subprocesses", "--pid", str(root), "--format", "raw", "--gil", "--nonblocking",
+                                    "-r", str(rate), "-d", str(int(spy_seconds)), "-o", str(pyspy / f"burst{n}.txt")],
+                                   stdout=subprocess.DEVNULL, stderr=open(pyspy / f"burst{n}.err", "w"))
+        h.sleep_until(due - 0.3)
+        before = _cpu(root)
+        t_before = h.now()
+        r.wait_done(run, items, due, due + 60.0, interval=0.05)
+        after = _cpu(root)
+        t_after = h.now()
+        if spy is not None:
+            spy.wait()
+        per: dict[str, float] = {}
+        for pid, (role, sec) in after.items():
+            per[role] = per.get(role, 0.0) + sec - before.get(pid, (role, 0.0))[1]
+        res["window_s"] = round(t_after - t_before, 3)
+        res["cpu_s"] = {k: round(v, 3) for k, v in sorted(per.items())}
+        res["cpu_s_total"] = round(sum(per.values()), 3)
+        res["cpu_s_per_1000"] = round(sum(per.values()) * 1000 / n, 3)
+        res["loadavg"] = h.loadavg()
+    lat = run.result["latency"].get("burst", [])
+    res["latency"] = ({"n": len(lat), "median": round(statistics.median(lat), 4), "p99": round(_pct(lat, 0.99), 4),
+                       "max": round(max(lat), 4)} if lat else None)
+    res["phases"] = _phases(run.home.logs_dir, due)
+    res["startup"] = run.result.get("startup")
+    res["run_load"] = run.result.get("load", {}).get("run")
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("-n", type=int, default=2000)
+    ap.add_argument("--bundles", type=int, default=4)
+    ap.add_argument("--out", type=Path, default=Path("/tmp/bench-burst"))
+    ap.add_argument("--margin", type=float, default=25.0, help="launch -> due, seconds (start-up must fit)")
+    ap.add_argument("--pyspy", type=Path, default=None, help="record py-spy raw stacks into this directory")
+    ap.add_argument("--spy-seconds", type=int, default=4)
+    ap.add_argument("--rate", type=int, default=200)
+    ap.add_argument("--repeat", type=int, default=1)
+    a = ap.parse_args()
+    for _ in range(a.repeat):
+        t0 = time.monotonic()
+        res = probe(a.n, a.bundles, a.out, a.margin, a.pyspy, a.spy_seconds, a.rate)
+        res["wall_s"] = round(time.monotonic() - t0, 1)
+        print(json.dumps(res), flush=True)
+
+
+if __name__ == "__main__":
+    main()
