@@ -10,7 +10,9 @@ import, kwargs decoding, templated fields for ``start_from_trigger``), ``run_tri
 
 The stock blocked-loop watchdog (``block_watchdog``) is replaced by ``multitrigger.loop.health``'s
 lag probe, which also names the trigger that blocked; polls carry its report. ``print()`` from a
-trigger goes to that trigger's log (``multitrigger.loop.output``).
+trigger goes to that trigger's log (``multitrigger.loop.output``). The runner's async log records
+("Trigger fired event", "trigger completed") are made in the loop's thread, not a thread pool
+(``multitrigger.loop.inline_log``): the same records, without a thread hop per record.
 
 ``get_trigger_by_classpath`` only adds, to an import error, where the loop looked
 (``multitrigger.loop.sys_path.where_looked``). ``init_comms`` is stock's but hands the comms decoder
@@ -47,6 +49,7 @@ from airflow.sdk.execution_time.comms import ToTask, _ResponseFrame
 from multitrigger.loop import sys_path
 from multitrigger.loop.blame import BlamedCoroutine, BlameSlot
 from multitrigger.loop.health import LoopHealth
+from multitrigger.loop.inline_log import InlineLogger
 from multitrigger.loop.output import attribute_output, finishing_output
 from multitrigger.protocol import ENV_BLAME_FILE, HEALTH_KEY
 
@@ -91,6 +94,7 @@ class LoopRunner(TriggerRunner):
 
     def __init__(self) -> None:
         super().__init__()
+        self.log = InlineLogger(self.log)  # type: ignore[assignment]  # stock's ainfo records, without the pool
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.events = _WakingDeque(self._request_wake)

@@ -1,0 +1,72 @@
+"""
+The runner's ``await self.log.ainfo(...)`` records, made in the calling thread instead of a thread pool.
+
+Checked against Airflow 3.3.2 (``TriggerRunner.run_trigger``) and structlog 26.1.0 (``_native.py``).
+
+Stock ``run_trigger`` logs two records per trigger with structlog's async methods: "Trigger fired
+event" (before it queues the event) and "trigger completed". Each ``ainfo`` hands the record to the
+default thread pool (``run_in_executor``) and awaits it: a future, a pool thread taking the GIL
+from the event loop, a thread-safe wake-up back. In a burst of a thousand firing triggers that hop
+was ~17 % of the loop's CPU (py-spy, issue 13), and every event waited for it before it was queued.
+
+``InlineLogger`` wraps the runner's logger; its ``a<level>`` methods make the same record at once,
+in the event loop's thread, exactly as structlog's async method would in the pool thread: the
+message interpolated the same way, the call site (``filename``/``lineno``) taken from the awaiting
+frame (``_ASYNC_CALLING_STACK``, as structlog sets it), the same contextvars (the caller's: structlog
+copies them for the pool), the same thread. The record's bytes are the same; only its timestamp is
+earlier. A call with ``exc_info`` still goes through the pool (from the same call site): there
+stock's ``sys.exc_info()`` is the pool thread's (empty, no traceback rendered), and so it stays.
+
+The trade: the record is written to the log socket by the event loop's thread. If the supervisor
+did not read that socket for long enough to fill it, the loop waits for it (as it already does for
+every synchronous ``log.info`` of the runner and of triggers); the supervisor reads every loop's log
+socket on each pass, whatever its delivery budget (``supervisor.relay``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import sys
+import threading
+from typing import Any
+
+from structlog.contextvars import _ASYNC_CALLING_STACK, _ASYNC_CALLING_THREAD
+
+
+class InlineLogger:
+    """A structlog logger whose async level methods log synchronously (see the module docstring)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def _log(self, level: str, event: str, args: tuple, kw: dict[str, Any]) -> None:
+        # The frame awaiting a<level>() (0: this one, 1: a<level>), where structlog's async method
+        # takes the call site from; and the calling thread, as it records it.
+        stack = _ASYNC_CALLING_STACK.set(sys._getframe(2))
+        thread = _ASYNC_CALLING_THREAD.set((threading.get_ident(), threading.current_thread().name))
+        try:
+            method = getattr(self._inner, level)
+            if "exc_info" not in kw:
+                method(event, *args, **kw)
+                return
+            ctx = contextvars.copy_context()  # stock's pool hop, where sys.exc_info() is empty
+            await asyncio.get_running_loop().run_in_executor(None, lambda: ctx.run(lambda: method(event, *args, **kw)))
+        finally:
+            _ASYNC_CALLING_THREAD.reset(thread)
+            _ASYNC_CALLING_STACK.reset(stack)
+
+    async def adebug(self, event: str, *args: Any, **kw: Any) -> None:
+        await self._log("debug", event, args, kw)
+
+    async def ainfo(self, event: str, *args: Any, **kw: Any) -> None:
+        await self._log("info", event, args, kw)
+
+    async def awarning(self, event: str, *args: Any, **kw: Any) -> None:
+        await self._log("warning", event, args, kw)
+
+    async def aerror(self, event: str, *args: Any, **kw: Any) -> None:
+        await self._log("error", event, args, kw)

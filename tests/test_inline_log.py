@@ -1,0 +1,61 @@
+"""The runner's async log records made inline (``multitrigger.loop.inline_log``) are stock's records.
+
+Both loggers run in one subprocess with Airflow's real loop-side logging
+(``_configure_logs_over_json_channel``, what every loop runs), from the same call sites, in the
+same bound context; the JSON records they write must be equal but for their timestamps.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+SCRIPT = """
+import asyncio, os, sys
+from airflow.sdk.execution_time.supervisor import _configure_logs_over_json_channel
+_configure_logs_over_json_channel(os.dup(1))
+from structlog.contextvars import bind_contextvars
+from airflow.jobs.triggerer_job_runner import TriggerRunner
+from airflow.triggers.base import TriggerEvent
+from multitrigger.loop.inline_log import InlineLogger
+
+async def sites(log):
+    bind_contextvars(trigger_id=7, dag_id="dag_a", map_index=3)
+    await log.ainfo("Trigger fired event", name="dag_a/run/t0/3/1 (ID 7)", result=TriggerEvent({"due": "x", "n": 1.5}))
+    await log.ainfo("trigger %s starting", "name with %s", extra=[1, {"password": "hunter22"}])
+    await log.awarning("on_kill() timed out", timeout=10, name="n")
+    await log.aerror("Trigger cancelled due to timeout")
+    await log.adebug("below the level: not written")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        await log.awarning("on_kill() raised an exception", name="n", exc_info=True)
+
+async def main():
+    which = sys.argv[1]
+    await sites(TriggerRunner.log if which == "stock" else InlineLogger(TriggerRunner.log))
+
+asyncio.run(main())
+"""
+
+
+def records(which: str) -> list[dict]:
+    out = subprocess.run([sys.executable, "-c", SCRIPT, which], capture_output=True, timeout=100, check=True).stdout
+    recs = [json.loads(line) for line in out.splitlines()]
+    for rec in recs:
+        rec.pop("timestamp")
+    return recs
+
+
+def test_inline_records_equal_stock_async_records_but_for_the_timestamp() -> None:
+    stock, inline = records("stock"), records("inline")
+    assert len(stock) == 5  # the debug record is below the level in both
+    assert inline == stock
+    assert all(rec["trigger_id"] == 7 and rec["dag_id"] == "dag_a" for rec in stock)
+    assert {rec.get("filename") for rec in stock} == {"<string>"}  # the call site, not inline_log.py
+    assert len({rec["lineno"] for rec in stock}) == 5
