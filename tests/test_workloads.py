@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from mt_testsupport.home import FIRE_AT, AirflowHome, DeferSpec, deferring_bundle, iso_in
+from mt_testsupport.home import FIRE_AT, FIRE_AT_EVENT, AirflowHome, DeferSpec, deferring_bundle, iso_in
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -19,42 +19,116 @@ from airflow.jobs.job import Job
 from airflow.jobs.triggerer_job_runner import TriggerRunnerSupervisor
 from airflow.models.trigger import Trigger
 from airflow.utils.session import create_session
+from multitrigger.supervisor import row_build
 from multitrigger.supervisor.store import Claim, TriggerStore, _StockWorkloads
+
+left_for_stock = []
+_build = row_build.RowBuild.build
+def counting_build(self, ids, session):
+    built, rest = _build(self, ids, session)
+    left_for_stock.extend(rest)
+    return built, rest
+row_build.RowBuild.build = counting_build
 
 with create_session() as s:
     job = Job(); job.job_type = "TriggererJob"; s.add(job); s.commit(); s.refresh(job); s.expunge(job)
     ids = set(s.scalars(select(Trigger.id)))
-stock_built = TriggerRunnerSupervisor.build_trigger_workloads(_StockWorkloads(job), ids)
-built, failures = TriggerStore(job, Claim(100, None, None, 30)).build(ids)
+stock_side = _StockWorkloads(job)
+stock_built = TriggerRunnerSupervisor.build_trigger_workloads(stock_side, ids)
+store = TriggerStore(job, Claim(100, None, None, 30))
+built, failures = store.build(ids)
 assert not failures, failures
 ours_built = [w for w, _ in built]
 kwargs = {w.id: Trigger._decrypt_kwargs(w.encrypted_kwargs) for w in stock_built}
 same_kwargs = all(Trigger._decrypt_kwargs(w.encrypted_kwargs) == kwargs[w.id] for w in ours_built)
 stock = {w.id: w.model_dump(mode="json") for w in stock_built}
 ours = {w.id: w.model_dump(mode="json") for w in ours_built}
-print(json.dumps({"stock": stock, "ours": ours, "same_kwargs": same_kwargs}))
+def logs(cache):
+    return {tid: [f.log_path, f.ti.model_dump(mode="json")] for tid, f in cache.items()}
+print(json.dumps({"stock": stock, "ours": ours, "same_kwargs": same_kwargs, "left_for_stock": sorted(left_for_stock),
+                  "stock_logs": logs(stock_side.logger_cache), "ours_logs": logs(store.logger_cache)}))
+"""
+
+#: A task that starts from its trigger (its workload carries the DAG and DAG run data).
+START_FROM_TRIGGER_DAG = """
+import datetime
+from airflow.sdk import DAG, BaseOperator
+from airflow.triggers.base import StartTriggerArgs
+
+class StartsInTriggerer(BaseOperator):
+    start_trigger_args = StartTriggerArgs(trigger_cls="multitrigger.demo.triggers.FireAtTrigger",
+                                          trigger_kwargs={"moment": "2030-01-01T00:00:00+00:00"},
+                                          next_method="execute_complete")
+    start_from_trigger = True
+
+    def execute_complete(self, context, event=None):
+        return event
+
+with DAG(dag_id="dag_s", schedule=None, start_date=datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)):
+    StartsInTriggerer(task_id="s0")
 """
 
 
-def test_batched_build_equals_stock_build(tmp_path):
-    home = AirflowHome.create(tmp_path / "home", {"a": deferring_bundle("dag_a", n_tasks=3), "b": deferring_bundle("dag_b", n_tasks=3)})
-    home.defer_many([
-        DeferSpec(f"dag_{b}", f"t{t}", FIRE_AT, {"moment": iso_in(3600)}, map_index=m, timeout_seconds=600 if m else None,
-                  encrypt_kwargs=bool(m % 2))
-        for b in "ab" for t in range(3) for m in range(4)
-    ])
-    out = subprocess.run([sys.executable, "-c", COMPARE], env=home.env(), capture_output=True, text=True, timeout=120)
+def _compare(home: AirflowHome, **env: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", COMPARE], env={**home.env(), **env}, capture_output=True, text=True,
+                         timeout=120)
     assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _assert_same(result: dict, n: int) -> None:
     stock, ours = result["stock"], result["ours"]
-    assert len(stock) == 24 and stock.keys() == ours.keys()
+    assert len(stock) == n and stock.keys() == ours.keys()
     for tid, workload in stock.items():
         plain = dict(workload, encrypted_kwargs=None)
         assert dict(ours[tid], encrypted_kwargs=None) == plain, tid
         # Only difference: kwargs arrive decrypted (the loop never needs the Fernet key).
         assert ours[tid]["encrypted_kwargs"].startswith("{")
-    assert any(not w["encrypted_kwargs"].startswith("{") for w in stock.values())  # some were encrypted
     assert result["same_kwargs"]
+    # The same per-trigger log files (path and task instance) for every trigger stock logs for.
+    assert result["ours_logs"] == result["stock_logs"]
+
+
+@pytest.fixture(scope="module")
+def mixed_home(tmp_path_factory):
+    """Plain deferred tasks (some kwargs encrypted, some with timeouts), a task that starts from its
+    trigger, a task no longer in its DAG, an asset watcher and a triggerer callback."""
+    home = AirflowHome.create(tmp_path_factory.mktemp("mixed") / "home",
+                              {"a": {**deferring_bundle("dag_a", n_tasks=3), "dag_s.py": START_FROM_TRIGGER_DAG},
+                               "b": deferring_bundle("dag_b", n_tasks=3)},
+                              extra_config={"core": {"min_serialized_dag_update_interval": "0"}})  # re-serialize at once
+    refs = home.defer_many([
+        DeferSpec(f"dag_{b}", f"t{t}", FIRE_AT, {"moment": iso_in(3600)}, map_index=m, timeout_seconds=600 if m else None,
+                  encrypt_kwargs=bool(m % 2))
+        for b in "ab" for t in range(3) for m in range(4)
+    ] + [DeferSpec("dag_s", "s0", FIRE_AT, {"moment": iso_in(3600)}, map_index=m) for m in range(2)])
+    # dag_b's latest version has no t2 any more: its deferred t2 instances resolve to a DAG without their task.
+    home.write_dag_file("b", "dag_b.py", deferring_bundle("dag_b", n_tasks=2)["dag_b.py"])
+    watcher = home.add_asset_watcher("dag_w", "asset_w", FIRE_AT_EVENT, {"moment": iso_in(3600)}, bundle="a")
+    callback = home.add_triggerer_callback("a")["trigger_id"]
+    special = {r.trigger_id for r in refs if r.dag_id == "dag_s" or (r.dag_id == "dag_b" and r.task_id == "t2")}
+    return home, special | {watcher, callback}
+
+
+def test_batched_build_equals_stock_build(mixed_home):
+    home, special = mixed_home
+    result = _compare(home)
+    _assert_same(result, 24 + 2 + 2)
+    stock = result["stock"]
+    assert any(not w["encrypted_kwargs"].startswith("{") for w in stock.values())  # some were encrypted
+    assert sum(1 for w in stock.values() if w.get("dag_data")) == 2  # the start_from_trigger ones
+    assert sum(1 for w in stock.values() if w.get("watched_assets")) == 1
+    # Row-built: every plain task-instance trigger; stock's code: exactly the special ones.
+    assert set(result["left_for_stock"]) == special
+
+
+def test_a_log_template_that_reads_beyond_the_row_is_rendered_by_stock(mixed_home):
+    """``ti.logical_date`` is not a column of the row: those triggers take stock's path, same result."""
+    home, special = mixed_home
+    template = "{{ ti.dag_id }}/{{ ti.logical_date }}/{{ ti.task_id }}/{{ ti.map_index }}/{{ try_number|default(ti.try_number) }}.log"
+    result = _compare(home, AIRFLOW__LOGGING__LOG_FILENAME_TEMPLATE=template)
+    _assert_same(result, 24 + 2 + 2)
+    assert len(result["left_for_stock"]) == 28  # every trigger
 
 
 CHUNKED = r"""

@@ -27,6 +27,7 @@ from airflow.models.dagbag import DBDagBag
 from airflow.models.serialized_dag import SerializedDagModel
 from airflow.models.trigger import Trigger
 from airflow.triggers.base import TriggerEvent
+from airflow.utils.helpers import log_filename_template_renderer
 from airflow._shared.timezones import timezone  # what airflow.models.trigger uses (3.3.2)
 from airflow.utils.session import create_session
 from multitrigger.config import default_config
@@ -35,6 +36,7 @@ from multitrigger.supervisor import persist
 from multitrigger.scope import Scope
 from multitrigger.supervisor.claims import Claim, Claimer
 from multitrigger.supervisor.log_files import LogFiles, default_max_open, pool_factories
+from multitrigger.supervisor.row_build import RowBuild
 
 log = structlog.get_logger(__name__)
 
@@ -68,7 +70,11 @@ class _StockWorkloads:
         Those that could not be built are in ``failed`` (with the reason for their task)."""
         self._dag_bag = _BatchDagBag()  # fresh per pass: a DAG re-serialized later is seen next pass
         self.failed = []
-        built = self.build_trigger_workloads(trigger_ids)
+        rows = RowBuild(self._dag_bag, log_filename_template_renderer(), self.job.id, self.logger_cache)
+        with create_session() as session:
+            built, rest = rows.build(trigger_ids, session)
+        if rest:  # what the rows do not cover: stock's per-trigger code (row_build's docstring)
+            built += self.build_trigger_workloads(rest)
         pool_factories(self.logger_cache, trigger_ids, self.log_files)
         return built
 
