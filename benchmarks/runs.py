@@ -17,6 +17,7 @@ triggerer's own log), and where its logs are.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import time
 import traceback
@@ -31,6 +32,12 @@ from benchmarks import harness as h
 from benchmarks.harness import KINDS, MULTI, Item, Triggerer
 
 PG_SERVER = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+
+
+def pg_database(name: str) -> str:
+    """A benchmark database on ``PG_SERVER`` named ``mtbench_<name>``, plus ``$MTBENCH_DB_SUFFIX``
+    (so two checkouts' concurrent runs stay off each other's databases); created if missing."""
+    return ensure_pg_database(PG_SERVER, f"mtbench_{name}{os.environ.get('MTBENCH_DB_SUFFIX', '')}")
 
 #: Default sizes and timings. ``margin``: seconds from launching the triggerer to the first due
 #: time — larger than either triggerer's start-up on a busy 2-core machine, so start-up does not
@@ -125,7 +132,7 @@ def _new_run(ctx: Ctx, scenario: str, kind: str, bundles: list[str], extra_confi
     workdir.mkdir(parents=True)
     db_url = None
     if db == "pg":
-        db_url = ensure_pg_database(PG_SERVER, f"mtbench_{scenario}_{kind}")
+        db_url = pg_database(f"{scenario}_{kind}")
     t0 = time.monotonic()
     home = AirflowHome.create(workdir / "home", {b: deferring_bundle(h.dag_for(b)) for b in bundles},
                               db_url=db_url, extra_config=extra_config or {})

@@ -36,12 +36,12 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from mt_testsupport.home import AirflowHome, deferring_bundle, ensure_pg_database
+from mt_testsupport.home import AirflowHome, deferring_bundle
 from mt_testsupport.procs import process_tree
 
 from benchmarks import harness as h
 from benchmarks.harness import MULTI, STOCK, Triggerer
-from benchmarks.runs import PG_SERVER, Ctx
+from benchmarks.runs import Ctx, pg_database
 
 _JOB = re.compile(r"multitrigger supervisor starting.*job_id=(\d+)")
 
@@ -101,7 +101,7 @@ def _one(ctx: Ctx, p: dict[str, Any], variant: str, members: list[str]) -> dict[
     extra = {"triggerer": {"capacity": str(p["n"]), "max_trigger_to_select_per_loop": str(select),
                            "triggerer_health_check_threshold": str(p["health_threshold"]),
                            "job_heartbeat_sec": str(p["heartbeat"])}}
-    db_url = ensure_pg_database(PG_SERVER, f"mtbench_scaleout_{variant.replace('+', '_')}")
+    db_url = pg_database(f"scaleout_{variant.replace('+', '_')}")
     home = AirflowHome.create(workdir / "home", {b: deferring_bundle(h.dag_for(b)) for b in bundles},
                               db_url=db_url, extra_config=extra)
     records = {b: workdir / f"{b}.rec" for b in bundles}
