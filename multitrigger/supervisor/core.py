@@ -46,6 +46,7 @@ from multitrigger.routing import NotServed, Origin, Refusal, Router
 from multitrigger.supervisor import prestart
 from multitrigger.supervisor.bundle_versions import BundleVersions
 from multitrigger.supervisor.db_health import DbHealth
+from multitrigger.supervisor.handback import HandbackListener
 from multitrigger.supervisor.lanes import Done, Lane
 from multitrigger.supervisor.launch import loop_env, private_home, user_reach_problems
 from multitrigger.supervisor.loop_process import read_order
@@ -98,6 +99,9 @@ class Supervisor:
         self._signals: list[int] = []
         self._next_tick = 0.0
         self._unbuilt = 0  # held triggers the last pass left unbuilt (Tick.backlog)
+        self.handback: HandbackListener | None = None  # other members' hand-backs (PostgreSQL)
+        self._hinted = False  # a hand-back was heard: claim again at once while passes find new triggers
+        self._hints = 0  # hand-back hints heard so far
         self.db_health = DbHealth(settings.db_retry_limit, step_bound=settings.db_timeout + 2,
                                   retry_after_error=settings.claim_interval, clock=clock)
         self._gave_up = False
@@ -204,6 +208,7 @@ class Supervisor:
         release_free_heap()  # and again once ready (_reconcile): what start-up freed (multitrigger.heap)
         log.info("multitrigger supervisor starting", loops=sorted(self.slots), job_id=self.store.job.id)
         self._health_server = HealthServer.start(self.config.health, self.board, self.settings.state_dir)
+        self.handback = self.store.listen_for_handbacks(self._wake_up)
         while not self._signals and not self.db_health.exhausted:
             self._service(self._next_wakeup())
             self._reconcile()
@@ -316,6 +321,11 @@ class Supervisor:
             return
         if self.persister.ready:
             self.persister.submit()
+        if self.handback is not None and self.handback.take():
+            # Another member handed triggers back: claim now, not up to a claim interval later.
+            log.info("hand-back heard; claiming now")
+            self._hinted, self._hints = True, self._hints + 1
+            self._next_tick = min(self._next_tick, now)
         if self.db.idle and (now >= self._next_tick or self._unbuilt):
             # Claimed but not yet built (``Tick.backlog``): build the next chunk at once, without
             # claiming more; the claim cadence stays the claim interval's.
@@ -323,13 +333,17 @@ class Supervisor:
             if claim:
                 self._next_tick = now + self.settings.claim_interval
             exclude = frozenset(self.routes) | self.outcomes.pending_ids()
+            hints = self._hints
             self.db.submit("tick" if claim else "build", lambda: self.store.tick(exclude, claim=claim),
-                           lambda done: self._db_done(done, self._ticked))
+                           lambda done: self._db_done(done, lambda tick: self._ticked(tick, hints)))
 
-    def _ticked(self, tick: Tick) -> None:
-        """Back on the selector thread: cancel what we no longer hold, route what is new."""
+    def _ticked(self, tick: Tick, hints: int) -> None:
+        """Back on the selector thread: cancel what we no longer hold, route what is new.
+        ``hints``: how many hand-back hints had been heard when this pass was submitted."""
         self.claimed = True  # the first claim completed: readiness may follow
         self._unbuilt = tick.backlog
+        if not tick.built and hints == self._hints:  # a pass after the last hint found nothing new
+            self._hinted = False
         for trigger_id in set(self.routes) - tick.held:
             self.slots[self.routes[trigger_id]].cancel(trigger_id)
         for trigger_id, traceback in tick.failures:
@@ -338,11 +352,13 @@ class Supervisor:
         for workload, origin in tick.built:
             if workload.id not in self.routes and workload.id not in pending:
                 self._route(workload, origin)
-        if tick.built and tick.alone:
+        if tick.built and (tick.alone or self._hinted):
             # A backlog is claimed max_trigger_to_select_per_loop at a time: come back for the
             # rest at once, not a claim interval later (nothing built: no hurry, no spinning).
             # Only with no other live triggerer: that setting exists to spread triggers over
-            # HA triggerers, and claiming again every 50 ms would take them all.
+            # HA triggerers, and claiming again every 50 ms would take them all. Or after a
+            # hand-back hint: every listening member heard it and claims its turns in the same
+            # rhythm, until a pass finds nothing new (the handed-back triggers are all taken).
             self._next_tick = min(self._next_tick, self.clock() + BACKLOG_CLAIM_DELAY)
 
     def _route(self, workload: workloads.RunTrigger, origin: Origin) -> None:
@@ -402,6 +418,8 @@ class Supervisor:
         """
         log.info("shutting down", signal=self._signals[0] if self._signals else None)
         self.notifier.stopping("metadata DB unreachable; exiting" if self._gave_up else "shutting down")
+        if self.handback is not None:
+            self.handback.stop()
         first = len(self._signals)
         for slot in self.slots.values():
             if slot.process is not None:
@@ -415,6 +433,7 @@ class Supervisor:
                 if slot.reap(self.selector, self.clock()) is not None:
                     slot.start_at = math.inf
                     self.desk.forget(name)
+                    self._hand_back_loop(name)
             self._service(0.05)
             self.desk.pump()
             self._drive_persist_only()
@@ -430,6 +449,19 @@ class Supervisor:
         if self._health_server is not None:
             self._health_server.stop()
         return 1 if self._gave_up else 0
+
+    def _hand_back_loop(self, name: str) -> None:
+        """A stopped loop's triggers go back at once, not after every loop has stopped: its process
+        is gone, and whatever it started (``reap``), so none of them runs here any more. Those
+        whose outcome is still being persisted stay ours (``_finish_db``). Skipped while the DB is
+        down; the final hand-back, or the others' takeover after the health threshold, follows."""
+        self.slots[name].relay.flush()  # its last lines reach the trigger logs before another member writes them
+        pending = self.outcomes.pending_ids()
+        ids = [tid for tid, slot in self.routes.items() if slot == name and tid not in pending]
+        if not ids or not self.db_health.may_try or self.db_health.down_since is not None:
+            return
+        self.db.submit(f"release {name}", lambda: self.store.release(ids),
+                       lambda done: _released(done, name, len(ids)))
 
     def _drive_persist_only(self) -> None:
         if self.persister.ready and self.db_health.may_try:
@@ -449,13 +481,23 @@ class Supervisor:
             log.warning("not handing triggers back (DB unreachable); other triggerers take them after the health threshold")
             self.store.drop_idle_connections()
             return
-        routes = list(self.routes)
+        keep = self.outcomes.pending_ids()  # not persisted: not ours to hand on (the DB is down for them)
         released: list[bool] = []
-        self.db.submit("release", lambda: self.store.release(routes), lambda done: released.append(done.error is None))
+        self.db.submit("release", lambda: self.store.release(None, keep=keep),
+                       lambda done: released.append(_released(done, None, None)))
         while not released and self.clock() < deadline:
             self._service(0.05)
         if released != [True]:
             log.error("could not hand triggers back; other triggerers take them after the health threshold")
+
+
+def _released(done: Done, loop: str | None, asked: int | None) -> bool:
+    """Log a hand-back's outcome; whether it was written."""
+    if done.error is not None:
+        log.error("could not hand triggers back", loop=loop, error=repr(done.error))
+        return False
+    log.info("triggers handed back", loop=loop, triggers=done.value, asked=asked)
+    return True
 
 
 def _upload(factory) -> None:  # type: ignore[no-untyped-def]

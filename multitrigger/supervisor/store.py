@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import structlog
@@ -32,7 +32,7 @@ from airflow._shared.timezones import timezone  # what airflow.models.trigger us
 from airflow.utils.session import create_session
 from multitrigger.config import default_config
 from multitrigger.routing import Origin, origins_for
-from multitrigger.supervisor import persist
+from multitrigger.supervisor import handback, persist
 from multitrigger.scope import Scope
 from multitrigger.supervisor.claims import Claim, Claimer
 from multitrigger.supervisor.log_files import LogFiles, default_max_open, pool_factories
@@ -328,6 +328,10 @@ class TriggerStore:
         team = self.claim_filters.team_name
         stats.incr("triggerer_heartbeat", 1, 1, tags={"team_name": team} if team else {})
 
+    def listen_for_handbacks(self, wake: Callable[[], None]) -> handback.HandbackListener | None:
+        """Other members' hand-back hints (PostgreSQL with psycopg2; else ``None``): ``handback``."""
+        return handback.HandbackListener.start_for_airflow(self.job.id, wake)
+
     def drop_idle_connections(self) -> None:
         """Close the pool's idle connections (at shutdown, the DB unreachable).
 
@@ -342,18 +346,27 @@ class TriggerStore:
         if settings.engine is not None:
             settings.engine.dispose()
 
-    def release(self, trigger_ids: Iterable[int]) -> None:
-        """Hand triggers back (``triggerer_id = NULL``) so another triggerer claims them at once."""
+    def release(self, trigger_ids: Iterable[int] | None = None, keep: Iterable[int] = ()) -> int:
+        """Hand triggers back (``triggerer_id = NULL``) so another triggerer claims them at once;
+        return how many. ``trigger_ids``: these (if still ours); ``None``: every one we hold but
+        ``keep``. On PostgreSQL the same transaction hints listening members to claim now
+        (``handback``)."""
         from sqlalchemy import update
 
-        ids = list(trigger_ids)
-        if not ids:
-            return
+        ours = Trigger.triggerer_id == self.job.id
+        if trigger_ids is None:
+            keep = list(keep)
+            where = [ours, Trigger.id.not_in(keep)] if keep else [ours]
+        else:
+            ids = list(trigger_ids)
+            if not ids:
+                return 0
+            where = [Trigger.id.in_(ids), ours]
         with create_session() as session:
-            session.execute(
-                update(Trigger)
-                .where(Trigger.id.in_(ids), Trigger.triggerer_id == self.job.id)
-                .values(triggerer_id=None)
-                .execution_options(synchronize_session=False)
+            result = session.execute(
+                update(Trigger).where(*where).values(triggerer_id=None).execution_options(synchronize_session=False)
             )
-
+            released = result.rowcount or 0
+            if released:
+                handback.notify(session, self.job.id, released)
+        return released
