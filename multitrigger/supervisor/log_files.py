@@ -20,7 +20,8 @@ make room, ``ENOSPC``, a permission error) is dropped and counted (``LogFiles.dr
 trigger in the warning), never raised: an exception there would end the stock consumer generator,
 and with it every trigger's logs.
 
-``PooledLogFactory`` is the stock factory with the file swapped (``TriggerStore`` replaces each
+``PooledLogFactory`` is the stock factory with the file swapped, and stock's processor chain with
+two steps made cheaper, their output unchanged (``multitrigger.supervisor.trigger_log_chain``), (``TriggerStore`` replaces each
 factory stock's ``_create_workload`` makes); ``upload_to_remote`` still finds the file through
 ``_file.name``, as ``airflow.sdk.log.relative_path_from_logger`` reads it (checked against 3.3.2).
 """
@@ -39,6 +40,7 @@ import attrs
 import structlog
 
 from airflow.jobs.triggerer_job_runner import TriggerLoggingFactory
+from multitrigger.supervisor import trigger_log_chain
 
 log = structlog.get_logger(__name__)
 
@@ -200,7 +202,7 @@ class PooledLogFactory(TriggerLoggingFactory):
             return self.bound_logger
         self._filehandle = self.pool.file(self.log_path, _init_log_file)  # type: ignore[assignment]
         underlying = structlog.BytesLogger(self._filehandle)  # type: ignore[arg-type]
-        self.bound_logger = structlog.wrap_logger(underlying, processors=processors).bind()
+        self.bound_logger = structlog.wrap_logger(underlying, processors=trigger_log_chain.faster(processors)).bind()
         return self.bound_logger
 
     @classmethod
