@@ -86,10 +86,11 @@ def _claim_passes(run: r.Run) -> dict[str, Any]:
     for _ts, line in h.grep_times(run.triggerer.log_text(), "claim pass"):
         fields = dict(w.split("=", 1) for w in line.split() if "=" in w)
         if int(fields.get("built", "0")) > 0:
-            passes.append({k: fields[k] for k in ("claim_s", "build_s", "built", "held") if k in fields})
-    return {"claim_passes": passes,
-            "claim_s_total": round(sum(float(x.get("claim_s", 0)) for x in passes), 2),
-            "build_s_total": round(sum(float(x.get("build_s", 0)) for x in passes), 2)}
+            passes.append({k: fields[k] for k in ("claim_s", "build_s", "claim_cpu_s", "build_cpu_s", "built", "held")
+                           if k in fields})
+    totals = {f"{k}_total": round(sum(float(x.get(k, 0)) for x in passes), 2)
+              for k in ("claim_s", "build_s", "claim_cpu_s", "build_cpu_s")}
+    return {"claim_passes": passes, **totals}
 
 
 def _limit_held(ctx: Ctx, name: str, db: str) -> dict[str, Any]:

@@ -116,7 +116,7 @@ class RowBuild:
     def _one(self, row: Any, session: Session) -> workloads.RunTrigger | None:
         """Stock ``_create_workload``'s plain task-instance workload, or None: stock builds it."""
         try:
-            ti = RowTI({name: getattr(row, f"ti_{name}") for name in TI_COLUMNS})
+            ti = RowTI(dict(zip(TI_COLUMNS, row[_TI_AT:])))
             if not ti.dag_version_id or self._starts_from_trigger(row, ti, session) is not False:
                 return None
             log_path = self.render_log_fname(ti=ti)
@@ -154,12 +154,15 @@ class RowBuild:
         return self._tasks[task_key]
 
 
+_TI_AT = 5  # the task instance's columns follow the first five of ``_query``'s row
+
+
 def _query(ids: set[int]):  # type: ignore[no-untyped-def]
     return (
         select(Trigger.id.label("trigger_id"), Trigger.classpath, Trigger.encrypted_kwargs,
                DagRun.created_dag_version_id.label("run_created_dag_version_id"),
                DagRun.bundle_version.label("run_bundle_version"),
-               *(column.label(f"ti_{name}") for name, column in TI_COLUMNS.items()))
+               *TI_COLUMNS.values())
         .join(TaskInstance, TaskInstance.trigger_id == Trigger.id)
         .join(DagRun, and_(DagRun.dag_id == TaskInstance.dag_id, DagRun.run_id == TaskInstance.run_id))
         .where(Trigger.id.in_(ids))
