@@ -159,6 +159,28 @@ def test_events_and_failures_persist_in_separate_steps_and_committed_events_are_
     assert [tid for tid, _ in outcomes.take().failures] == [9]
 
 
+def test_a_step_takes_at_most_the_limit_oldest_first_and_a_put_back_batch_goes_first_again() -> None:
+    from airflow.jobs.triggerer_job_runner import TriggerEventEntry
+    from airflow.triggers.base import TriggerEvent
+
+    outcomes = Outcomes()
+    for tid in range(1, 8):
+        outcomes.add_event("team_a", TriggerEventEntry(trigger_id=tid, event=TriggerEvent(tid), persist_seq=None))
+    outcomes.add_failure(9, ["crashed\n"])
+    first = outcomes.take(limit=3)
+    assert [e.trigger_id for _, e in first.events] == [1, 2, 3] and not first.failures
+    assert outcomes.pending_ids() == {1, 2, 3, 4, 5, 6, 7, 9}  # the batch in flight and what waits
+    outcomes.put_back(persisted={1})
+    second = outcomes.take(limit=3)
+    assert [e.trigger_id for _, e in second.events] == [2, 3, 4]
+    outcomes.done()
+    assert [e.trigger_id for _, e in outcomes.take(limit=3).events] == [5, 6, 7]
+    outcomes.done()
+    assert [tid for tid, _ in outcomes.take(limit=3).failures] == [9]  # failures once no event waits
+    outcomes.done()
+    assert not outcomes and outcomes.pending_ids() == set()
+
+
 def test_db_health_with_one_lane_stuck_stays_down_while_the_other_succeeds() -> None:
     clock = Clock()
     health = DbHealth(retry_limit=60, step_bound=12, retry_after_error=1, clock=clock)

@@ -250,6 +250,7 @@ class Supervisor:
                 proc.service(self.selector, sock, reader)
         for lane in (self.persist_lane, self.db, self.desk.lane, self.uploads):
             lane.run_completions()
+        self._drive_persist_only()  # the events just read (or the rest of a burst) before this pass's log lines
         self.versions.run_completions()
         self._deliver_output()
         if self.board.due(now := self.clock()):
