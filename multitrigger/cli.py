@@ -224,6 +224,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from multitrigger.unused_imports import skip_unused_imports
+
+    skip_unused_imports()  # before anything imports structlog or httpx (multitrigger.unused_imports)
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["run"]:  # before anything imports Airflow: see multitrigger.supervisor.prestart
         from multitrigger.supervisor.prestart import prestart_for_argv

@@ -22,8 +22,12 @@ from __future__ import annotations
 import os
 import sys
 
-from multitrigger.loop import privileges, sys_path
-from multitrigger.protocol import ENV_LOG_FD
+from multitrigger.unused_imports import skip_unused_imports
+
+skip_unused_imports()  # before the imports below pull in structlog and httpx (multitrigger.unused_imports)
+
+from multitrigger.loop import privileges, sys_path  # noqa: E402
+from multitrigger.protocol import ENV_LOG_FD  # noqa: E402
 
 
 def setup(log_fd: int, reset_signals: bool = True) -> None:

@@ -67,6 +67,7 @@ from multitrigger.cgroups.join import join_or_exit, procs_files
 from multitrigger.heap import release_free_heap
 from multitrigger.loop import sys_path
 from multitrigger.pdeathsig import set_pdeathsig
+from multitrigger.unused_imports import skip_unused_imports
 from multitrigger.zygote_protocol import (
     CONTROL_FD, ENV_PRELOAD, ENV_STAGED, FORK_FDS, RECV_SIZE, TO_ZYGOTE, Configure, Exited, Failed, Fork,
     ForkFailed, Forked, ProtocolError, Ready, Rejected, ToZygote, decode, send,
@@ -105,11 +106,10 @@ REQUIRED_MODULES = (
 #: effort: a module missing from a bundle's venv is skipped (Airflow then imports what it needs).
 PREWARM_MODULES = (
     "sqlalchemy", "sqlalchemy.orm", "sqlalchemy.ext.associationproxy", "libcst", "structlog",
-    "structlog.dev", "structlog.processors", "structlog.tracebacks", "jsonschema", "rich.console",
-    "rich.pretty", "rich.traceback", "isoduration", "arrow", "httpx", "httpcore", "jinja2", "click",
+    "structlog.dev", "structlog.processors", "structlog.tracebacks", "jsonschema", "isoduration", "arrow", "httpx", "httpcore", "jinja2", "click",
     "pydantic", "pydantic_core", "pendulum", "fsspec", "fsspec.implementations.local",
     "opentelemetry.sdk.resources", "opentelemetry.sdk.trace", "upath", "yaml", "psutil", "dill", "attr",
-    "typing_extensions", "pathspec", "pygments.lexers", "importlib_metadata", "dateutil.tz", "h11",
+    "typing_extensions", "pathspec", "importlib_metadata", "dateutil.tz", "h11",
     "cryptography.fernet", "msgspec", "anyio", "anyio._backends._asyncio", "greenback", "tenacity",
     "lazy_object_proxy", "methodtools", "uuid6", "termcolor", "tabulate", "itsdangerous", "setproctitle",
 )
@@ -348,6 +348,7 @@ def _set_title(title: str) -> None:
 
 
 def main() -> NoReturn:
+    skip_unused_imports()  # before anything imports structlog or httpx (multitrigger.unused_imports)
     ctl = socket.socket(fileno=CONTROL_FD)  # SOCK_SEQPACKET, detected from the fd
     started = time.monotonic()
     extra = [m for m in os.environ.get(ENV_PRELOAD, "").split(",") if m.strip()]
