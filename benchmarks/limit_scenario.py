@@ -46,18 +46,17 @@ def _limit(ctx: Ctx, name: str, db: str) -> dict[str, Any]:
     def one(kind: str) -> dict[str, Any]:
         sizes = _bursts(p, kind)
         with r.running(ctx, name, kind, bundles, extra_config=extra, db=db) as run:
-            # Seeding takes ~2.5 ms per trigger on SQLite, more on PostgreSQL (base assumes 1 ms);
-            # start-up (claim, build, start every trigger) ~2-6 ms per trigger on a loaded 2-core machine.
-            slow = 2 if db == "pg" else 1
-            due0 = r.base(3 * slow * sum(sizes), p["margin"] + slow * p["margin_per_trigger"] * sum(sizes))
-            dues, items, k = [], [], 0
+            # Seeded with provisional due times, then moved to ``margin`` s after the launch (retime):
+            # start-up (claim, build, start every trigger) predicted from this session's runs.
+            provisional = h.now() + 3600.0
+            items, k = [], 0
             for j, n in enumerate(sizes):
-                due = due0 + sum(p["gaps"][:j])
-                dues.append(due)
                 for i in range(n):
-                    items.append(h.fire_at(f"n{n}", bundles[k % len(bundles)], k, due))
+                    items.append(h.fire_at(f"n{n}", bundles[k % len(bundles)], k, provisional + sum(p["gaps"][:j])))
                     k += 1
             r.seed(run, items)
+            due0 = r.retime(run, items, ctx.margin(kind, run.result["db"], len(items)))
+            dues = [due0 + sum(p["gaps"][:j]) for j in range(len(sizes))]
             r.start(run, bundles, expect_started=items)
             r.wait_startup(run, len(items), due0 - 0.2)
             r.mark_due(run, due0)
@@ -104,14 +103,14 @@ def _limit_held(ctx: Ctx, name: str, db: str) -> dict[str, Any]:
         cap = str(total + 100)
         extra = {"triggerer": {"capacity": cap, "max_trigger_to_select_per_loop": cap}}
         with r.running(ctx, name, kind, bundles, extra_config=extra, db=db) as run:
-            slow = 2 if db == "pg" else 1  # as in _limit
-            due = r.base(3 * slow * total, p["margin"] + slow * p["margin_per_trigger"] * total)
-            held = [h.fire_at("held", bundles[k % len(bundles)], k, due + 86400) for k in range(held_n)]
-            burst = [h.fire_at(series, bundles[k % len(bundles)], k, due) for k in range(held_n, total)]
+            provisional = h.now() + 3600.0  # moved to ``margin`` s after the launch (as in _limit)
+            held = [h.fire_at("held", bundles[k % len(bundles)], k, provisional + 86400) for k in range(held_n)]
+            burst = [h.fire_at(series, bundles[k % len(bundles)], k, provisional) for k in range(held_n, total)]
             t0 = time.monotonic()
             run.home.defer_many([i.spec() for i in held])  # not run.items: they stay deferred, by design
             run.result["seed_held_s"] = round(time.monotonic() - t0, 2)
             r.seed(run, burst)
+            due = r.retime(run, burst, ctx.margin(kind, run.result["db"], total))
             r.start(run, bundles, expect_started=held + burst)
             r.wait_startup(run, total, due - 0.2)
             r.mark_due(run, due)

@@ -17,7 +17,6 @@ Reported: both, their ratio (goal ≤ 0.75), the base tree without the venv pair
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import psutil
@@ -28,16 +27,6 @@ from benchmarks.harness import MULTI, STOCK
 from benchmarks.runs import Ctx
 
 VENV_BUNDLE = "m_venv"
-
-
-def _bundle_venv(ctx: Ctx) -> Path:
-    """The layered bundle venv of ``m_venv``, made once per results directory."""
-    from multitrigger.venvs import create_bundle_venv
-
-    venv = ctx.out / "marginal" / "bundle-venv"
-    if not (venv / "bin" / "python").exists():
-        create_bundle_venv(venv)
-    return venv
 
 
 def _argv0(pid: int) -> str | None:
@@ -72,7 +61,7 @@ def _idle_memory(run: r.Run, p: dict[str, Any], venv_python: str | None) -> dict
 def marginal(ctx: Ctx) -> dict[str, Any]:
     p = ctx.params("marginal")
     base = [f"m{i}" for i in range(p["bundles"])]
-    venv = _bundle_venv(ctx) if MULTI in ctx.kinds else None
+    venv = r.bundle_venv(ctx) if MULTI in ctx.kinds else None
 
     def one(kind: str) -> dict[str, Any]:
         bundles = [*base, VENV_BUNDLE] if kind == MULTI else [VENV_BUNDLE]  # stock: one team's triggerer

@@ -1,6 +1,8 @@
 """Run the triggerer benchmarks: stock ``airflow triggerer`` vs ``multitrigger run``.
 
-    .venv/bin/python -m benchmarks.run [--scenarios light,throughput,noisy,crash,idle,storm,flood] [--out benchmarks/results]
+    .venv/bin/python -m benchmarks.run [--scenarios idle,crash,...] [--out benchmarks/results]
+
+Without --scenarios: the issue 13 full run (FULL_RUN in benchmarks/scenarios.py).
 
 See benchmarks/README.md for what each scenario measures and how to read the output.
 """
@@ -21,7 +23,7 @@ from typing import Any
 from benchmarks import report
 from benchmarks.harness import KINDS
 from benchmarks.runs import Ctx
-from benchmarks.scenarios import SCENARIOS
+from benchmarks.scenarios import ESTIMATE_S, FULL_RUN, SCENARIOS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,8 +48,9 @@ def _git_dirty() -> bool | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
-                        help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all)")
+    parser.add_argument("--scenarios", default=",".join(FULL_RUN),
+                        help=f"comma-separated subset of {','.join(SCENARIOS)} (default: the issue 13 full run, "
+                             f"{','.join(FULL_RUN)})")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="results directory")
     parser.add_argument("--triggerers", default=",".join(KINDS), help="stock,multitrigger (default: both, in that order)")
     parser.add_argument("--throughput-db", choices=("sqlite", "pg"), default="sqlite",
@@ -82,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Ctx(out=out, kinds=kinds, keep_db=args.keep_db, quick=args.quick, throughput_db=args.throughput_db,
               quiet_wait=args.quiet_wait, say=say)
     say(f"results -> {out}")
+    estimate = sum(ESTIMATE_S.get(n, 120) * (0.5 if len(kinds) == 1 else 1.0) for n in names) * (0.5 if args.quick else 1.0)
+    say(f"scenarios {','.join(names)}: estimated {estimate / 60:.1f} min on a quiet 2-core machine"
+        f"{' (--quick: a rough guess)' if args.quick else ''}")
     from mt_testsupport.home import airflow_version, prestart_zygote
 
     prestart_zygote(wait=True)  # the sandbox's warm fork server for seeding; not part of any measurement
