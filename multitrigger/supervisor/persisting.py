@@ -27,10 +27,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+import structlog
+
 from multitrigger.supervisor.lanes import Done, Lane
 from multitrigger.supervisor.outcomes import Batch, Outcomes
 from multitrigger.supervisor.slot import LoopSlot
 from multitrigger.supervisor.store import PartlyPersisted, TriggerStore
+
+log = structlog.get_logger(__name__)
 
 #: The supervisor's end of a DB step: ``(done, on_ok, on_error)`` (``Supervisor._db_done``).
 DbDone = Callable[[Done, Callable, Callable[[BaseException], None]], None]
@@ -47,6 +51,11 @@ class Persister:
     def ready(self) -> bool:
         """Something is queued and the lane is free for it."""
         return self.lane.idle and bool(self.outcomes)
+
+    def warm_up(self) -> None:
+        """First on the lane (its thread's own session): what the first persist would do the
+        first time (``persist.warm_up``), so the first burst does not pay for it. Best effort."""
+        self.lane.submit("persist warm-up", self.store.warm_up_persist, _warmed_up)
 
     def submit(self) -> None:
         batch = self.outcomes.take()
@@ -78,3 +87,8 @@ class Persister:
                 slot.stats.events_persisted += 1
                 if entry.persist_seq is not None:
                     slot.persisted(entry.persist_seq)
+
+
+def _warmed_up(done: Done) -> None:
+    if done.error is not None:  # the DB is not there yet, say: the first persist pays, as before
+        log.info("persist warm-up failed", error=repr(done.error))

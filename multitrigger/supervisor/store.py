@@ -296,6 +296,11 @@ class TriggerStore:
                 log.exception("could not persist trigger event", trigger_id=trigger_id)
         return done
 
+    def warm_up_persist(self) -> None:
+        """On the persist lane, before its first burst: ``persist.warm_up`` (reads only)."""
+        with create_session() as session:
+            persist.warm_up(session)
+
     def submit_failures(self, failures: Iterable[tuple[int, list[str] | None]]) -> None:
         """Persist failures in one transaction (one per failure if the batch fails).
 
