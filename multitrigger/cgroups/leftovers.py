@@ -52,14 +52,21 @@ class Stat:
 
 
 def read_stat(pid: int, proc: Path = PROC) -> Stat | None:
+    """One ``os.read`` of the file, parsed as bytes: ``ProcTable.scan`` reads one per process on the
+    host, on the supervisor's selector thread (~110 processes: 2.3-2.8 ms of CPU with
+    ``Path.read_text``, 0.8-1.2 ms so)."""
     try:
-        text = (proc / str(pid) / "stat").read_text()
+        fd = os.open(f"{proc}/{pid}/stat", os.O_RDONLY)
+        try:
+            data = os.read(fd, 4096)  # one line of well under 1 KB (comm is at most 16 bytes)
+        finally:
+            os.close(fd)
     except OSError:
         return None
     try:  # after "pid (comm)": state ppid pgrp session ... field 22 (starttime) is index 19
-        fields = text.rsplit(")", 1)[1].split()
-        return Stat(state=fields[0], ppid=int(fields[1]), session=int(fields[3]), start=int(fields[19]))
-    except (IndexError, ValueError):
+        fields = data.rsplit(b")", 1)[1].split()
+        return Stat(state=fields[0].decode(), ppid=int(fields[1]), session=int(fields[3]), start=int(fields[19]))
+    except (IndexError, ValueError, UnicodeDecodeError):
         return None
 
 
