@@ -53,7 +53,8 @@ PARAMS: dict[str, dict[str, Any]] = {
     "marginal": {"bundles": 4, "per_bundle": 3, "idle": 15.0, "start_timeout": 120.0, "pss_samples": 3},
     "storm": {"others": 3, "per_bundle": 20, "window": 30.0, "crashed_healthy": 8, "kill_offset": 3.0,
               "kill_every": 3.0, "stagger": 0.7, "exec_startup": 4.0, "restart_delay": 2.0, "grace": 60.0},
-    "limit": {"bundles": 4, "sizes": [200, 2000, 20000], "gaps": [5.0, 12.0], "stock_max": 2000, "grace": 60.0},
+    "limit": {"bundles": 4, "sizes": [200, 2000, 20000], "gaps": [5.0, 12.0], "stock_max": 2000, "stock_max_pg": 200,
+              "grace": 60.0},
     "limit_held": {"bundles": 4, "held": 19000, "burst": 200, "stock_held_max": 2000, "grace": 30.0},
     "scaleout": {"instances": 4, "bundles": 4, "n": 4000, "health_threshold": 10.0, "heartbeat": 2.0, "claim_cycle": 1.0,
                  "slack": 10.0, "term_timeout": 60.0, "start_timeout": 300.0, "claim_timeout": 180.0},
@@ -71,7 +72,7 @@ QUICK: dict[str, dict[str, Any]] = {  # smoke-test sizes (--quick); numbers are 
     "idle": {"idle": 5.0},
     "marginal": {"idle": 5.0},
     "storm": {"per_bundle": 5, "window": 15.0, "crashed_healthy": 3, "grace": 30.0},
-    "limit": {"sizes": [20, 200], "gaps": [5.0], "stock_max": 200, "grace": 20.0},
+    "limit": {"sizes": [20, 200], "gaps": [5.0], "stock_max": 200, "stock_max_pg": 20, "grace": 20.0},
     "limit_held": {"held": 600, "burst": 50, "stock_held_max": 600, "grace": 15.0},
     "scaleout": {"n": 200},
     "flood": {"per_bundle": 5, "window": 8.0, "flood_window": 4.0, "line_mib": 16, "stdout_line_mib": 4, "stdout_mib": 8},
@@ -85,12 +86,12 @@ QUICK: dict[str, dict[str, Any]] = {  # smoke-test sizes (--quick); numbers are 
 #: on SQLite, PostgreSQL about twice that); these leave room for a machine shared with other work.
 #: The full run starts with ``idle``, which measures both triggerers' start-up for what follows.
 STARTUP_GUESS: dict[tuple[str, str], tuple[float, float]] = {
-    ("multitrigger", "sqlite"): (5.0, 0.0012), ("multitrigger", "postgresql"): (5.0, 0.0025),
+    ("multitrigger", "sqlite"): (5.0, 0.0012), ("multitrigger", "postgresql"): (5.0, 0.002),
     ("stock", "sqlite"): (6.0, 0.004), ("stock", "postgresql"): (7.0, 0.008),
 }
 #: margin = MARGIN_FACTOR x the predicted start-up + MARGIN_SLACK, at least MARGIN_MIN: room for a
-#: start-up twice as slow as the slowest seen (a busier machine) before it overruns the first due.
-MARGIN_FACTOR, MARGIN_SLACK, MARGIN_MIN = 2.0, 3.0, 8.0
+#: start-up 1.5 times as slow as the slowest seen (a busier machine) before it overruns the first due.
+MARGIN_FACTOR, MARGIN_SLACK, MARGIN_MIN = 1.5, 3.0, 8.0
 #: How long stock gets to exit after SIGTERM before its process group is killed: its graceful stop
 #: takes up to ~20 s and measures nothing the benchmark reports (multitrigger's is measured, 45 s).
 STOCK_STOP_TIMEOUT = 8.0
