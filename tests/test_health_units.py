@@ -146,7 +146,7 @@ def test_airflow_counters_restart_from_zero_for_a_slot_that_ended_and_came_back(
 
     def loop(name: str, events: int):
         return SimpleNamespace(name=name, bundle_label="b", triggers=0, up=True, lag_p50=None, lag_p99=None,
-                               events=events, events_persisted=events, failures=0, blocked_episodes=0, restarts=0)
+                               events=events, events_persisted=events, failures=0, failures_persisted=0, blocked_episodes=0, restarts=0)
 
     def snap(at: float, *loops):
         return SimpleNamespace(taken_at=at, hostname="h", team_name=None, capacity=10, triggers=0, loops=loops)

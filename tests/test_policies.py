@@ -136,7 +136,7 @@ def test_outcomes_put_back_keeps_order_and_pending_ids_cover_the_batch_in_flight
     outcomes.add_failure(2, ["crashed\n"])
     assert outcomes.pending_ids() == {1, 2} and len(batch) == 1
     outcomes.put_back()  # the DB was unreachable
-    assert [tid for tid, _ in outcomes.take().failures] == [1, 2]
+    assert [f[0] for _, f in outcomes.take().failures] == [1, 2]
     outcomes.done()
     assert outcomes.pending_ids() == set() and not outcomes
 
@@ -156,7 +156,7 @@ def test_events_and_failures_persist_in_separate_steps_and_committed_events_are_
     again = outcomes.take()
     assert [e.trigger_id for _, e in again.events] == [2, 3] and not again.failures
     outcomes.done()
-    assert [tid for tid, _ in outcomes.take().failures] == [9]
+    assert [f[0] for _, f in outcomes.take().failures] == [9]
 
 
 def test_a_step_takes_at_most_the_limit_oldest_first_and_a_put_back_batch_goes_first_again() -> None:
@@ -176,9 +176,51 @@ def test_a_step_takes_at_most_the_limit_oldest_first_and_a_put_back_batch_goes_f
     outcomes.done()
     assert [e.trigger_id for _, e in outcomes.take(limit=3).events] == [5, 6, 7]
     outcomes.done()
-    assert [tid for tid, _ in outcomes.take(limit=3).failures] == [9]  # failures once no event waits
+    assert [f[0] for _, f in outcomes.take(limit=3).failures] == [9]  # failures once no event waits
     outcomes.done()
     assert not outcomes and outcomes.pending_ids() == set()
+
+
+def test_failures_count_per_loop_once_written_and_a_step_cut_short_counts_only_what_it_committed() -> None:
+    """``triggers.failed`` (``failures_persisted``) counts a loop's failure once it is in the DB, as
+    stock counts it after ``submit_failure``: not while it waits, not twice when a step is retried."""
+    from types import SimpleNamespace
+
+    from multitrigger.supervisor.persisting import Persister
+    from multitrigger.supervisor.slot import LoopStats
+    from multitrigger.supervisor.store import PartlyPersisted
+
+    class Store:  # the DB goes away after the first failure of the first step was committed
+        def __init__(self) -> None:
+            self.written: list[int] = []
+
+        def submit_failures(self, failures):
+            if not self.written:
+                self.written.append(failures[0][0])
+                raise PartlyPersisted("gone", [failures[0][0]])
+            self.written += [tid for tid, _ in failures]
+            return [tid for tid, _ in failures]
+
+    def db_done(done, on_ok, on_error):
+        on_ok(done.value) if done.error is None else on_error(done.error)
+
+    woke = threading.Event()
+    lane = Lane("persist", woke.set)
+    outcomes, store = Outcomes(), Store()
+    slots = {"team_a": SimpleNamespace(stats=LoopStats()), "team_b": SimpleNamespace(stats=LoopStats())}
+    persister = Persister(outcomes, lane, store, slots, db_done)  # type: ignore[arg-type]
+    outcomes.add_failure(1, ["crashed\n"], "team_a")
+    outcomes.add_failure(2, ["crashed\n"], "team_b")
+    outcomes.add_failure(3, ["refused\n"])  # no loop ran it
+    assert slots["team_a"].stats.failures_persisted == slots["team_b"].stats.failures_persisted == 0
+    for _ in range(2):
+        woke.clear()
+        persister.submit()
+        assert woke.wait(5)
+        lane.run_completions()
+    assert store.written == [1, 2, 3] and not outcomes and outcomes.pending_ids() == set()
+    assert slots["team_a"].stats.failures_persisted == 1 and slots["team_b"].stats.failures_persisted == 1
+    lane.close()
 
 
 def test_db_health_with_one_lane_stuck_stays_down_while_the_other_succeeds() -> None:

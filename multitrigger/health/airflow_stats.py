@@ -14,7 +14,8 @@ UDP datagram per value, non-blocking):
 * ``triggers.succeeded``, ``triggers.failed``, ``triggers.blocked_main_thread`` per loop, as
   increments since the last emission; ``succeeded`` counts events once written to the DB, as
   stock counts them after ``on_trigger_event`` (so an outage does not count what may be lost);
-  ``failed`` counts failures as the loops report them or the supervisor decides them;
+  ``failed`` counts a loop's failures (reported by it, or its poison verdicts) once written to the
+  DB, as stock counts them after ``submit_failure``;
 * multitrigger's own: ``multitrigger.loop.restarts`` (counter), ``multitrigger.loop.up``,
   ``multitrigger.loop.lag_p50`` and ``multitrigger.loop.lag_p99`` (gauges, milliseconds).
 
@@ -52,7 +53,7 @@ class AirflowStats:
             for name, value in (("multitrigger.loop.lag_p50", loop.lag_p50), ("multitrigger.loop.lag_p99", loop.lag_p99)):
                 if value is not None:
                     stats.gauge(name, round(value * 1000, 3), tags=tags)
-            for name, total in (("triggers.succeeded", loop.events_persisted), ("triggers.failed", loop.failures),
+            for name, total in (("triggers.succeeded", loop.events_persisted), ("triggers.failed", loop.failures_persisted),
                                 ("triggers.blocked_main_thread", loop.blocked_episodes),
                                 ("multitrigger.loop.restarts", loop.restarts)):
                 if (delta := total - self._sent.get((loop.name, name), 0)) > 0:

@@ -79,6 +79,7 @@ class SnapshotCollector(Collector):
             ("events", "Trigger events reported by the loop"),
             ("events_persisted", "Of those, events written to the metadata DB"),
             ("failures", "Trigger failures reported by the loop or decided by the supervisor"),
+            ("failures_persisted", "Of those, failures written to the metadata DB"),
             ("restarts", "Times the loop's process ended and was restarted"),
             ("blocked_episodes", "Times the loop's event loop was blocked past blocked_main_thread_warning_threshold"),
             ("blocked_seconds", "Seconds the event loop spent blocked in those episodes"),
@@ -117,7 +118,8 @@ class SnapshotCollector(Collector):
             for key, value in values.items():
                 if value is not None:
                     gauges[key].add_metric(labels, value)
-            totals = {"events": loop.events, "events_persisted": loop.events_persisted, "failures": loop.failures, "restarts": loop.restarts,
+            totals = {"events": loop.events, "events_persisted": loop.events_persisted, "failures": loop.failures,
+                      "failures_persisted": loop.failures_persisted, "restarts": loop.restarts,
                       "blocked_episodes": loop.blocked_episodes, "blocked_seconds": loop.blocked_seconds,
                       "poison_failed": loop.poison_failed, "output_dropped_bytes": loop.output_dropped_bytes,
                       "cpu_seconds": proc.cpu_seconds}

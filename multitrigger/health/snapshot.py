@@ -56,6 +56,7 @@ class LoopSnapshot:
     events: int
     events_persisted: int
     failures: int
+    failures_persisted: int
     restarts: int
     restarts_recent: int
     last_exit: str | None
@@ -173,7 +174,7 @@ def _loop(slot: LoopSlot, wanted: bool, now: float, wall: float, lost: tuple[str
         interpreter=str(slot.config.python), start_method=slot.config.start_method, wanted=wanted,
         state=loop_state(slot, wanted, now), pid=process.pid if process else None,
         forked=process.forked if process else None, triggers=len(slot.assigned), events=stats.events, events_persisted=stats.events_persisted,
-        failures=stats.failures, restarts=stats.restarts,
+        failures=stats.failures, failures_persisted=stats.failures_persisted, restarts=stats.restarts,
         restarts_recent=sum(1 for t in stats.restart_times if wall - t <= RECENT_WINDOW),
         last_exit=stats.last_exit, last_exit_at=stats.last_exit_at,
         since_checkin=silent,

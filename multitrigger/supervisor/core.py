@@ -143,7 +143,7 @@ class Supervisor:
             poison=PoisonPolicy(loop.name, loop.restart.poison_threshold, clock=self.clock),
             sinks=SlotSinks(
                 on_event=self.outcomes.add_event,
-                on_failure=lambda _loop, tid, tb: self.outcomes.add_failure(tid, tb),
+                on_failure=lambda loop, tid, tb: self.outcomes.add_failure(tid, tb, loop),
                 on_finished=self._on_finished,
                 on_output=lambda name, pid, line: log.info(line, loop=name, pid=pid, source="loop output"),
                 on_log_line=self._log_sink.send,

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from airflow.jobs.triggerer_job_runner import TriggerEventEntry
 
-Failure = tuple[int, list[str] | None]
+Failure = tuple[int, list[str] | None]  # (trigger id, traceback), as ``TriggerStore.submit_failures`` takes them
 
 #: At most this many events (or failures) per persist step.
 BATCH_LIMIT = 1000
@@ -35,7 +35,7 @@ BATCH_LIMIT = 1000
 @dataclass
 class Batch:
     events: list[tuple[str, TriggerEventEntry]]  # (loop, entry)
-    failures: list[Failure]
+    failures: list[tuple[str | None, Failure]]  # (loop, failure); no loop: refused or not built before one ran it
 
     def __len__(self) -> int:
         return len(self.events) + len(self.failures)
@@ -44,14 +44,14 @@ class Batch:
 @dataclass
 class Outcomes:
     _events: list[tuple[str, TriggerEventEntry]] = field(default_factory=list)
-    _failures: list[Failure] = field(default_factory=list)
+    _failures: list[tuple[str | None, Failure]] = field(default_factory=list)
     _in_flight: Batch | None = None
 
     def add_event(self, loop: str, entry: TriggerEventEntry) -> None:
         self._events.append((loop, entry))
 
-    def add_failure(self, trigger_id: int, traceback: list[str] | None) -> None:
-        self._failures.append((trigger_id, traceback))
+    def add_failure(self, trigger_id: int, traceback: list[str] | None, loop: str | None = None) -> None:
+        self._failures.append((loop, (trigger_id, traceback)))
 
     def __len__(self) -> int:
         return len(self._events) + len(self._failures)
@@ -73,12 +73,12 @@ class Outcomes:
 
     def put_back(self, persisted: Collection[int] = ()) -> None:
         """The persist step did not reach the DB: its batch goes first in the next one, but for
-        the events it did commit (``persisted``) before the DB went away."""
+        the outcomes it did commit (``persisted``, trigger ids) before the DB went away."""
         if self._in_flight is not None:
             self._events[:0] = [(loop, e) for loop, e in self._in_flight.events if e.trigger_id not in persisted]
-            self._failures[:0] = self._in_flight.failures
+            self._failures[:0] = [(loop, f) for loop, f in self._in_flight.failures if f[0] not in persisted]
             self._in_flight = None
 
     def pending_ids(self) -> set[int]:
         batches = [Batch(self._events, self._failures)] + ([self._in_flight] if self._in_flight else [])
-        return {e.trigger_id for b in batches for _, e in b.events} | {tid for b in batches for tid, _ in b.failures}
+        return {e.trigger_id for b in batches for _, e in b.events} | {f[0] for b in batches for _, f in b.failures}

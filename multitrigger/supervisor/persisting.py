@@ -64,10 +64,11 @@ class Persister:
                                                    lambda error: self._failed(batch, error)))
 
     def _persist(self, batch: Batch) -> set[int]:
-        """On the persist lane: events, then failures. Returns the trigger ids whose events were written."""
+        """On the persist lane: the batch's events, or its failures (``Outcomes.take``: never both).
+        Returns the trigger ids whose outcomes were written."""
         persisted = set(self.store.submit_events([(e.trigger_id, e.event) for _, e in batch.events])) if batch.events else set()
         if batch.failures:
-            self.store.submit_failures(batch.failures)
+            persisted |= set(self.store.submit_failures([f for _, f in batch.failures]))
         return persisted
 
     def _persisted(self, batch: Batch, persisted: set[int]) -> None:
@@ -81,12 +82,16 @@ class Persister:
         self._confirm(batch, persisted)
 
     def _confirm(self, batch: Batch, persisted: set[int]) -> None:
-        """Count the written events per loop; confirm their shared-stream sequence numbers."""
+        """Count the written events and failures per loop (stock counts ``triggers.succeeded`` and
+        ``triggers.failed`` once written); confirm the events' shared-stream sequence numbers."""
         for loop, entry in batch.events:
             if entry.trigger_id in persisted and (slot := self.slots.get(loop)):
                 slot.stats.events_persisted += 1
                 if entry.persist_seq is not None:
                     slot.persisted(entry.persist_seq)
+        for failed_in, (trigger_id, _) in batch.failures:
+            if trigger_id in persisted and failed_in is not None and (slot := self.slots.get(failed_in)):
+                slot.stats.failures_persisted += 1
 
 
 def _warmed_up(done: Done) -> None:

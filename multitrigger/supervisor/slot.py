@@ -73,6 +73,7 @@ class LoopStats:
     events: int = 0
     events_persisted: int = 0  # of those, written to the DB (what stock's triggers.succeeded counts)
     failures: int = 0
+    failures_persisted: int = 0  # of those, written to the DB (what stock's triggers.failed counts)
     restarts: int = 0
     last_exit: str | None = None
     last_exit_at: float | None = None  # wall clock (time.time)

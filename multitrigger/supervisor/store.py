@@ -133,8 +133,9 @@ class DatabaseUnavailable(Exception):
 
 
 class PartlyPersisted(DatabaseUnavailable):
-    """The DB went away after some events of a batch were committed (one by one): ``persisted``
-    must not be written again (an asset watcher's event would register its asset change twice)."""
+    """The DB went away after some events (or failures) of a batch were committed (one by one):
+    ``persisted`` must not be written again (an asset watcher's event would register its asset
+    change twice) nor counted again."""
 
     def __init__(self, message: str, persisted: list[int]) -> None:
         super().__init__(message)
@@ -301,27 +302,34 @@ class TriggerStore:
         with create_session() as session:
             persist.warm_up(session)
 
-    def submit_failures(self, failures: Iterable[tuple[int, list[str] | None]]) -> None:
-        """Persist failures in one transaction (one per failure if the batch fails).
+    def submit_failures(self, failures: Iterable[tuple[int, list[str] | None]]) -> list[int]:
+        """Persist failures in one transaction (one per failure if the batch fails); return persisted ids.
 
-        Raises ``DatabaseUnavailable`` if the database cannot be reached (the caller retries); a
-        failure that cannot be written for any other reason is logged and dropped, alone.
+        Raises ``DatabaseUnavailable`` if the database cannot be reached (the caller retries;
+        ``PartlyPersisted`` names those committed one by one before); a failure that cannot be
+        written for any other reason is logged and dropped, alone.
         """
         failures = list(failures)
         try:
             with create_session() as session:
                 for trigger_id, tb in failures:
                     Trigger.submit_failure(trigger_id=trigger_id, exc=tb, session=session)
-            return
+            return [tid for tid, _ in failures]
         except Exception as err:
             raise_if_unreachable(err)
             log.exception("batch failure submit failed; retrying one by one", count=len(failures))
+        done = []
         for trigger_id, tb in failures:
             try:
                 Trigger.submit_failure(trigger_id=trigger_id, exc=tb)
+                done.append(trigger_id)
             except Exception as err:
-                raise_if_unreachable(err)
+                try:
+                    raise_if_unreachable(err)
+                except DatabaseUnavailable as down:
+                    raise PartlyPersisted(str(down), done) from err
                 log.exception("could not persist trigger failure", trigger_id=trigger_id)
+        return done
 
     def clean_unused(self) -> None:
         Trigger.clean_unused()
