@@ -81,6 +81,18 @@ def _phases(logs_dir: Path, due: float) -> dict[str, Any]:
             for k, v in seen.items() if v}
 
 
+def _spans(at: list[float], due: float, gap: float = 0.01) -> list[tuple[float, float, int]]:
+    """``scheduled_dttm``s (set per task instance while its batch is written) in runs with no gap
+    over ``gap`` s: roughly one per persist batch, as (first, last, count), seconds after ``due``."""
+    spans: list[list[float]] = []
+    for t in at:
+        if spans and t - spans[-1][1] <= gap:
+            spans[-1][1], spans[-1][2] = t, spans[-1][2] + 1
+        else:
+            spans.append([t, t, 1])
+    return [(round(a - due, 3), round(b - due, 3), int(n)) for a, b, n in spans]
+
+
 def probe(n: int, bundles: int, out: Path, margin: float, pyspy: Path | None, spy_seconds: float,
           rate: int) -> dict[str, Any]:
     ctx = Ctx(out=out, kinds=(MULTI,), quiet_wait=0.0)
@@ -124,6 +136,7 @@ def probe(n: int, bundles: int, out: Path, margin: float, pyspy: Path | None, sp
     res["latency"] = ({"n": len(lat), "median": round(statistics.median(lat), 4), "p99": round(_pct(lat, 0.99), 4),
                        "max": round(max(lat), 4)} if lat else None)
     res["phases"] = _phases(run.home.logs_dir, due)
+    res["persist_spans"] = _spans(sorted(x + due for x in lat), due)
     res["startup"] = run.result.get("startup")
     res["run_load"] = run.result.get("load", {}).get("run")
     return res

@@ -1,6 +1,7 @@
-"""The runner's async log records made inline (``multitrigger.loop.inline_log``) are stock's records.
+"""The loop's log records are stock's: made inline (``multitrigger.loop.inline_log``) and with the
+cheaper ``redact_jwt`` swapped into the chain (``multitrigger.log_processors``).
 
-Both loggers run in one subprocess with Airflow's real loop-side logging
+Every variant runs in a subprocess with Airflow's real loop-side logging
 (``_configure_logs_over_json_channel``, what every loop runs), from the same call sites, in the
 same bound context; the JSON records they write must be equal but for their timestamps.
 """
@@ -22,7 +23,9 @@ _configure_logs_over_json_channel(os.dup(1))
 from structlog.contextvars import bind_contextvars
 from airflow.jobs.triggerer_job_runner import TriggerRunner
 from airflow.triggers.base import TriggerEvent
+from multitrigger import log_processors
 from multitrigger.loop.inline_log import InlineLogger
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig_nature-1"
 
 async def sites(log):
     bind_contextvars(trigger_id=7, dag_id="dag_a", map_index=3)
@@ -31,6 +34,8 @@ async def sites(log):
     await log.awarning("on_kill() timed out", timeout=10, name="n")
     await log.aerror("Trigger cancelled due to timeout")
     await log.adebug("below the level: not written")
+    await log.ainfo("token " + JWT, header=JWT, mixed=f"a {JWT} b eyJ", plain="no token", n=[JWT])
+    log.info("sync record", token=JWT)
     try:
         raise ValueError("boom")
     except ValueError:
@@ -38,7 +43,9 @@ async def sites(log):
 
 async def main():
     which = sys.argv[1]
-    await sites(TriggerRunner.log if which == "stock" else InlineLogger(TriggerRunner.log))
+    if "fastjwt" in which:
+        assert log_processors.use_in_structlog() == 1
+    await sites(InlineLogger(TriggerRunner.log) if "inline" in which else TriggerRunner.log)
 
 asyncio.run(main())
 """
@@ -52,10 +59,13 @@ def records(which: str) -> list[dict]:
     return recs
 
 
-def test_inline_records_equal_stock_async_records_but_for_the_timestamp() -> None:
-    stock, inline = records("stock"), records("inline")
-    assert len(stock) == 5  # the debug record is below the level in both
-    assert inline == stock
+@pytest.mark.parametrize("which", ["inline", "fastjwt", "inline+fastjwt"])
+def test_records_equal_stock_but_for_the_timestamp(which: str) -> None:
+    stock, ours = records("stock"), records(which)
+    assert len(stock) == 7  # the debug record is below the level in both
+    assert ours == stock
     assert all(rec["trigger_id"] == 7 and rec["dag_id"] == "dag_a" for rec in stock)
     assert {rec.get("filename") for rec in stock} == {"<string>"}  # the call site, not inline_log.py
-    assert len({rec["lineno"] for rec in stock}) == 5
+    assert len({rec["lineno"] for rec in stock}) == 7
+    jwt = stock[4]
+    assert (jwt["event"], jwt["header"], jwt["mixed"], jwt["plain"]) == ("token eyJ***", "eyJ***", "a eyJ*** b eyJ***", "no token")

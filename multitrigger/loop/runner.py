@@ -12,7 +12,8 @@ The stock blocked-loop watchdog (``block_watchdog``) is replaced by ``multitrigg
 lag probe, which also names the trigger that blocked; polls carry its report. ``print()`` from a
 trigger goes to that trigger's log (``multitrigger.loop.output``). The runner's async log records
 ("Trigger fired event", "trigger completed") are made in the loop's thread, not a thread pool
-(``multitrigger.loop.inline_log``): the same records, without a thread hop per record.
+(``multitrigger.loop.inline_log``): the same records, without a thread hop per record; and the
+chain that makes them has a cheaper ``redact_jwt`` (``multitrigger.log_processors``).
 
 ``get_trigger_by_classpath`` only adds, to an import error, where the loop looked
 (``multitrigger.loop.sys_path.where_looked``). ``init_comms`` is stock's but hands the comms decoder
@@ -46,6 +47,7 @@ from pydantic import TypeAdapter
 
 from airflow.jobs.triggerer_job_runner import ToTriggerRunner, TriggerCommsDecoder, TriggerRunner, messages
 from airflow.sdk.execution_time.comms import ToTask, _ResponseFrame
+from multitrigger import log_processors
 from multitrigger.loop import sys_path
 from multitrigger.loop.blame import BlamedCoroutine, BlameSlot
 from multitrigger.loop.health import LoopHealth
@@ -95,6 +97,7 @@ class LoopRunner(TriggerRunner):
     def __init__(self) -> None:
         super().__init__()
         self.log = InlineLogger(self.log)  # type: ignore[assignment]  # stock's ainfo records, without the pool
+        log_processors.use_in_structlog()  # the same records, a cheaper redact_jwt
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.events = _WakingDeque(self._request_wake)
