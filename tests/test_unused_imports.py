@@ -1,11 +1,14 @@
 """
 ``multitrigger.unused_imports``: structlog and httpx come without ``rich``/``pygments``, anyone else
-still imports ``rich``, ``$DEV`` turns it off, and Airflow's console logging renders an exception
-the same either way. Each case runs in a fresh interpreter (the finder is process-wide).
+still imports ``rich``, ``$DEV`` turns it off, and Airflow's logging renders an exception the same
+either way; Airflow's decorators module comes without ``libcst`` until ``remove_task_decorator`` is
+used, which then gives stock's result. Each case runs in a fresh interpreter (the finders are
+process-wide); the split itself is tested pure.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -13,6 +16,8 @@ import subprocess
 import sys
 
 import pytest
+
+from multitrigger.unused_imports import split_on
 
 PROBE = r"""
 import json, sys
@@ -73,3 +78,53 @@ def test_airflow_logging_renders_exceptions_the_same(output: str) -> None:
     skipped, stock = rendered("skip"), rendered("stock")
     assert "boom" in stock and "ValueError" in stock
     assert skipped == stock
+
+
+DEFERRED = r"""
+import json, sys
+from multitrigger.unused_imports import skip_unused_imports
+if sys.argv[1] == "skip":
+    skip_unused_imports()
+import airflow.jobs.triggerer_job_runner  # what the supervisor and every zygote import
+from airflow.sdk.definitions._internal import decorators
+seen = {"libcst_at_import": "libcst" in sys.modules, "file": decorators.__file__}
+from airflow.sdk.definitions._internal.decorators import remove_task_decorator
+src = "@setup\n@task.virtualenv(requirements=['x'])\ndef f(a):\n    return a  # kept\n"
+seen["removed"] = remove_task_decorator(src, "@task.virtualenv")
+seen["names"] = sorted(k for k in vars(decorators) if k not in ("__loader__", "__spec__", "__builtins__"))
+seen["libcst_after"] = "libcst" in sys.modules
+print(json.dumps(seen))
+"""
+
+
+def test_libcst_only_when_a_task_decorator_is_removed() -> None:
+    skipped, stock = (json.loads(_run(DEFERRED, mode).strip().splitlines()[-1]) for mode in ("skip", "stock"))
+    assert stock["libcst_at_import"] and not skipped["libcst_at_import"]
+    assert skipped["libcst_after"]
+    assert skipped["removed"] == stock["removed"] == "def f(a):\n    return a  # kept\n"
+    assert skipped["names"] == stock["names"] and skipped["file"] == stock["file"]
+
+
+def _split(source: str) -> tuple[str, str, list[str]] | None:
+    parts = split_on(ast.parse(source), "cst")
+    return None if parts is None else (ast.unparse(parts[0]), ast.unparse(parts[1]), sorted(parts[2]))
+
+
+def test_split_defers_what_uses_the_name_and_what_it_binds() -> None:
+    source = ("from __future__ import annotations\nimport sys\nimport libcst as cst\n\n"
+              "def plain():\n    return sys\n\nclass T(cst.CSTTransformer):\n    pass\n\n"
+              "def uses_t():\n    return T()\n")
+    assert _split(source) == (
+        "from __future__ import annotations\nimport sys\n\ndef plain():\n    return sys",
+        "from __future__ import annotations\nimport libcst as cst\n\nclass T(cst.CSTTransformer):\n    pass\n\n"
+        "def uses_t():\n    return T()",
+        ["T", "cst", "uses_t"])
+
+
+@pytest.mark.parametrize("source", [
+    "import libcst as cst\nX = 1\n",  # a statement that might depend on the order
+    "import libcst as cst\ndef __getattr__(name):\n    return name\n",  # the module's own __getattr__
+    "import sys\n",  # nothing to defer
+], ids=["assignment-after", "own-getattr", "nothing-deferred"])
+def test_split_refuses(source: str) -> None:
+    assert _split(source) is None

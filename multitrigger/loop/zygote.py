@@ -105,7 +105,7 @@ REQUIRED_MODULES = (
 #: Airflow 3.3.2 with ``-X importtime``: ~2.4 s of the ~3.6 s a loop's imports take here. Best
 #: effort: a module missing from a bundle's venv is skipped (Airflow then imports what it needs).
 PREWARM_MODULES = (
-    "sqlalchemy", "sqlalchemy.orm", "sqlalchemy.ext.associationproxy", "libcst", "structlog",
+    "sqlalchemy", "sqlalchemy.orm", "sqlalchemy.ext.associationproxy", "structlog",
     "structlog.dev", "structlog.processors", "structlog.tracebacks", "jsonschema", "isoduration", "arrow", "httpx", "httpcore", "jinja2", "click",
     "pydantic", "pydantic_core", "pendulum", "fsspec", "fsspec.implementations.local",
     "opentelemetry.sdk.resources", "opentelemetry.sdk.trace", "upath", "yaml", "psutil", "dill", "attr",
