@@ -133,6 +133,7 @@ def test_a_log_template_that_reads_beyond_the_row_is_rendered_by_stock(mixed_hom
 
 CHUNKED = r"""
 import json
+from sqlalchemy import text
 from airflow.jobs.job import Job
 from airflow.utils.session import create_session
 from multitrigger.supervisor import store as store_mod
@@ -141,25 +142,69 @@ from multitrigger.supervisor.store import Claim, TriggerStore
 store_mod.BUILD_CHUNK = 5
 with create_session() as s:
     job = Job(); job.job_type = "TriggererJob"; s.add(job); s.commit(); s.refresh(job); s.expunge(job)
+    peer = Job(); peer.job_type = "TriggererJob"; s.add(peer); s.commit(); s.refresh(peer); s.expunge(peer)
 store = TriggerStore(job, Claim(100, None, None, 30))
 known, passes = set(), []
 tick = store.tick(frozenset(known))
 while True:
     ids = [w.id for w, _ in tick.built]
-    passes.append({"built": len(ids), "backlog": tick.backlog, "held": len(tick.held), "again": len(known & set(ids))})
+    passes.append({"built": len(ids), "backlog": tick.backlog, "held": len(tick.held), "again": len(known & set(ids)),
+                   "more": tick.more})
     known |= set(ids)
     if not tick.backlog:
         break
+    if len(passes) == 1:  # a peer takes two of the unbuilt ones (say our heartbeat had lapsed)
+        taken = sorted(tick.held - known)[:2]
+        with create_session() as s:
+            s.execute(text(f"UPDATE trigger SET triggerer_id = {peer.id} WHERE id IN ({taken[0]}, {taken[1]})"))
     tick = store.tick(frozenset(known), claim=False)
-print(json.dumps(passes))
+ran_taken = sorted(known & set(taken))
+print(json.dumps({"passes": passes, "ran_taken": ran_taken}))
 """
 
 
 def test_a_claim_pass_builds_at_most_a_chunk_and_the_next_passes_build_the_rest(tmp_path):
+    """Build passes take the held set of the last claim pass and check only their chunk: what a
+    peer took in between is not built (nor run) here, and leaves the held set."""
     home = AirflowHome.create(tmp_path / "home", {"a": deferring_bundle("dag_a", n_tasks=1)})
     home.defer_many([DeferSpec("dag_a", "t0", FIRE_AT, {"moment": iso_in(3600)}, map_index=m) for m in range(12)])
     out = subprocess.run([sys.executable, "-c", CHUNKED], env=home.env(), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    passes = json.loads(out.stdout.strip().splitlines()[-1])
-    assert [p["built"] for p in passes] == [5, 5, 2] and [p["backlog"] for p in passes] == [7, 2, 0]
-    assert all(p["held"] == 12 and p["again"] == 0 for p in passes)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    passes = result["passes"]
+    # The two taken were the next chunk's first: it builds the other 3.
+    assert [p["built"] for p in passes] == [5, 3, 2] and [p["backlog"] for p in passes] == [7, 2, 0], passes
+    assert [p["held"] for p in passes] == [12, 10, 10] and all(p["again"] == 0 for p in passes)
+    assert result["ran_taken"] == []
+    # The one claim took all 12 with max_trigger_to_select_per_loop at its default (50): nothing
+    # more to claim, so no hurry to claim again.
+    assert not any(p["more"] for p in passes)
+
+
+SATURATED = r"""
+import json
+from airflow.jobs.job import Job
+from airflow.utils.session import create_session
+from multitrigger.supervisor.store import Claim, TriggerStore
+
+with create_session() as s:
+    job = Job(); job.job_type = "TriggererJob"; s.add(job); s.commit(); s.refresh(job); s.expunge(job)
+store = TriggerStore(job, Claim(100, None, None, 30))
+known, passes = set(), []
+for _ in range(3):
+    tick = store.tick(frozenset(known))
+    known |= {w.id for w, _ in tick.built}
+    passes.append([len(tick.held), tick.more])
+print(json.dumps(passes))
+"""
+
+
+def test_a_claim_that_stops_at_max_trigger_to_select_per_loop_says_more_may_be_claimable(tmp_path):
+    """``Tick.more``: the supervisor claims again at once (when alone) only while claims stop at the
+    per-query limit; once one takes less, the held rest is built without claiming again."""
+    home = AirflowHome.create(tmp_path / "home", {"a": deferring_bundle("dag_a", n_tasks=1)},
+                              extra_config={"triggerer": {"max_trigger_to_select_per_loop": "5"}})
+    home.defer_many([DeferSpec("dag_a", "t0", FIRE_AT, {"moment": iso_in(3600)}, map_index=m) for m in range(12)])
+    out = subprocess.run([sys.executable, "-c", SATURATED], env=home.env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [[5, True], [10, True], [12, False]]

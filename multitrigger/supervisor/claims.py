@@ -85,12 +85,15 @@ class Claimer:
             "triggerer", "max_trigger_to_select_per_loop", fallback=50)
         self.clock = clock
         self._full: set[str] = set()
+        #: The last pass stopped at ``per_query`` somewhere: more may be waiting to be claimed.
+        self.saturated = False
 
     def claim(self, session: Session) -> int:
         """Assign what we may to us (commits); return how many were claimed."""
         held = self.held_by_group(session)
         room = self.filters.capacity - sum(held.values())
         claimed: list[int] = []
+        self.saturated = False
         for group in self.scope.groups:
             share = room - len(claimed)
             if group.capacity is not None:
@@ -152,7 +155,9 @@ class Claimer:
             if take <= 0:
                 break
             query = self._stock_filters(query).limit(take)
-            found += session.scalars(with_row_locks(query, session, skip_locked=True, of=Trigger))
+            got = list(session.scalars(with_row_locks(query, session, skip_locked=True, of=Trigger)))
+            self.saturated |= take == self.per_query and len(got) == take
+            found += got
         return found
 
     def _stock_filters(self, query: Select) -> Select:

@@ -354,9 +354,11 @@ class Supervisor:
         for workload, origin in tick.built:
             if workload.id not in self.routes and workload.id not in pending:
                 self._route(workload, origin)
-        if tick.built and (tick.alone or self._hinted):
+        if tick.built and ((tick.alone and tick.more) or self._hinted):
             # A backlog is claimed max_trigger_to_select_per_loop at a time: come back for the
-            # rest at once, not a claim interval later (nothing built: no hurry, no spinning).
+            # rest at once, not a claim interval later (nothing built: no hurry, no spinning;
+            # the last claim took less than that: nothing more to claim, the held rest is built
+            # by build passes, which do not walk every held trigger).
             # Only with no other live triggerer: that setting exists to spread triggers over
             # HA triggerers, and claiming again every 50 ms would take them all. Or after a
             # hand-back hint: every listening member heard it and claims its turns in the same

@@ -171,6 +171,7 @@ class Tick:
     failures: list[tuple[int, list[str]]]
     alone: bool
     backlog: int = 0  # held, not yet built: built by the next pass
+    more: bool = False  # the last claim stopped at max_trigger_to_select_per_loop: more may be claimable
 
 
 class TriggerStore:
@@ -182,6 +183,7 @@ class TriggerStore:
         self._claimer = Claimer(job.id, claim, scope or Scope.of(default_config()))
         self.log_files = log_files or LogFiles(default_max_open())
         self._stock = _StockWorkloads(job, self.log_files)
+        self._held: set[int] | None = None  # what the last claim pass found we hold
 
     @property
     def logger_cache(self) -> dict[int, TriggerLoggingFactory]:
@@ -201,15 +203,22 @@ class TriggerStore:
         many held ones wait for the next), so no DB step grows with the backlog (20,000 at once
         build in ~25 s on a loaded 2-core machine: one step that long reads as a DB outage) and the
         first triggers reach their loops while the rest are built. ``claim=False``: only build
-        more of what is already held (no cleaning, no new claims).
+        more of what the last claim pass found held (no cleaning, no new claims, and no query over
+        every held id: only the chunk is checked to be still ours; losses elsewhere are seen, and
+        cancelled, by the next claim pass, within a claim interval as before).
         """
         if claim:
             self.clean_unused()
         t0, c0 = time.monotonic(), time.thread_time()
-        held = self.claim() if claim else self.held_ids()
-        t1, c1 = time.monotonic(), time.thread_time()
+        held = self.claim() if claim else self._held if self._held is not None else self.held_ids()
         new = sorted(held - known)
         todo = set(new[:BUILD_CHUNK])
+        if todo and not claim:  # the last claim pass's set, so: is this chunk still ours?
+            if lost := todo - self.held_ids(among=todo):
+                held = self._held = held - lost
+                todo -= lost
+                new = sorted(held - known)
+        t1, c1 = time.monotonic(), time.thread_time()
         built, failures = self.build(todo) if todo else ([], [])
         if built or failures:  # *_cpu_s: this lane thread's CPU (the wall time also waits for the GIL and the DB)
             log.info("claim pass", held=len(held), built=len(built), failed=len(failures), backlog=len(new) - len(todo),
@@ -217,18 +226,23 @@ class TriggerStore:
                      claim_cpu_s=round(c1 - c0, 3), build_cpu_s=round(time.thread_time() - c1, 3))
         alone = self.alone() if built else False
         self.heartbeat()
-        return Tick(held, built, failures, alone, backlog=len(new) - len(todo))
+        return Tick(held, built, failures, alone, backlog=len(new) - len(todo), more=self._claimer.saturated)
 
     def claim(self) -> set[int]:
         """Assign triggers of the bundles we serve to us (``claims``: HA row locks, capacity and
         per-loop shares); return every id we hold."""
         with create_session() as session:
             self._claimer.claim(session)
-        return self.held_ids()
+        self._held = self.held_ids()
+        return self._held
 
-    def held_ids(self) -> set[int]:
+    def held_ids(self, among: set[int] | None = None) -> set[int]:
+        """Stock ``Trigger.ids_for_triggerer``; ``among``: only of these ids (in one query)."""
         c = self.claim_filters
-        return set(Trigger.ids_for_triggerer(self.job.id, queues=c.queues, team_name=c.team_name))
+        if among is None:
+            return set(Trigger.ids_for_triggerer(self.job.id, queues=c.queues, team_name=c.team_name))
+        with create_session() as session:
+            return set(session.scalars(select(Trigger.id).where(Trigger.id.in_(among), Trigger.triggerer_id == self.job.id)))
 
     def alone(self) -> bool:
         """No other triggerer job is alive (same liveness test as ``Trigger.assign_unassigned``)."""
