@@ -27,6 +27,7 @@ handler touched anything but the loaded columns (``_NeedsEntity``: a future Airf
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -34,6 +35,7 @@ from typing import Any
 
 from sqlalchemy import Column, Integer, any_, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement
 
@@ -206,18 +208,29 @@ def _write_many(session: Session, names: list[str], stamped: list[Column[Any]], 
     dialect, table = session.get_bind().dialect, TaskInstance.__table__
     procs = {c: table.c[c].type.dialect_impl(dialect).bind_processor(dialect) for c in names}
     stamps = {c.key: _bound(c.type.dialect_impl(dialect).bind_processor(dialect), _onupdate(c)) for c in stamped}
-    values = {c: bindparam(f"v_{c}") for c in (*names[1:], *stamps)}
-    compiled = update(table).where(table.c.id == bindparam("v_id")).values(values).compile(dialect=dialect)
+    sql, order = _update_by_id(dialect, tuple(names), tuple(stamps))
 
     def value(row: dict[str, Any], c: str) -> Any:
         return stamps[c] if c in stamps else _bound(procs[c], row[c])
 
-    if compiled.positional:
-        order = [p[2:] for p in compiled.positiontup or ()]  # "v_state" -> "state"
+    if order is not None:
         params: list[Any] = [tuple(value(r, c) for c in order) for r in rows]
     else:
         params = [{f"v_{c}": value(r, c) for c in (*names, *stamps)} for r in rows]
-    session.connection().exec_driver_sql(compiled.string, params)
+    session.connection().exec_driver_sql(sql, params)
+
+
+@functools.lru_cache(maxsize=64)
+def _update_by_id(dialect: Dialect, names: tuple[str, ...], stamps: tuple[str, ...]) -> tuple[str, tuple[str, ...] | None]:
+    """``UPDATE task_instance SET <names[1:]>, <stamps> WHERE id = <names[0]>`` compiled for the
+    dialect (once per shape of row: ~1 ms, a batch of 200 costs ~15), and the order of its positional
+    parameters (``None``: a named paramstyle, ``v_<column>``)."""
+    table = TaskInstance.__table__
+    values = {c: bindparam(f"v_{c}") for c in (*names[1:], *stamps)}
+    compiled = update(table).where(table.c.id == bindparam("v_id")).values(values).compile(dialect=dialect)
+    if not compiled.positional:
+        return compiled.string, None
+    return compiled.string, tuple(p[2:] for p in compiled.positiontup or ())  # "v_state" -> "state"
 
 
 def _onupdate(column: Column[Any]) -> Any:
