@@ -17,7 +17,7 @@ import pytest
 from structlog.stdlib import NAME_TO_LEVEL
 
 from multitrigger.supervisor.output import TAIL_BYTES, CutLine, LineCutter, OutputLimits, cut_json_record, cut_text_line
-from multitrigger.supervisor.relay import ENTRY_OVERHEAD, MIN_LINE_CHARGE, LogRelay, Stream, TokenBucket
+from multitrigger.supervisor.relay import ENTRY_OVERHEAD, MIN_LINE_CHARGE, LogRelay, OutputGate, Stream, TokenBucket
 
 
 class FakeClock:
@@ -267,3 +267,21 @@ def test_flush_delivers_everything_whatever_the_budget_and_renders_cut_lines() -
     assert got[0] == b"short" and got[2] == b"end"
     assert got[1].startswith(b"L" * 16 + b" ") and b"84 bytes cut from this line of 100; limit 16]" in got[1]
     assert relay.queued == 0 and relay.next_due() == float("inf")
+
+
+# -- OutputGate: events before log lines --------------------------------------------------------
+
+
+def test_output_waits_while_a_batch_is_written_but_at_most_every_interval() -> None:
+    clock = FakeClock()
+    gate = OutputGate(0.05, clock)
+    assert gate.enter(busy=False) and gate.enter(busy=False)  # idle: every pass delivers
+    assert gate.opens_at(busy=False) == float("-inf")
+    assert not gate.enter(busy=True)  # a batch is being written: wait...
+    assert gate.opens_at(busy=True) == pytest.approx(100.05)
+    clock.now += 0.049
+    assert not gate.enter(busy=True)
+    clock.now += 0.002
+    assert gate.enter(busy=True)  # ...but never longer than the interval (a hung DB step)
+    assert not gate.enter(busy=True)
+    assert gate.enter(busy=False)  # the batch is written: at once

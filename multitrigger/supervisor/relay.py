@@ -187,5 +187,34 @@ class LogRelay:
         self.report_drops()
 
 
+class OutputGate:
+    """Events before log lines: while an event batch is being written (``busy``), output is
+    delivered at most once every ``every`` seconds.
+
+    The persist step runs on its own thread but in this process, so it shares the interpreter lock
+    with the selector thread that delivers output: every line delivered (decoded, masked, written
+    to its trigger's file: ~40 us) while a batch is being written slows the batch, and with it the
+    latency of every event in it. Lines wait in their loop's ``LogRelay`` meanwhile (bounded,
+    budgeted as ever); at most ``every`` later a delivery slice runs anyway, so a persist step
+    that hangs (a slow DB) never stops output.
+    """
+
+    def __init__(self, every: float, clock: Callable[[], float]) -> None:
+        self.every, self.clock = every, clock
+        self._last = -math.inf
+
+    def opens_at(self, busy: bool) -> float:
+        """When output may be delivered next (-inf: now)."""
+        return self._last + self.every if busy else -math.inf
+
+    def enter(self, busy: bool) -> bool:
+        """True (and the delivery is counted) if output may be delivered now."""
+        now = self.clock()
+        if now < self.opens_at(busy):
+            return False
+        self._last = now
+        return True
+
+
 def _size(piece: bytes | CutLine) -> int:
     return ENTRY_OVERHEAD + (len(piece) if isinstance(piece, bytes) else len(piece.head) + len(piece.tail))
