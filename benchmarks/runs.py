@@ -56,7 +56,7 @@ PARAMS: dict[str, dict[str, Any]] = {
     "limit": {"bundles": 4, "sizes": [200, 2000, 20000], "gaps": [5.0, 12.0], "stock_max": 2000, "stock_max_pg": 200,
               "grace": 60.0},
     "limit_held": {"bundles": 4, "held": 19000, "burst": 200, "stock_held_max": 2000, "grace": 30.0},
-    "scaleout": {"instances": 4, "bundles": 4, "n": 4000, "health_threshold": 10.0, "heartbeat": 2.0, "claim_cycle": 1.0,
+    "scaleout": {"instances": 4, "bundles": 4, "n": 20000, "health_threshold": 10.0, "heartbeat": 2.0, "claim_cycle": 1.0,
                  "slack": 10.0, "term_timeout": 60.0, "start_timeout": 300.0, "claim_timeout": 180.0},
     "flood": {"others": 2, "per_bundle": 30, "window": 20.0, "flood_window": 8.0, "gap": 3.0, "margin": 30.0, "grace": 60.0,
               "lines": 2, "line_mib": 256, "stdout_line_mib": 32, "stdout_mib": 64},

@@ -8,10 +8,14 @@ PostgreSQL database:
 * ``mt4``: 4 ``multitrigger run`` instances;
 * ``mt4+stock``: the same 4 and a stock ``airflow triggerer`` as the fifth member.
 
-Each run: launch every member, wait until each has registered its job, then seed ``n`` far-future
-``FireAtTrigger``s (record files, one line per start / cancel, tagged with the trigger's task
-instance) and wait until every one runs: the **share** is what each member holds then (goal:
-max/min <= 1.5). Then **kill -9** one multitrigger supervisor (its loops die with it: parent-death
+Both runs share one database, seeded once with ``n`` far-future ``FireAtTrigger``s (record files,
+one line per start / cancel, tagged with the trigger's task instance): seeding 20,000 task
+instances takes ~1 min here, the same work twice would be most of the scenario's time. Until every
+member of a run has registered its job, the triggers are held by a placeholder triggerer job (a
+``job`` row of the harness, heartbeat in the future); then they are all unassigned in one
+transaction (what seeding them at that instant would do) and the members claim them in turns; wait
+until every one runs: the **share** is what each member holds then (goal: max/min <= 1.5). Before
+the second run the record files of the first are moved aside and the triggers held again. Then **kill -9** one multitrigger supervisor (its loops die with it: parent-death
 signal) and wait until every trigger it held has started elsewhere (goal: within
 ``triggerer_health_check_threshold`` + one claim cycle); then **SIGTERM** another and wait the same
 way (goal: one claim cycle after it exited and handed its triggers back). **Exactly once**: per
@@ -33,6 +37,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import psutil
@@ -49,19 +54,22 @@ _JOB = re.compile(r"multitrigger supervisor starting.*job_id=(\d+)")
 def scaleout(ctx: Ctx) -> dict[str, Any]:
     p = ctx.params("scaleout")
     runs: dict[str, Any] = {}
+    seeded = _seed(ctx, p)
+    ctx.say(f"[scaleout] seeded {p['n']} in {seeded.seed_s} s")
     for variant, members in (("mt4", [MULTI] * p["instances"]), ("mt4+stock", [MULTI] * p["instances"] + [STOCK])):
         if STOCK in members and STOCK not in ctx.kinds:
             continue
         ctx.say(f"[scaleout] {variant}: start")
         t0 = time.monotonic()
         try:
-            runs[variant] = _one(ctx, p, variant, members)
+            runs[variant] = _one(ctx, p, variant, members, seeded)
         except Exception as err:  # one broken run must not lose the other
             import traceback
             runs[variant] = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
         runs[variant]["wall_s"] = round(time.monotonic() - t0, 1)
         ctx.say(f"[scaleout] {variant}: done in {runs[variant]['wall_s']} s")
-    sc = {"name": "scaleout", "title": "Scale-out on PostgreSQL",
+    seeded.home.close()
+    sc = {"name": "scaleout", "title": "Scale-out on PostgreSQL", "seed_s": seeded.seed_s,
           "measures": f"{p['n']} FireAtTriggers shared by {p['instances']} multitrigger instances (and a stock "
                       "triggerer as fifth member); share, kill -9 / SIGTERM takeover, exactly once",
           "db": "postgresql", "params": p, "runs": {}, "series": [], "scaleout": runs}
@@ -93,44 +101,83 @@ class _Sampler(threading.Thread):
             self.join(5)
 
 
-def _one(ctx: Ctx, p: dict[str, Any], variant: str, members: list[str]) -> dict[str, Any]:
-    workdir = ctx.out / "scaleout" / variant.replace("+", "_")
+@dataclass
+class _Seeded:
+    home: AirflowHome
+    bundles: list[str]
+    records: dict[str, Path]
+    seed_s: float
+    runs: int = 0  # runs started on it so far
+
+
+def _seed(ctx: Ctx, p: dict[str, Any]) -> _Seeded:
+    """One home and database for both runs, with its ``n`` triggers seeded and held (``_hold``)."""
+    workdir = ctx.out / "scaleout"
     workdir.mkdir(parents=True, exist_ok=True)
     bundles = [f"so{i}" for i in range(p["bundles"])]
     select = max(1, math.ceil(p["n"] / 12))
     extra = {"triggerer": {"capacity": str(p["n"]), "max_trigger_to_select_per_loop": str(select),
                            "triggerer_health_check_threshold": str(p["health_threshold"]),
                            "job_heartbeat_sec": str(p["heartbeat"])}}
-    db_url = pg_database(f"scaleout_{variant.replace('+', '_')}")
     home = AirflowHome.create(workdir / "home", {b: deferring_bundle(h.dag_for(b)) for b in bundles},
-                              db_url=db_url, extra_config=extra)
+                              db_url=pg_database("scaleout"), extra_config=extra)
     records = {b: workdir / f"{b}.rec" for b in bundles}
     for f in records.values():
         f.unlink(missing_ok=True)
+    items = []
+    for k in range(p["n"]):
+        b = bundles[k % len(bundles)]
+        item = h.fire_at("scaleout", b, k, h.now() + 86400, records[b])
+        item.kwargs["record_tag"] = str(k)
+        items.append(item)
+    t_seed = h.now()
+    home.defer_many([i.spec() for i in items])  # no member runs yet: nobody claims them before _hold
+    return _Seeded(home, bundles, records, round(h.now() - t_seed, 1))
+
+
+def _hold(home: AirflowHome) -> int:
+    """Every trigger to a new placeholder triggerer job, alive (heartbeat a day ahead) until ``_hand_out``."""
+    (job,), = home.sql("INSERT INTO job (job_type, state, start_date, latest_heartbeat, hostname) VALUES "
+                       "('TriggererJob', 'running', now(), now() + interval '1 day', 'scaleout-harness') RETURNING id")
+    home.sql("UPDATE trigger SET triggerer_id = :j", {"j": job})
+    return int(job)
+
+
+def _hand_out(home: AirflowHome, job: int) -> None:
+    """All triggers unassigned at one instant (one transaction), the placeholder job ended."""
+    home.sql("WITH t AS (UPDATE trigger SET triggerer_id = NULL WHERE triggerer_id = :j RETURNING 1) "
+             "UPDATE job SET end_date = now(), state = 'success' WHERE id = :j", {"j": job})
+
+
+def _one(ctx: Ctx, p: dict[str, Any], variant: str, members: list[str], seeded: _Seeded) -> dict[str, Any]:
+    workdir = ctx.out / "scaleout" / variant.replace("+", "_")
+    workdir.mkdir(parents=True, exist_ok=True)
+    home, bundles, records = seeded.home, seeded.bundles, seeded.records
+    for f in records.values():  # the previous run's, moved aside (every process of it has stopped)
+        if f.exists():
+            f.rename(f.with_name(f"{f.name}.run{seeded.runs}"))
+    seeded.runs += 1
+    placeholder = _hold(home)
+    select = max(1, math.ceil(p["n"] / 12))
     res: dict[str, Any] = {"members": members, "select_per_loop": select, "workdir": str(workdir)}
     trs: list[Triggerer] = []
     tail = h.RecordTail(list(records.values()))
     sampler = _Sampler(home)
+    jobs: dict[int, int] = {}
     try:
         for i, kind in enumerate(members):
             wd = workdir / f"{kind}{i}"
             wd.mkdir(exist_ok=True)
             trs.append(Triggerer(kind, home, wd, bundles if kind == MULTI else ()))
+        earlier = {int(r[0]) for r in home.sql("SELECT id FROM job")}  # the placeholder, the last run's (one killed)
         for tr in trs:
             tr.start()
-        jobs = _wait_jobs(home, trs, time.time() + p["start_timeout"])
+        jobs = _wait_jobs(home, trs, time.time() + p["start_timeout"], ignore=earlier)
         res["jobs"] = {str(j): i for j, i in jobs.items()}
         tail.start()
         sampler.start()
-        items = []
-        for k in range(p["n"]):
-            b = bundles[k % len(bundles)]
-            item = h.fire_at("scaleout", b, k, h.now() + 3600, records[b])
-            item.kwargs["record_tag"] = str(k)
-            items.append(item)
         t_seed = h.now()
-        home.defer_many([i.spec() for i in items])
-        res["seed_s"] = round(h.now() - t_seed, 1)
+        _hand_out(home, placeholder)
         all_started = h.wait_until(lambda: len(_started_tags(tail)) >= p["n"], h.now() + p["claim_timeout"], 0.25)
         res["all_running_s_after_seed"] = round(h.now() - t_seed, 1) if all_started else None
         time.sleep(2 * p["heartbeat"])
@@ -152,17 +199,17 @@ def _one(ctx: Ctx, p: dict[str, Any], variant: str, members: list[str]) -> dict[
         sampler.stop()
         res["stops"] = [tr.stop(timeout=30) if tr.popen and tr.popen.poll() is None else {"stopped": False} for tr in trs]
         tail.stop()
-        res["timeline"] = [(round(t, 2), {str(jobs_i): n for jobs_i, n in s.items()}) for t, s in sampler.samples]
+        res["timeline"] = [(round(t, 2), {str(jobs_i): n for jobs_i, n in s.items() if jobs_i in jobs})
+                           for t, s in sampler.samples]
         res["anomalies"] = {f"{tr.kind}{i}": h.log_anomalies(tr.log_text(), limit=4) for i, tr in enumerate(trs)}
-        home.close()
     return res
 
 
-def _wait_jobs(home: AirflowHome, trs: list[Triggerer], deadline: float) -> dict[int, int]:
+def _wait_jobs(home: AirflowHome, trs: list[Triggerer], deadline: float, ignore: set[int]) -> dict[int, int]:
     """Job id -> member index, once every member has a live job (multitrigger logs its job id)."""
     def found() -> dict[int, int] | None:
         rows = home.sql("SELECT id FROM job WHERE job_type = 'TriggererJob' AND end_date IS NULL")
-        ids = {int(r[0]) for r in rows}
+        ids = {int(r[0]) for r in rows} - ignore
         if len(ids) < len(trs):
             return None
         jobs: dict[int, int] = {}
