@@ -196,7 +196,8 @@ class TriggerStore:
         return gen
 
     def tick(self, known: frozenset[int], claim: bool = True) -> Tick:
-        """One claim interval's DB work (on the DB lane): clean, claim, build what is new, heartbeat.
+        """One claim interval's DB work (on the DB lane): clean, claim, build what is new (the
+        heartbeat has a lane of its own: ``Supervisor._beat``).
 
         ``known`` are triggers already routed or whose outcome is still being persisted: held, but
         never built and run again. At most ``BUILD_CHUNK`` are built per pass (``Tick.backlog``: how
@@ -225,7 +226,6 @@ class TriggerStore:
                      claim_s=round(t1 - t0, 3), build_s=round(time.monotonic() - t1, 3),
                      claim_cpu_s=round(c1 - c0, 3), build_cpu_s=round(time.thread_time() - c1, 3))
         alone = self.alone() if built else False
-        self.heartbeat()
         return Tick(held, built, failures, alone, backlog=len(new) - len(todo), more=self._claimer.saturated)
 
     def claim(self) -> set[int]:
