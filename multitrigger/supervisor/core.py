@@ -371,7 +371,7 @@ class Supervisor:
         for workload, origin in tick.built:
             if workload.id not in self.routes and workload.id not in pending:
                 self._route(workload, origin)
-        if tick.built and ((tick.alone and tick.more) or self._hinted):
+        if tick.built and tick.more and (tick.alone or self._hinted):
             # A backlog is claimed max_trigger_to_select_per_loop at a time: come back for the
             # rest at once, not a claim interval later (nothing built: no hurry, no spinning;
             # the last claim took less than that: nothing more to claim, the held rest is built
