@@ -209,15 +209,17 @@ def _write_many(session: Session, names: list[str], stamped: list[Column[Any]], 
     procs = {c: table.c[c].type.dialect_impl(dialect).bind_processor(dialect) for c in names}
     stamps = {c.key: _bound(c.type.dialect_impl(dialect).bind_processor(dialect), _onupdate(c)) for c in stamped}
     sql, order = _update_by_id(dialect, tuple(names), tuple(stamps))
-
-    def value(row: dict[str, Any], c: str) -> Any:
-        return stamps[c] if c in stamps else _bound(procs[c], row[c])
-
+    columns = {c: [stamps[c]] * len(rows) if c in stamps else _processed(procs[c], [r[c] for r in rows])
+               for c in (*names, *stamps)}  # column by column: no call per value but its processor's
     if order is not None:
-        params: list[Any] = [tuple(value(r, c) for c in order) for r in rows]
+        params: list[Any] = list(zip(*(columns[c] for c in order)))
     else:
-        params = [{f"v_{c}": value(r, c) for c in (*names, *stamps)} for r in rows]
+        params = [dict(zip((f"v_{c}" for c in columns), values)) for values in zip(*columns.values())]
     session.connection().exec_driver_sql(sql, params)
+
+
+def _processed(proc: Callable[[Any], Any] | None, values: list[Any]) -> list[Any]:
+    return [proc(v) for v in values] if proc else values
 
 
 @functools.lru_cache(maxsize=64)
