@@ -317,7 +317,12 @@ class TriggerLogScanner(threading.Thread):
             self._halt.wait(self.interval)
 
     def scan_once(self) -> None:
-        for dirpath, _dirs, files in os.walk(self.logs_dir):
+        for dirpath, dirs, files in os.walk(self.logs_dir):
+            # A task instance's folder is not walked again once its start is known: with 22,200
+            # running, walking every folder each second cost the benchmark ~0.2 CPUs beside the
+            # triggerer it measures.
+            dirs[:] = [d for d in dirs if not ((m := _MAP_INDEX.search(f"{dirpath}/{d}/")) and
+                                               (m.group(1), int(m.group(2))) in self.started)]
             for name in files:
                 if ".trigger." not in name:
                     continue

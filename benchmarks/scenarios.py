@@ -178,11 +178,12 @@ def idle(ctx: Ctx) -> dict[str, Any]:
 #: ``throughput`` (DateTimeTriggers), ``flood``, ``memhog``.
 FULL_RUN = ("idle", "marginal", "noisy", "crash", "storm", "limit", "limit_pg", "scaleout")
 
-#: Wall seconds per scenario for both triggerers (stock, then multitrigger), measured on this
-#: 2-core machine (benchmarks/README.md, "Full run"): what ``benchmarks.run`` prints as its estimate.
+#: Wall seconds per scenario for both triggerers (stock, then multitrigger) on a quiet 2-core machine,
+#: estimated from runs on this one (benchmarks/README.md, "Full run"; scaleout: a guess for 20,000
+#: triggers): what ``benchmarks.run`` prints as its estimate.
 ESTIMATE_S: dict[str, float] = {
-    "idle": 75, "marginal": 75, "noisy": 90, "crash": 100, "storm": 120, "limit": 240, "limit_pg": 330,
-    "scaleout": 150, "light": 130, "limit_held": 200, "limit_held_pg": 300, "throughput": 250, "flood": 270,
+    "idle": 50, "marginal": 70, "noisy": 75, "crash": 90, "storm": 105, "limit": 200, "limit_pg": 190,
+    "scaleout": 300, "light": 110, "limit_held": 200, "limit_held_pg": 250, "throughput": 250, "flood": 270,
     "memhog": 240,
 }
 
