@@ -182,7 +182,7 @@ FULL_RUN = ("idle", "marginal", "noisy", "crash", "storm", "limit", "limit_pg", 
 #: estimated from runs on this one (benchmarks/README.md, "Full run"; scaleout: a guess for 20,000
 #: triggers): what ``benchmarks.run`` prints as its estimate.
 ESTIMATE_S: dict[str, float] = {
-    "idle": 50, "marginal": 70, "noisy": 75, "crash": 90, "storm": 105, "limit": 200, "limit_pg": 190,
+    "idle": 50, "marginal": 70, "noisy": 75, "crash": 90, "storm": 105, "limit": 230, "limit_pg": 190,
     "scaleout": 300, "light": 110, "limit_held": 200, "limit_held_pg": 250, "throughput": 250, "flood": 270,
     "memhog": 240,
 }
