@@ -110,7 +110,7 @@ def _spans(at: list[float], due: float, gap: float = 0.01) -> list[tuple[float, 
 
 
 def probe(n: int, bundles: int, out: Path, margin: float, pyspy: Path | None, spy_seconds: float,
-          rate: int, nice: int | None = None) -> dict[str, Any]:
+          rate: int, nice: int | None = None, tail: float = 0.0) -> dict[str, Any]:
     ctx = Ctx(out=out, kinds=(MULTI,), quiet_wait=0.0)
     names = [f"lim{i}" for i in range(bundles)]
     cap = str(n + 100)
@@ -137,6 +137,8 @@ def probe(n: int, bundles: int, out: Path, margin: float, pyspy: Path | None, sp
         before = _cpu(root)
         t_before = h.now()
         r.wait_done(run, items, due, due + 60.0, interval=0.05)
+        res["done_s"] = round(h.now() - due, 3)
+        time.sleep(tail)  # CPU spent after the last event is in the DB (log lines delivered later) counts too
         after = _cpu(root)
         t_after = h.now()
         if spy is not None:
@@ -170,11 +172,12 @@ def main() -> None:
     ap.add_argument("--spy-seconds", type=int, default=4)
     ap.add_argument("--rate", type=int, default=200)
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--tail", type=float, default=0.0, help="seconds after the last event to keep counting CPU")
     ap.add_argument("--nice", type=int, default=None, help="renice the triggerer's threads before the burst (e.g. -10)")
     a = ap.parse_args()
     for _ in range(a.repeat):
         t0 = time.monotonic()
-        res = probe(a.n, a.bundles, a.out, a.margin, a.pyspy, a.spy_seconds, a.rate, a.nice)
+        res = probe(a.n, a.bundles, a.out, a.margin, a.pyspy, a.spy_seconds, a.rate, a.nice, a.tail)
         res["wall_s"] = round(time.monotonic() - t0, 1)
         print(json.dumps(res), flush=True)
 
