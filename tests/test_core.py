@@ -99,7 +99,8 @@ def test_each_bundle_runs_in_its_own_process_and_interpreter_with_its_own_packag
     assert events["dag_a", "t0"]["pid"] == fired["dag_a"]["pid"]
     # The task instances resume with the event payload (the stock resume path).
     assert all(states[r].next_method == "execute_complete" for r in refs)
-    assert "trigger routed" in mt.text()
+    routed = [_fields(line) for line in mt.text().splitlines() if "triggers routed" in line]
+    assert {f["loop"] for f in routed} == {"team_a", "team_b", "default"}, routed
     # team_a and default are forked from their interpreters' zygotes; team_b (start_method = "exec")
     # is a fresh interpreter, and its venv gets no zygote since no fork loop uses that interpreter.
     started = {m["loop"]: m["forked"] for m in (_fields(line) for line in mt.text().splitlines()

@@ -368,9 +368,16 @@ class Supervisor:
         for trigger_id, traceback in tick.failures:
             self.outcomes.add_failure(trigger_id, traceback)
         pending = self.outcomes.pending_ids()
+        routed: dict[tuple, list[int]] = {}  # (loop, bundle, version, classpath) -> trigger ids
         for workload, origin in tick.built:
             if workload.id not in self.routes and workload.id not in pending:
-                self._route(workload, origin)
+                if (loop := self._route(workload, origin)) is not None:
+                    routed.setdefault((loop, origin.bundle, origin.version, workload.classpath), []).append(workload.id)
+        for (loop, bundle, version, classpath), ids in routed.items():
+            # One line per pass and group, not per trigger: at the limit the per-trigger line cost the
+            # selector thread more than building the triggers cost the DB lane (~0.1 ms each).
+            log.info("triggers routed", loop=loop, bundle=bundle, version=version, classpath=classpath, count=len(ids),
+                     trigger_ids=ids)
         if tick.built and tick.more and (tick.alone or self._hinted):
             # A backlog is claimed max_trigger_to_select_per_loop at a time: come back for the
             # rest at once, not a claim interval later (nothing built: no hurry, no spinning;
@@ -382,7 +389,8 @@ class Supervisor:
             # rhythm, until a pass finds nothing new (the handed-back triggers are all taken).
             self._next_tick = min(self._next_tick, self.clock() + BACKLOG_CLAIM_DELAY)
 
-    def _route(self, workload: workloads.RunTrigger, origin: Origin) -> None:
+    def _route(self, workload: workloads.RunTrigger, origin: Origin) -> str | None:
+        """Hand the workload to its loop's slot; return that loop, or None (refused, not served)."""
         route = self.router.route(workload.classpath, origin.bundle, origin.version)
         if isinstance(route, NotServed):
             # TriggerStore.build hands these back by the same rule (``Config.served``), so this is
@@ -391,17 +399,18 @@ class Supervisor:
                         trigger_id=workload.id)
             self.db.submit("hand back", lambda: self.store.release([workload.id]),
                            lambda done: self._db_done(done, lambda _: None))
-            return
+            return None
         placed = route if isinstance(route, Refusal) else self.versions.slot_for(route)
         if isinstance(placed, Refusal):
             log.error("trigger refused", loop=placed.loop, bundle=origin.bundle, version=origin.version,
                       trigger_id=workload.id, reason=placed.reason)
             self.outcomes.add_failure(workload.id, [placed.reason + "\n"])
-            return
+            return None
         self.routes[workload.id] = placed
-        log.info("trigger routed", loop=placed, bundle=origin.bundle, version=origin.version, trigger_id=workload.id,
-                 classpath=workload.classpath)
+        log.debug("trigger routed", loop=placed, bundle=origin.bundle, version=origin.version, trigger_id=workload.id,
+                  classpath=workload.classpath)
         self.slots[placed].add(workload)
+        return placed
 
     def _db_done(self, done: Done, on_ok: Callable, on_error: Callable[[BaseException], None] | None = None) -> None:
         """A DB step ended: its result goes on, or the outage is handled (loops untouched)."""
