@@ -20,7 +20,9 @@ committed). Persist writes task-instance rows (and, on stock's path, asset event
 never a trigger row. A trigger leaves ``held`` only once deleted, i.e. after its persist committed,
 so a pass never cancels a trigger whose event is still in flight. A failed claim pass never
 touches the outcomes; a failed persist puts its batch back, but for what it committed.
-(``tests/test_persist_lane.py``: a persist while every claim pass waits for a lock.)
+(``tests/test_persist_lane.py``: a persist while every claim pass waits for a lock.) A step takes
+at most ``outcomes.BATCH_LIMIT`` outcomes; the rest stay queued, so they stay in ``pending_ids``
+and the argument holds for each step alone.
 """
 
 from __future__ import annotations
