@@ -2,7 +2,8 @@
 ``multitrigger.unused_imports``: structlog and httpx come without ``rich``/``pygments``, anyone else
 still imports ``rich``, ``$DEV`` turns it off, and Airflow's logging renders an exception the same
 either way; Airflow's decorators module comes without ``libcst`` until ``remove_task_decorator`` is
-used, which then gives stock's result. Each case runs in a fresh interpreter (the finders are
+used, which then gives stock's result; the supervisor imports its health server (``prometheus_client``)
+only when it starts it. Each case runs in a fresh interpreter (the finders are
 process-wide); the split itself is tested pure.
 """
 
@@ -128,3 +129,29 @@ def test_split_defers_what_uses_the_name_and_what_it_binds() -> None:
 ], ids=["assignment-after", "own-getattr", "nothing-deferred"])
 def test_split_refuses(source: str) -> None:
     assert _split(source) is None
+
+
+HEALTH = r"""
+import json, sys, tempfile
+from pathlib import Path
+from types import SimpleNamespace
+from multitrigger.config import HealthSettings
+from multitrigger.health.snapshot import Board
+from multitrigger.supervisor.core import Supervisor
+enabled = sys.argv[1] == "on"
+owner = SimpleNamespace(config=SimpleNamespace(health=HealthSettings(enabled=enabled, port=0)),
+                        board=Board(lambda: 0.0), settings=SimpleNamespace(state_dir=Path(tempfile.mkdtemp())))
+before = "prometheus_client" in sys.modules
+server = Supervisor._start_health_server(owner)
+seen = {"before": before, "after": "prometheus_client" in sys.modules, "server": server is not None}
+if server is not None:
+    server.stop()
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize("health", ["on", "off"])
+def test_health_server_imported_only_when_it_runs(health: str) -> None:
+    seen = json.loads(_run(HEALTH, health).strip().splitlines()[-1])
+    on = health == "on"
+    assert seen == {"before": False, "after": on, "server": on}
