@@ -208,3 +208,24 @@ def test_a_claim_that_stops_at_max_trigger_to_select_per_loop_says_more_may_be_c
     out = subprocess.run([sys.executable, "-c", SATURATED], env=home.env(), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [[5, True], [10, True], [12, False]]
+
+
+@pytest.mark.parametrize("template", [
+    "dag_id={{ ti.dag_id }}/run_id={{ ti.run_id }}/task_id={{ ti.task_id }}/"
+    "{% if ti.map_index >= 0 %}map_index={{ ti.map_index }}/{% endif %}attempt={{ try_number|default(ti.try_number) }}.log",
+    "{% for i in range(2) %}{{ ti.task_id }}{{ i }}/{% endfor %}{{ joiner('-')() }}{{ ti.try_number }}.log",  # globals
+    "{dag_id}/{task_id}/{try_number}.log",  # str.format spelling: reads ti.logical_date
+], ids=["default", "globals", "format"])
+def test_the_row_log_path_renderer_renders_what_stock_renders(template, monkeypatch):
+    from airflow.utils import helpers
+    from multitrigger.supervisor.row_build import NeedsOrm, RowTI, log_path_renderer
+
+    monkeypatch.setattr(helpers.conf, "get", lambda *a, **k: template)
+    render = helpers.log_filename_template_renderer.__wrapped__()  # uncached: this template
+    ti = RowTI({"dag_id": "d", "run_id": "r", "task_id": "t", "map_index": 3, "try_number": 2})
+    fast = log_path_renderer(render)
+    if "{{" not in template:
+        with pytest.raises(NeedsOrm):
+            fast(ti)
+        return
+    assert fast(ti) == render(ti=ti)

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
+import jinja2
 import structlog
 from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
@@ -73,6 +74,25 @@ class RowTI:
             raise NeedsOrm(name) from None
 
 
+def log_path_renderer(render: Callable[..., str]) -> Callable[[Any], str]:
+    """``log_filename_template_renderer()``'s ``render(ti=...)``, the same string, cheaper per call.
+
+    For a Jinja template (jinja2 3.1.6) ``Template.render`` builds each call's context as
+    ``dict(template.globals, **vars)`` from a ``ChainMap``: ~half of its ~80 us here. The same dict,
+    made once, is copied per call instead, then ``root_render_func`` runs as ``render`` runs it
+    (errors surface unrewritten: only ``NeedsOrm`` is expected, and it sends the trigger to
+    stock). Anything else (the ``str.format`` spelling, an async environment) is called as is."""
+    template = getattr(render, "__self__", None)
+    if not isinstance(template, jinja2.Template) or template.environment.is_async:
+        return lambda ti: render(ti=ti)
+    base, concat, root = dict(template.globals), template.environment.concat, template.root_render_func
+
+    def fast(ti: Any) -> str:
+        return concat(root(template.new_context({**base, "ti": ti}, shared=True)))  # type: ignore[no-any-return]
+
+    return fast
+
+
 class RunKey(NamedTuple):
     """What ``DBDagBag._version_from_dag_run`` reads of a DAG run (3.3.2), and nothing else."""
 
@@ -90,7 +110,7 @@ class RowBuild:
     def __init__(self, dag_bag: DBDagBag, render_log_fname: Callable[..., str], log_id: Any,
                  logger_cache: dict[int, TriggerLoggingFactory]) -> None:
         self.dag_bag = dag_bag
-        self.render_log_fname = render_log_fname
+        self.render_log_path = log_path_renderer(render_log_fname)
         self.log_id = log_id
         self.logger_cache = logger_cache
         self._models: dict[tuple, Any] = {}  # (dag_id, run's version, bundle version, ti's version) -> model
@@ -119,7 +139,7 @@ class RowBuild:
             ti = RowTI(dict(zip(TI_COLUMNS, row[_TI_AT:])))
             if not ti.dag_version_id or self._starts_from_trigger(row, ti, session) is not False:
                 return None
-            log_path = self.render_log_fname(ti=ti)
+            log_path = self.render_log_path(ti)
             ser_ti = TaskInstanceDTO.model_validate(ti, from_attributes=True)
         except NeedsOrm:
             return None
