@@ -23,6 +23,11 @@ trigger, the intervals it ran (``start`` .. its ``cancel`` line, or the death of
 not overlap for longer than one claim cycle. A sampler counts ``trigger.triggerer_id`` per member
 every 0.5 s for the timeline plot.
 
+``triggerer_health_check_threshold`` is shortened to 10 s in ``mt4`` (the time budget); ``mt4+stock``
+runs with stock's default 30 s: stock builds each claim's new triggers (1667 at 20,000) in its own
+loop before it heartbeats, and on this machine that took longer than 10 s, so the others took its
+triggers while it still ran them (Airflow's HA has no fencing).
+
 ``max_trigger_to_select_per_loop`` is ``n / 12``: small enough that members starting together
 claim in turns (fair shares), large enough that 3 survivors take a quarter back in one cycle.
 """
@@ -135,6 +140,14 @@ def _seed(ctx: Ctx, p: dict[str, Any]) -> _Seeded:
     return _Seeded(home, bundles, records, round(h.now() - t_seed, 1))
 
 
+def _set_threshold(home: AirflowHome, seconds: float) -> None:
+    """``[triggerer] triggerer_health_check_threshold`` for the members started next (every member
+    of a run judges the others by the same value)."""
+    text = home.config_path.read_text()
+    home.config_path.write_text(re.sub(r"(?m)^triggerer_health_check_threshold = .*$",
+                                       f"triggerer_health_check_threshold = {seconds}", text))
+
+
 def _hold(home: AirflowHome) -> int:
     """Every trigger to a new placeholder triggerer job, alive (heartbeat a day ahead) until ``_hand_out``."""
     (job,), = home.sql("INSERT INTO job (job_type, state, start_date, latest_heartbeat, hostname) VALUES "
@@ -157,9 +170,12 @@ def _one(ctx: Ctx, p: dict[str, Any], variant: str, members: list[str], seeded: 
         if f.exists():
             f.rename(f.with_name(f"{f.name}.run{seeded.runs}"))
     seeded.runs += 1
+    threshold = p["stock_health_threshold"] if STOCK in members else p["health_threshold"]
+    _set_threshold(home, threshold)
     placeholder = _hold(home)
     select = max(1, math.ceil(p["n"] / 12))
-    res: dict[str, Any] = {"members": members, "select_per_loop": select, "workdir": str(workdir)}
+    res: dict[str, Any] = {"members": members, "select_per_loop": select, "workdir": str(workdir),
+                           "health_threshold": threshold}
     trs: list[Triggerer] = []
     tail = h.RecordTail(list(records.values()))
     sampler = _Sampler(home)
@@ -187,8 +203,8 @@ def _one(ctx: Ctx, p: dict[str, Any], variant: str, members: list[str], seeded: 
         claim_cycle = p["claim_cycle"]
         # kill -9 the first multitrigger instance's supervisor
         res["kill9"] = _takeover(home, tail, trs, jobs, 0, signal.SIGKILL,
-                                 p["health_threshold"] + p["heartbeat"] + claim_cycle + p["slack"])
-        res["kill9"]["goal_s"] = p["health_threshold"] + claim_cycle
+                                 threshold + p["heartbeat"] + claim_cycle + p["slack"])
+        res["kill9"]["goal_s"] = threshold + claim_cycle
         # SIGTERM the second
         res["sigterm"] = _takeover(home, tail, trs, jobs, 1, signal.SIGTERM, p["term_timeout"])
         res["sigterm"]["goal_s"] = claim_cycle
