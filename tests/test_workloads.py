@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from mt_testsupport.home import FIRE_AT, FIRE_AT_EVENT, AirflowHome, DeferSpec, deferring_bundle, iso_in
+from tests.conftest import pg_url
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -89,14 +90,17 @@ def _assert_same(result: dict, n: int) -> None:
     assert result["ours_logs"] == result["stock_logs"]
 
 
-@pytest.fixture(scope="module")
-def mixed_home(tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def mixed_home(request, tmp_path_factory):
     """Plain deferred tasks (some kwargs encrypted, some with timeouts), a task that starts from its
-    trigger, a task no longer in its DAG, an asset watcher and a triggerer callback."""
+    trigger, a task no longer in its DAG, an asset watcher and a triggerer callback; on SQLite and
+    on PostgreSQL (scale-out's database: its column types come back as the row build reads them)."""
+    url = pg_url("mt_workloads") if request.param == "postgresql" else None
     home = AirflowHome.create(tmp_path_factory.mktemp("mixed") / "home",
                               {"a": {**deferring_bundle("dag_a", n_tasks=3), "dag_s.py": START_FROM_TRIGGER_DAG},
                                "b": deferring_bundle("dag_b", n_tasks=3)},
-                              extra_config={"core": {"min_serialized_dag_update_interval": "0"}})  # re-serialize at once
+                              extra_config={"core": {"min_serialized_dag_update_interval": "0"}},  # re-serialize at once
+                              db_url=url)
     refs = home.defer_many([
         DeferSpec(f"dag_{b}", f"t{t}", FIRE_AT, {"moment": iso_in(3600)}, map_index=m, timeout_seconds=600 if m else None,
                   encrypt_kwargs=bool(m % 2))
