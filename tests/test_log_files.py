@@ -130,3 +130,54 @@ def test_a_file_deleted_from_outside_is_made_again_with_airflows_permissions(tmp
         assert pool.dropped == 0 and pool.reopens == 2  # t0 once, t1 once; first opens are not reopens
     finally:
         os.umask(old_umask)
+
+
+def test_log_file_init_makes_what_stock_init_log_file_makes(tmp_path: Path, monkeypatch) -> None:
+    """``LogFileInit`` (config read once, folders remembered) against Airflow's ``init_log_file`` on
+    the same relative paths, in two trees: the same returned path, the same folders and files with
+    the same modes (the umask applies to both), an existing file's content kept and its mtime
+    touched; a remembered folder removed from outside is made again."""
+    import os
+    import shutil
+    import stat
+    import time
+
+    from airflow.sdk.log import init_log_file
+
+    from multitrigger.supervisor.log_files import LogFileInit
+
+    monkeypatch.setenv("AIRFLOW__LOGGING__FILE_TASK_HANDLER_NEW_FOLDER_PERMISSIONS", "0o750")
+    monkeypatch.setenv("AIRFLOW__LOGGING__FILE_TASK_HANDLER_NEW_FILE_PERMISSIONS", "0o640")
+    relatives = ["dag_id=d/run_id=r/task_id=t/attempt=1.log.trigger.1.log",
+                 "dag_id=d/run_id=r/task_id=t/map_index=3/attempt=1.log.trigger.2.log",
+                 "dag_id=d//run_id=r2/./task_id=t/attempt=2.log.trigger.3.log", "plain.log"]
+
+    def tree(root: Path) -> dict[str, tuple[int, int]]:
+        return {str(p.relative_to(root)): (stat.S_IMODE(p.stat().st_mode), p.stat().st_size)
+                for p in sorted(root.rglob("*"))}
+
+    old_umask = os.umask(0o022)
+    try:
+        made = {}
+        for side in ("stock", "ours"):
+            base = tmp_path / side
+            base.mkdir()
+            monkeypatch.setenv("AIRFLOW__LOGGING__BASE_LOG_FOLDER", str(base))
+            (base / "plain.log").write_bytes(b"kept\n")
+            os.utime(base / "plain.log", (0, 0))
+            init = LogFileInit.from_config()
+            paths = [str(init_log_file(r)) if side == "stock" else init(r) for r in relatives]
+            assert paths == [str(Path(base, r)) for r in relatives]
+            assert (base / "plain.log").stat().st_mtime > time.time() - 60  # touched
+            made[side] = tree(base)
+        assert made["ours"] == made["stock"], made
+        assert made["stock"]["dag_id=d/run_id=r/task_id=t"][0] == 0o750
+        assert made["stock"]["dag_id=d/run_id=r/task_id=t/attempt=1.log.trigger.1.log"] == (0o640, 0)
+        assert made["stock"]["plain.log"] == (0o644, 5)  # an existing file keeps its mode and content
+
+        folder = tmp_path / "ours" / "dag_id=d/run_id=r/task_id=t"
+        shutil.rmtree(folder)
+        assert init(relatives[0]) == str(folder / "attempt=1.log.trigger.1.log")
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o750 and (folder / "attempt=1.log.trigger.1.log").exists()
+    finally:
+        os.umask(old_umask)
