@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from mt_testsupport.home import AirflowHome, DeferSpec, deferring_bundle, iso_in
+from mt_testsupport.routed import routed
 
 pytestmark = pytest.mark.timeout(180)
 SDK = "mt_testsupport.triggers.SdkCallsTrigger"
@@ -51,7 +52,7 @@ def test_sdk_calls_are_answered_by_the_supervisor_and_asset_watchers_run_in_thei
 
     # The watcher lives in a DAG of bundle team_b: its trigger is routed to team_b's loop,
     # and its event becomes an asset event.
-    home.wait_for(lambda: f"loop=team_b trigger_id={watcher_trigger}" in mt.text(), timeout=60)
+    home.wait_for(lambda: routed(mt.text()).get(watcher_trigger) == "team_b", timeout=60)
     rows = home.wait_for(lambda: home.sql("SELECT extra FROM asset_event"), timeout=60)
     assert "team_b" in str(rows[0][0])
 

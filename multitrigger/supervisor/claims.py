@@ -97,10 +97,11 @@ class Claimer:
         for group in self.scope.groups:
             share = room - len(claimed)
             if group.capacity is not None:
-                self._note_share(group, held.get(group.loop, 0))
                 share = min(share, group.capacity - held.get(group.loop, 0))
-            if share > 0:
-                claimed += self._candidates(session, group.bundles, share)
+            got = self._candidates(session, group.bundles, share) if share > 0 else []
+            claimed += got
+            if group.capacity is not None:  # after this pass's claim: a share filled at once is noted too
+                self._note_share(group, held.get(group.loop, 0) + len(got))
         if claimed:
             session.execute(update(Trigger).where(Trigger.id.in_(claimed)).values(triggerer_id=self.job_id)
                             .execution_options(synchronize_session=False))
