@@ -69,3 +69,36 @@ def test_records_equal_stock_but_for_the_timestamp(which: str) -> None:
     assert len({rec["lineno"] for rec in stock}) == 7
     jwt = stock[4]
     assert (jwt["event"], jwt["header"], jwt["mixed"], jwt["plain"]) == ("token eyJ***", "eyJ***", "a eyJ*** b eyJ***", "no token")
+
+
+def test_an_inline_record_still_gives_the_event_loop_a_turn() -> None:
+    """Stock's ``await log.ainfo`` always lets other tasks run (the pool hop); so does the inline
+    record. A trigger yielding 200 events without awaiting anything else: the other triggers of its
+    loop (here one counting task) run between them, as under stock."""
+    script = """
+import asyncio, os
+from airflow.sdk.execution_time.supervisor import _configure_logs_over_json_channel
+_configure_logs_over_json_channel(os.open(os.devnull, os.O_WRONLY))
+from airflow.jobs.triggerer_job_runner import TriggerRunner
+from multitrigger.loop.inline_log import InlineLogger
+
+async def main():
+    turns, done = [0], asyncio.Event()
+    async def other():
+        while not done.is_set():
+            turns[0] += 1
+            await asyncio.sleep(0)
+    task = asyncio.create_task(other())
+    await asyncio.sleep(0)
+    log = InlineLogger(TriggerRunner.log)
+    for i in range(200):  # a generator that never awaits between its events
+        await log.ainfo("Trigger fired event", n=i)
+    done.set()
+    await task
+    print(turns[0])
+
+asyncio.run(main())
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=100, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.split()[-1]) >= 200, out.stdout

@@ -16,6 +16,9 @@ frame (``_ASYNC_CALLING_STACK``, as structlog sets it), the same contextvars (th
 copies them for the pool), the same thread. The record's bytes are the same; only its timestamp is
 earlier. A call with ``exc_info`` still goes through the pool (from the same call site): there
 stock's ``sys.exc_info()`` is the pool thread's (empty, no traceback rendered), and so it stays.
+Every record still yields to the event loop once (``asyncio.sleep(0)``), as stock's await on the
+pool does: a trigger that yields events without awaiting lets the others run between them. A
+structlog without those private names (a bundle venv's own) gets stock's logger unwrapped.
 
 The trade: the record is written to the log socket by the event loop's thread. If the supervisor
 did not read that socket for long enough to fill it, the loop waits for it (as it already does for
@@ -31,7 +34,15 @@ import sys
 import threading
 from typing import Any
 
-from structlog.contextvars import _ASYNC_CALLING_STACK, _ASYNC_CALLING_THREAD
+try:  # structlog's private names (26.1.0); a bundle venv's other structlog may lack them: stock's pool then
+    from structlog.contextvars import _ASYNC_CALLING_STACK, _ASYNC_CALLING_THREAD
+except ImportError:  # pragma: no cover - depends on the venv's structlog
+    _ASYNC_CALLING_STACK = _ASYNC_CALLING_THREAD = None
+
+
+def inline(logger: Any) -> Any:
+    """``InlineLogger(logger)``, or *logger* itself where this structlog has not the names it needs."""
+    return logger if _ASYNC_CALLING_STACK is None else InlineLogger(logger)
 
 
 class InlineLogger:
@@ -52,6 +63,10 @@ class InlineLogger:
             method = getattr(self._inner, level)
             if "exc_info" not in kw:
                 method(event, *args, **kw)
+                # Stock's await on the pool always gives the loop a turn (other triggers, the poll,
+                # a cancel land here): a trigger yielding events without awaiting must not hold the
+                # loop for its whole run because its records no longer hop.
+                await asyncio.sleep(0)
                 return
             ctx = contextvars.copy_context()  # stock's pool hop, where sys.exc_info() is empty
             await asyncio.get_running_loop().run_in_executor(None, lambda: ctx.run(lambda: method(event, *args, **kw)))

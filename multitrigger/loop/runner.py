@@ -51,7 +51,7 @@ from multitrigger import log_processors
 from multitrigger.loop import sys_path
 from multitrigger.loop.blame import BlamedCoroutine, BlameSlot
 from multitrigger.loop.health import LoopHealth
-from multitrigger.loop.inline_log import InlineLogger
+from multitrigger.loop.inline_log import inline
 from multitrigger.loop.output import attribute_output, finishing_output
 from multitrigger.protocol import ENV_BLAME_FILE, HEALTH_KEY
 
@@ -96,7 +96,7 @@ class LoopRunner(TriggerRunner):
 
     def __init__(self) -> None:
         super().__init__()
-        self.log = InlineLogger(self.log)  # type: ignore[assignment]  # stock's ainfo records, without the pool
+        self.log = inline(self.log)  # type: ignore[assignment]  # stock's ainfo records, without the pool
         log_processors.use_in_structlog()  # the same records, a cheaper redact_jwt
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
