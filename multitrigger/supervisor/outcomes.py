@@ -46,6 +46,7 @@ class Outcomes:
     _events: list[tuple[str, TriggerEventEntry]] = field(default_factory=list)
     _failures: list[tuple[str | None, Failure]] = field(default_factory=list)
     _in_flight: Batch | None = None
+    _failures_next: bool = False  # the last completed step wrote events: failures waiting go first
 
     def add_event(self, loop: str, entry: TriggerEventEntry) -> None:
         self._events.append((loop, entry))
@@ -58,10 +59,12 @@ class Outcomes:
 
     def take(self, limit: int = BATCH_LIMIT) -> Batch:
         """What is queued, for one persist step (``done`` or ``put_back`` it): the ``limit``
-        oldest events, or if there is none, the ``limit`` oldest failures. Never both: events and
-        failures commit apart, so a step that fails half-way puts back only what it did not write.
-        Events go first, as stock's triggerer handles a loop's events before its failures."""
-        if self._events:
+        oldest events, or the ``limit`` oldest failures. Never both: events and failures commit
+        apart, so a step that fails half-way puts back only what it did not write. Events go first,
+        as stock's triggerer handles a loop's events before its failures; but after a step of
+        events that completed, waiting failures go next: a stream of events arriving faster than
+        they are written must not hold failures (and their deferred tasks) back for ever."""
+        if self._events and not (self._failures and self._failures_next):
             batch, self._events = Batch(self._events[:limit], []), self._events[limit:]
         else:
             batch, self._failures = Batch([], self._failures[:limit]), self._failures[limit:]
@@ -69,6 +72,7 @@ class Outcomes:
         return batch
 
     def done(self) -> None:
+        self._failures_next = bool(self._in_flight and self._in_flight.events)
         self._in_flight = None
 
     def put_back(self, persisted: Collection[int] = ()) -> None:
