@@ -123,3 +123,44 @@ def test_a_trigger_whose_dag_cannot_be_built_fails_alone_and_the_others_are_buil
     assert result["built"] == [[ids["dag_a"], "team_a"]], result
     ((failed_id, reason),) = result["failures"]
     assert failed_id == ids["dag_b"] and "could not build this trigger's workload" in reason[0], result
+
+
+_RELEASE = """
+import json, sys
+from pathlib import Path
+from sqlalchemy import text
+from airflow.jobs.job import Job
+from airflow.utils.session import create_session
+from multitrigger.config import load_config
+from multitrigger.scope import Scope
+from multitrigger.supervisor.claims import Claim
+from multitrigger.supervisor.store import TriggerStore
+config = load_config(Path(sys.argv[1]))
+with create_session() as session:
+    job = Job(heartrate=1)
+    job.job_type = "TriggererJob"
+    session.add(job)
+    session.flush()
+    session.execute(text("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 40000) "
+                         "INSERT INTO trigger (classpath, kwargs, created_date, triggerer_id) "
+                         "SELECT 'x.Y', '{}', CURRENT_TIMESTAMP, :j FROM n"), {"j": job.id})
+    ids = sorted(session.scalars(text("SELECT id FROM trigger WHERE triggerer_id = :j"), {"j": job.id}))
+store = TriggerStore(job, Claim(100, None, None, 30.0), Scope.of(config))
+keep = ids[:33000]  # more outcomes pending than SQLite binds in one statement (32,766)
+released = store.release(keep=keep)
+with create_session() as session:
+    still = session.scalar(text("SELECT count(*) FROM trigger WHERE triggerer_id = :j"), {"j": job.id})
+print(json.dumps([released, still]))
+"""
+
+
+def test_the_final_hand_back_keeps_more_pending_triggers_than_one_statement_can_bind(tmp_path):
+    """Shutdown hands back every held trigger but those whose outcome is not written yet; with more
+    of those than SQLite binds in one statement the hand-back still happens (it failed whole)."""
+    home = AirflowHome.create(tmp_path / "home", {"team_a": deferring_bundle("dag_a")})
+    config = tmp_path / "mt.toml"
+    config.write_text('[loops.team_a]\nbundles = ["team_a"]\n')
+    out = subprocess.run([sys.executable, "-c", _RELEASE, str(config)], env=home.env(), capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.splitlines()[-1]) == [7000, 33000]

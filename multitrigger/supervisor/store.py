@@ -174,6 +174,10 @@ class Tick:
     more: bool = False  # the last claim stopped at max_trigger_to_select_per_loop: more may be claimable
 
 
+#: Trigger ids per hand-back statement (one transaction for all): far below every DB's bind limit.
+RELEASE_CHUNK = 5000
+
+
 class TriggerStore:
     """The supervisor's view of the trigger table."""
 
@@ -384,19 +388,22 @@ class TriggerStore:
         from sqlalchemy import update
 
         ours = Trigger.triggerer_id == self.job.id
-        if trigger_ids is None:
-            keep = list(keep)
-            where = [ours, Trigger.id.not_in(keep)] if keep else [ours]
-        else:
-            ids = list(trigger_ids)
-            if not ids:
-                return 0
-            where = [Trigger.id.in_(ids), ours]
         with create_session() as session:
-            result = session.execute(
-                update(Trigger).where(*where).values(triggerer_id=None).execution_options(synchronize_session=False)
-            )
-            released = result.rowcount or 0
+            if trigger_ids is None and not keep:
+                chunks: list[list[int] | None] = [None]  # everything we hold: one statement, no list
+            else:
+                if trigger_ids is None:  # everything but ``keep``: the ids read first, so no statement
+                    kept = set(keep)     # binds more values than the DB allows (SQLite: 32,766)
+                    trigger_ids = [i for i in session.scalars(select(Trigger.id).where(ours)) if i not in kept]
+                ids = list(trigger_ids)
+                chunks = [ids[i:i + RELEASE_CHUNK] for i in range(0, len(ids), RELEASE_CHUNK)]
+            released = 0
+            for chunk in chunks:
+                where = [ours] if chunk is None else [ours, Trigger.id.in_(chunk)]
+                result = session.execute(
+                    update(Trigger).where(*where).values(triggerer_id=None).execution_options(synchronize_session=False)
+                )
+                released += result.rowcount or 0
             if released:
                 handback.notify(session, self.job.id, released)
         return released
