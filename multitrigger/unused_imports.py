@@ -39,6 +39,7 @@ import ast
 import importlib.abc
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from importlib.machinery import ModuleSpec, PathFinder, SourceFileLoader
 from types import ModuleType
@@ -108,12 +109,18 @@ class _DeferLibcst(importlib.abc.MetaPathFinder, importlib.abc.Loader):
                              else part for part in parts)
         exec(now, module.__dict__)
 
+        lock, ran = threading.RLock(), []  # two threads' first use: the deferred part runs once, both wait for it
+
         def __getattr__(name: str) -> Any:  # PEP 562: only names the module does not have yet
-            if name not in names:
-                raise AttributeError(f"module {module.__name__!r} has no attribute {name!r}")
-            del module.__dict__["__getattr__"]
-            exec(later, module.__dict__)
-            return module.__dict__[name]
+            with lock:
+                if name in names and not ran:
+                    ran.append(True)
+                    module.__dict__.pop("__getattr__", None)
+                    exec(later, module.__dict__)
+            try:
+                return module.__dict__[name]
+            except KeyError:
+                raise AttributeError(f"module {module.__name__!r} has no attribute {name!r}") from None
 
         module.__dict__["__getattr__"] = __getattr__
 

@@ -118,3 +118,13 @@ def test_the_view_shares_the_maskers_state_and_keeps_its_memo_apart(masker) -> N
     assert "_memo" not in masker.__dict__
     masker.add_mask("another-secret-added-later")
     assert view.redact("x another-secret-added-later y") == "x *** y"
+
+
+def test_a_subclassed_process_masker_is_used_as_stock_uses_it(masker, monkeypatch) -> None:
+    """A plugin's ``SecretsMasker`` subclass keeps its own code: the memo view is not used."""
+    class Loud(masker_module.SecretsMasker):
+        def redact(self, item, name=None, max_depth=None, replacement="***"):  # type: ignore[override]
+            return "redacted by the plugin"
+
+    monkeypatch.setattr(masker_module, "_secrets_masker", lambda: Loud())
+    assert FastMaskLogs()(None, "info", {"event": "x"}) == "redacted by the plugin"

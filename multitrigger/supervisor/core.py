@@ -78,6 +78,9 @@ MAX_SELECT = 1.0
 OUTPUT_SLICE = 0.01
 #: While an event batch is being written, output is delivered at most this often (``OutputGate``).
 OUTPUT_YIELD = 0.05
+#: ... but only while a persist step has run less than this: a step held up by a slow DB does
+#: not keep every loop's output at a trickle (a chatty loop would fill its log buffer and drop).
+OUTPUT_GATE_MAX = 0.5
 #: How often a heartbeat step is offered to its lane (it writes once per the job's heartrate).
 BEAT_EVERY = 0.5
 
@@ -236,7 +239,7 @@ class Supervisor:
     def _next_wakeup(self) -> float:
         now = self.clock()
         deadlines = [self.desk.next_deadline()] + [s.poll_deadline() for s in self.slots.values()]
-        gate = self._output_gate.opens_at(busy=not self.persist_lane.idle)
+        gate = self._output_gate.opens_at(busy=self._persisting())
         deadlines += [max(s.relay.next_due(), gate) for s in self.slots.values()]
         if self.persister.ready:
             deadlines.append(max(self.db_health.retry_at, now))
@@ -277,7 +280,7 @@ class Supervisor:
         """Deliver queued output lines for at most ``OUTPUT_SLICE``, each pass starting with the
         next loop, so no loop's lines always wait behind another's backlog; while an event batch is
         being written, at most every ``OUTPUT_YIELD`` (``OutputGate``: events before log lines)."""
-        if not self._output_gate.enter(busy=not self.persist_lane.idle):
+        if not self._output_gate.enter(busy=self._persisting()):
             return
         slots = list(self.slots.values())
         self._output_turn = (self._output_turn + 1) % len(slots)
@@ -334,6 +337,11 @@ class Supervisor:
         from multitrigger.health.server import HealthServer
 
         return HealthServer.start(self.config.health, self.board, self.settings.state_dir)
+
+    def _persisting(self) -> bool:
+        """A persist step is running, and not yet for long (``OUTPUT_GATE_MAX``)."""
+        busy = self.persist_lane.busy_for()
+        return busy is not None and busy[1] < OUTPUT_GATE_MAX
 
     def _health(self) -> tuple[bool, str]:
         """For systemd: ready, and a one-line summary, both as the health server shows them (the
