@@ -11,16 +11,16 @@ The selector thread never waits on the database or on remote log storage: that w
 completions run back here. While the DB is slow or gone the selector keeps reading every loop,
 answering check-ins and holding events; hang detection counts only time in which it listened.
 
-Length: ~470 lines, because the verbs share the supervisor's state (slots, routes, outcomes,
+Length: ~500 lines, because the verbs share the supervisor's state (slots, routes, outcomes,
 lanes); each policy it consults is its own module (``RestartPolicy``, ``PoisonPolicy``,
-``DbHealth``, ``Router``, ``ZygotePool``, ``RequestDesk``, the persist lane's ``Persister``), and the slots of versioned bundles
-(one per bundle version in use, made and ended on demand) are ``BundleVersions``'.
+``DbHealth``, ``Router``, ``ZygotePool``, ``RequestDesk``, the persist lane's ``Persister``), the
+slots of versioned bundles (one per bundle version in use, made and ended on demand) are
+``BundleVersions``', and the shutdown sequence (grace period, hand-backs) is ``supervisor.shutdown``.
 """
 
 from __future__ import annotations
 
 import gc
-import math
 import selectors
 import signal
 import socket
@@ -56,6 +56,7 @@ from multitrigger.supervisor.persisting import Persister
 from multitrigger.supervisor.relay import OutputGate
 from multitrigger.supervisor.request_desk import RequestDesk
 from multitrigger.supervisor.sd_notify import Notifier
+from multitrigger.supervisor.shutdown import shut_down
 from multitrigger.supervisor.zygote_pool import ZygotePool
 from multitrigger.supervisor.settings import RunSettings
 from multitrigger.supervisor.slot import LoopSlot, SlotSinks
@@ -459,61 +460,11 @@ class Supervisor:
             del self.store.logger_cache[trigger_id]
         self.uploads.submit(f"upload {trigger_id}", lambda: _upload(factory), lambda done: _upload_done(done, loop, trigger_id))
 
-    # -- shutdown -----------------------------------------------------------------------------
+    # -- shutdown (``supervisor.shutdown``) ----------------------------------------------------
 
     def shutdown(self) -> int:
-        """Stop loops (triggers cancelled without ``on_kill``), persist, hand triggers back, exit.
-
-        A second signal during the grace period kills every loop at once. Whatever the DB does,
-        the supervisor is gone by the end of the grace period (DB steps are on their own thread).
-        """
-        log.info("shutting down", signal=self._signals[0] if self._signals else None)
-        self.notifier.stopping("metadata DB unreachable; exiting" if self._gave_up else "shutting down")
-        if self.handback is not None:
-            self.handback.stop()
-        first = len(self._signals)
-        for slot in self.slots.values():
-            if slot.process is not None:
-                slot.process.signal(signal.SIGTERM)
-        deadline = self.clock() + self.settings.shutdown_grace
-        while any(s.process for s in self.slots.values()):
-            forced = len(self._signals) > first or self.clock() > deadline
-            for name, slot in self.slots.items():
-                if forced and slot.process is not None:
-                    slot.process.signal(signal.SIGKILL)
-                if slot.reap(self.selector, self.clock()) is not None:
-                    slot.start_at = math.inf
-                    self.desk.forget(name)
-                    self._hand_back_loop(name)
-            self._service(0.05)
-            self.desk.pump()
-            self._drive_persist_only()
-        self.zygotes.close()
-        self.versions.close()
-        self.cgroups.close()  # kills anything still inside, removes them
-        for slot in self.slots.values():
-            slot.relay.flush()
-        self.store.log_files.close_all()
-        self._finish_db(deadline)
-        for lane in (self.persist_lane, self.db, self.beat_lane, self.desk.lane, self.uploads):
-            lane.close()
-        if self._health_server is not None:
-            self._health_server.stop()
-        return 1 if self._gave_up else 0
-
-    def _hand_back_loop(self, name: str) -> None:
-        """A stopped loop's triggers go back at once, not after every loop has stopped: its process
-        is gone, and whatever it started (``reap``), so none of them runs here any more. Those
-        whose outcome is still being persisted stay ours (``_finish_db``). Skipped while the DB is
-        down; the final hand-back, or the others' takeover after the health threshold, follows.
-        Its queued log lines are written later (``relay.flush`` once every loop is gone): with
-        thousands of triggers that backlog took 20 s here, and the hand-back waited behind it."""
-        pending = self.outcomes.pending_ids()
-        ids = [tid for tid, slot in self.routes.items() if slot == name and tid not in pending]
-        if not ids or not self.db_health.may_try or self.db_health.down_since is not None:
-            return
-        self.db.submit(f"release {name}", lambda: self.store.release(ids),
-                       lambda done: _released(done, name, len(ids)))
+        """Stop loops, persist, hand triggers back, exit (``supervisor.shutdown.shut_down``)."""
+        return shut_down(self)
 
     def _beat(self, now: float) -> None:
         """Offer the heartbeat step (``perform_heartbeat`` writes only once per heartrate)."""
@@ -535,38 +486,6 @@ class Supervisor:
         if self.persister.ready and self.db_health.may_try:
             self.persister.submit()
         self._beat(self.clock())
-
-    def _finish_db(self, deadline: float) -> None:
-        """Persist what is left and hand triggers back, within the grace period; skip if the DB is down."""
-        deadline = max(deadline, self.clock() + 1.0)
-        while (self.clock() < deadline and self.db_health.down_since is None
-               and (self.outcomes or not self.db.idle or not self.persist_lane.idle)):
-            self._drive_persist_only()
-            self._service(0.05)
-        if self.outcomes:
-            log.error("metadata DB unreachable at shutdown: outcomes not persisted; their triggers run again elsewhere",
-                      count=len(self.outcomes))
-        if self.db_health.down_since is not None or not (self.db.idle and self.persist_lane.idle):
-            log.warning("not handing triggers back (DB unreachable); other triggerers take them after the health threshold")
-            self.store.drop_idle_connections()
-            return
-        keep = self.outcomes.pending_ids()  # not persisted: not ours to hand on (the DB is down for them)
-        released: list[bool] = []
-        self.db.submit("release", lambda: self.store.release(None, keep=keep),
-                       lambda done: released.append(_released(done, None, None)))
-        while not released and self.clock() < deadline:
-            self._service(0.05)
-        if released != [True]:
-            log.error("could not hand triggers back; other triggerers take them after the health threshold")
-
-
-def _released(done: Done, loop: str | None, asked: int | None) -> bool:
-    """Log a hand-back's outcome; whether it was written."""
-    if done.error is not None:
-        log.error("could not hand triggers back", loop=loop, error=repr(done.error))
-        return False
-    log.info("triggers handed back", loop=loop, triggers=done.value, asked=asked)
-    return True
 
 
 def _upload(factory) -> None:  # type: ignore[no-untyped-def]
