@@ -116,24 +116,26 @@ def _matches(classpath: str, pattern: str) -> bool:
     return classpath.startswith(pattern[:-1]) if pattern.endswith(".*") else classpath == pattern
 
 
+def _watched_by(query: Select) -> Select:
+    """*query* over asset watchers joined to the live DAGs scheduled on their assets: the one join
+    ``asset_watcher_bundle`` (claiming) and ``bundles_for`` (routing) both read."""
+    return (query.select_from(AssetWatcherModel)
+            .join(DagScheduleAssetReference, DagScheduleAssetReference.asset_id == AssetWatcherModel.asset_id)
+            .join(DagModel, and_(DagModel.dag_id == DagScheduleAssetReference.dag_id, DagModel.is_stale.is_(False))))
+
+
 def asset_watcher_bundle(trigger_id: ColumnElement[int]) -> ScalarSelect[str | None]:
     """SQL: an asset-watcher trigger's bundle, the one bundle of the DAGs scheduled on the assets it
     watches (the DAG that declares the watcher); NULL when there are none, or several (ambiguous).
     Correlated on *trigger_id*; ``supervisor.claims`` claims by the same expression routing uses."""
-    return (select(case((func.count(distinct(DagModel.bundle_name)) == 1, func.max(DagModel.bundle_name))))
-            .select_from(AssetWatcherModel)
-            .join(DagScheduleAssetReference, DagScheduleAssetReference.asset_id == AssetWatcherModel.asset_id)
-            .join(DagModel, and_(DagModel.dag_id == DagScheduleAssetReference.dag_id, DagModel.is_stale.is_(False)))
-            .where(AssetWatcherModel.trigger_id == trigger_id)
-            .scalar_subquery())
+    count_one = select(case((func.count(distinct(DagModel.bundle_name)) == 1, func.max(DagModel.bundle_name))))
+    return _watched_by(count_one).where(AssetWatcherModel.trigger_id == trigger_id).scalar_subquery()
 
 
 def _watcher_bundles(ids: Collection[int]) -> Select[tuple[int, str]]:
-    """Every (watcher trigger, bundle) pair, by the joins ``asset_watcher_bundle`` counts over."""
-    return (select(AssetWatcherModel.trigger_id, DagModel.bundle_name).distinct()
-            .join(DagScheduleAssetReference, DagScheduleAssetReference.asset_id == AssetWatcherModel.asset_id)
-            .join(DagModel, and_(DagModel.dag_id == DagScheduleAssetReference.dag_id, DagModel.is_stale.is_(False)))
-            .where(AssetWatcherModel.trigger_id.in_(ids)))
+    """Every (watcher trigger, bundle) pair, over the join ``asset_watcher_bundle`` counts."""
+    pairs = select(AssetWatcherModel.trigger_id, DagModel.bundle_name).distinct()
+    return _watched_by(pairs).where(AssetWatcherModel.trigger_id.in_(ids))
 
 
 @dataclass
