@@ -130,7 +130,7 @@ class Supervisor:
         # Loops' cgroups before any loop or zygote forks; a limit this host cannot apply raises ConfigError.
         self.cgroups = LoopCgroups.open(config, Path(settings.cgroup_root), instance_name(settings.state_dir))
         self.zygotes = ZygotePool(config, settings.state_dir, self.selector, clock=clock,
-                                  env_for=lambda home: loop_env(home) | self.paths.zygote_env())
+                                  env_for=lambda home: prestart.zygote_env(home, self.paths))
         self.slots = {name: self._make_slot(loop) for name, loop in config.loops.items()}
         self.versions = BundleVersions(config.loops, self.slots, self.paths, make_slot=self._make_slot,
                                        fail=self.outcomes.add_failure, forget=self.desk.forget,

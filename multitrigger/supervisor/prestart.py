@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -45,6 +46,9 @@ log = structlog.get_logger(__name__)
 _HOMES: dict[Path, Path] = {}  # interpreter → its zygote's home (``zygote_home``)
 
 
+if TYPE_CHECKING:
+    from multitrigger.supervisor.trigger_path import TriggerPaths
+
 def prestart(config: Config, state: Path) -> None:
     """Start a staged zygote per distinct loop interpreter (see the module docstring)."""
     for python in zygote_interpreters(config):
@@ -58,14 +62,16 @@ def prestart(config: Config, state: Path) -> None:
             pass  # the supervisor starts it the normal way and reports the error
 
 
-def zygote_env(home: Path) -> dict[str, str]:
-    """A zygote's loop environment, as ``Supervisor`` gives ``ZygotePool``: ``launch.loop_env`` plus
-    the supervisor-wide trigger-code entries (``trigger_path.inherited_entries``). Imports Airflow."""
-    from multitrigger.loop.sys_path import ENV_SYS_PATH, encode
+def zygote_env(home: Path, paths: TriggerPaths | None = None) -> dict[str, str]:
+    """A zygote's loop environment, the one formula for the pool (``Supervisor`` passes its
+    ``paths``) and for prestarted zygotes (``paths`` computed here): ``launch.loop_env`` plus the
+    supervisor-wide trigger-code entries (``TriggerPaths.zygote_env``). The pool adopts a prestarted
+    zygote only if the two are equal. Imports Airflow."""
     from multitrigger.supervisor.launch import loop_env
-    from multitrigger.supervisor.trigger_path import inherited_entries
+    from multitrigger.supervisor.trigger_path import TriggerPaths, inherited_entries
 
-    return loop_env(home) | {ENV_SYS_PATH: encode(inherited_entries())}
+    paths = TriggerPaths(tuple(inherited_entries()), {}) if paths is None else paths
+    return loop_env(home) | paths.zygote_env()
 
 
 def configure_prestarted() -> None:
