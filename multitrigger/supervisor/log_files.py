@@ -163,9 +163,15 @@ class PooledLogFile:
         return self.path
 
     def open(self):  # type: ignore[no-untyped-def]
-        if not self.opened or not os.path.exists(self.path):  # first open, or deleted from outside since
+        if not self.opened:
             self.path = str(self._init(self._relative))  # dirs and file with Airflow's permissions; absolute
-        self.fh = open(self.path, "ab" if self.opened else "wb")  # noqa: SIM115 (held by the pool)
+            self.fh = open(self.path, "wb")  # noqa: SIM115 (held by the pool)
+        else:
+            try:  # a reopen: append, never create (one syscall, no stat first)
+                self.fh = os.fdopen(os.open(self.path, os.O_WRONLY | os.O_APPEND), "ab")
+            except FileNotFoundError:  # deleted from outside since: made again as Airflow makes it
+                self.path = str(self._init(self._relative))
+                self.fh = open(self.path, "ab")  # noqa: SIM115 (held by the pool)
         self.opened = True
         return self.fh
 
