@@ -14,6 +14,7 @@ import datetime
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from sqlalchemy import func, select
@@ -150,6 +151,24 @@ def raise_if_unreachable(err: BaseException) -> None:
         isinstance(err, DBAPIError) and err.connection_invalidated
     ):
         raise DatabaseUnavailable(str(err).splitlines()[0]) from err
+
+
+def _one_by_one(items: list[tuple[int, Any]], submit: Callable[[int, Any], None], what: str) -> list[int]:
+    """Stock's submit per outcome, each in its own transaction, after a batch failed; return the
+    ids written. One that fails alone is logged and dropped; the DB going away raises
+    ``PartlyPersisted`` naming those already committed (not to be written again)."""
+    done: list[int] = []
+    for trigger_id, value in items:
+        try:
+            submit(trigger_id, value)
+            done.append(trigger_id)
+        except Exception as err:
+            try:
+                raise_if_unreachable(err)
+            except DatabaseUnavailable as down:
+                raise PartlyPersisted(str(down), done) from err
+            log.exception(f"could not persist trigger {what}", trigger_id=trigger_id)
+    return done
 
 
 def plain_kwargs(encrypted_kwargs: str) -> str:
@@ -302,18 +321,7 @@ class TriggerStore:
         except Exception as err:
             raise_if_unreachable(err)
             log.exception("batch event submit failed; retrying one by one", count=len(entries))
-        done = []
-        for trigger_id, event in entries:
-            try:
-                Trigger.submit_event(trigger_id=trigger_id, event=event)
-                done.append(trigger_id)
-            except Exception as err:
-                try:
-                    raise_if_unreachable(err)
-                except DatabaseUnavailable as down:
-                    raise PartlyPersisted(str(down), done) from err
-                log.exception("could not persist trigger event", trigger_id=trigger_id)
-        return done
+        return _one_by_one(entries, lambda tid, event: Trigger.submit_event(trigger_id=tid, event=event), "event")
 
     def warm_up_persist(self) -> None:
         """On the persist lane, before its first burst: ``persist.warm_up`` (reads only)."""
@@ -336,18 +344,7 @@ class TriggerStore:
         except Exception as err:
             raise_if_unreachable(err)
             log.exception("batch failure submit failed; retrying one by one", count=len(failures))
-        done = []
-        for trigger_id, tb in failures:
-            try:
-                Trigger.submit_failure(trigger_id=trigger_id, exc=tb)
-                done.append(trigger_id)
-            except Exception as err:
-                try:
-                    raise_if_unreachable(err)
-                except DatabaseUnavailable as down:
-                    raise PartlyPersisted(str(down), done) from err
-                log.exception("could not persist trigger failure", trigger_id=trigger_id)
-        return done
+        return _one_by_one(failures, lambda tid, tb: Trigger.submit_failure(trigger_id=tid, exc=tb), "failure")
 
     def clean_unused(self) -> None:
         Trigger.clean_unused()
