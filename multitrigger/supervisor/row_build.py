@@ -101,9 +101,6 @@ class RunKey(NamedTuple):
     bundle_version: str | None
 
 
-_FAILED = object()
-
-
 class RowBuild:
     """One build pass over rows; ``build`` returns the workloads and the ids left for stock."""
 
@@ -113,7 +110,6 @@ class RowBuild:
         self.render_log_path = log_path_renderer(render_log_fname)
         self.log_id = log_id
         self.logger_cache = logger_cache
-        self._models: dict[tuple, Any] = {}  # (dag_id, run's version, bundle version, ti's version) -> model
         self._tasks: dict[tuple[int, str], bool | None] = {}  # (id(model), task_id) -> start_from_trigger
 
     def build(self, trigger_ids: Iterable[int], session: Session) -> tuple[list[workloads.RunTrigger], set[int]]:
@@ -155,14 +151,9 @@ class RowBuild:
         """The task's ``start_from_trigger``; False also when the DAG version is not found (stock
         builds a plain workload then); None when the task is not in it (stock warns per trigger)."""
         run = RunKey(ti.dag_id, row.run_created_dag_version_id, row.run_bundle_version)
-        key = (*run, ti.dag_version_id)
-        if key not in self._models:
-            self._models[key] = _FAILED  # until found: a DAG that does not deserialize is tried once here
-            self._models[key] = (self.dag_bag.get_serialized_dag_model_for_run(run, session=session)  # type: ignore[arg-type]
-                                 or self.dag_bag.get_serialized_dag_model(version_id=ti.dag_version_id, session=session))
-        model = self._models[key]
-        if model is _FAILED:
-            return None
+        # The build pass's DAG bag memoizes both look-ups (and a DAG that does not deserialize).
+        model = (self.dag_bag.get_serialized_dag_model_for_run(run, session=session)  # type: ignore[arg-type]
+                 or self.dag_bag.get_serialized_dag_model(version_id=ti.dag_version_id, session=session))
         if not model:
             return False
         task_key = (id(model), ti.task_id)

@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import func, select
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
 from airflow.executors import workloads
 from airflow.jobs.job import Job, perform_heartbeat
@@ -112,21 +112,32 @@ class _BatchDagBag(DBDagBag):
 
     def __init__(self) -> None:
         super().__init__()
-        self._memo: dict[tuple, _Deserialized | None] = {}
+        self._memo: dict[tuple, _Deserialized | Exception | None] = {}
 
     def get_serialized_dag_model_for_run(self, dag_run, *, session):  # type: ignore[no-untyped-def, override]
         key = ("run", dag_run.dag_id, dag_run.created_dag_version_id, dag_run.bundle_version)
-        if key not in self._memo:
-            model = super().get_serialized_dag_model_for_run(dag_run, session=session)
-            self._memo[key] = _Deserialized(model) if model else None
-        return self._memo[key]
+        return self._once(key, lambda: super(_BatchDagBag, self).get_serialized_dag_model_for_run(dag_run, session=session))
 
     def get_serialized_dag_model(self, version_id, session):  # type: ignore[no-untyped-def, override]
         key = ("version", version_id)
+        return self._once(key, lambda: super(_BatchDagBag, self).get_serialized_dag_model(version_id=version_id, session=session))
+
+    def _once(self, key: tuple, fetch: Callable[[], SerializedDagModel | None]) -> _Deserialized | None:
+        """Fetch and deserialize once per pass. A DAG that does not deserialize fails every trigger
+        of it with the same error, raised again, not deserialized again per trigger; a database
+        error is not remembered (the next trigger, or pass, asks again)."""
         if key not in self._memo:
-            model = super().get_serialized_dag_model(version_id=version_id, session=session)
-            self._memo[key] = _Deserialized(model) if model else None
-        return self._memo[key]
+            try:
+                model = fetch()
+                self._memo[key] = _Deserialized(model) if model else None
+            except SQLAlchemyError:
+                raise
+            except Exception as err:
+                self._memo[key] = err
+        found = self._memo[key]
+        if isinstance(found, Exception):
+            raise found
+        return found
 
 
 class DatabaseUnavailable(Exception):
