@@ -20,6 +20,10 @@ so every claim pass walks ~19,200 held triggers while the burst is persisted: th
 event waited for the claim pass in flight on the one DB lane (issue 13). Stock holds at most
 ``stock_held_max`` of them (its start-up with 19,000 takes minutes, and each holds an open log
 file in its supervisor).
+
+Scenario ``alone`` (and ``alone_pg``): the issue's "200 at once" literally: ``bursts`` bursts of
+``n`` (200) each due at one instant, ``gap`` s apart, with nothing else held; both triggerers. Each
+burst is its own series (``b1``, ``b2``, ...) so the report shows how much one burst varies.
 """
 
 from __future__ import annotations
@@ -147,3 +151,41 @@ def limit(ctx: Ctx) -> dict[str, Any]:
 
 def limit_pg(ctx: Ctx) -> dict[str, Any]:
     return _limit(ctx, "limit_pg", "pg")
+
+
+def _alone(ctx: Ctx, name: str, db: str) -> dict[str, Any]:
+    p = ctx.params("alone")
+    bundles = [f"lim{i}" for i in range(p["bundles"])]
+    series = [f"b{j + 1}" for j in range(p["bursts"])]
+
+    def one(kind: str) -> dict[str, Any]:
+        with r.running(ctx, name, kind, bundles, db=db) as run:
+            provisional = h.now() + 3600.0  # moved to ``margin`` s after the launch (as in _limit)
+            items = [h.fire_at(s, bundles[k % len(bundles)], j * p["n"] + k, provisional + j * p["gap"])
+                     for j, s in enumerate(series) for k in range(p["n"])]
+            r.seed(run, items)
+            due0 = r.retime(run, items, ctx.margin(kind, run.result["db"], len(items)))
+            r.start(run, bundles, expect_started=items)
+            r.wait_startup(run, len(items), due0 - 0.2)
+            r.mark_due(run, due0)
+            for j, s in enumerate(series):
+                burst = [i for i in items if i.series == s]
+                due = due0 + j * p["gap"]
+                r.wait_done(run, burst, due, due + (p["gap"] - 0.5 if j + 1 < len(series) else p["grace"]),
+                            interval=0.25)
+            run.result["due"] = {s: due0 + j * p["gap"] for j, s in enumerate(series)}
+        return run.result
+
+    return r.scenario(
+        ctx, one, name, f"{p['n']} due at once, nothing else held ({db})",
+        f"{p['bursts']} bursts of {p['n']} FireAtTriggers over {p['bundles']} bundles, each burst due at one "
+        f"instant, {p['gap']:g} s apart, nothing else held; latency = scheduled_dttm - due",
+        p, series, db="postgresql" if db == "pg" else "sqlite")
+
+
+def alone(ctx: Ctx) -> dict[str, Any]:
+    return _alone(ctx, "alone", "sqlite")
+
+
+def alone_pg(ctx: Ctx) -> dict[str, Any]:
+    return _alone(ctx, "alone_pg", "pg")

@@ -16,7 +16,7 @@ from benchmarks import runs as r
 from benchmarks.crash_scenarios import crash, storm
 from benchmarks.flood_scenario import flood
 from benchmarks.memhog_scenario import memhog
-from benchmarks.limit_scenario import limit, limit_held, limit_held_pg, limit_pg
+from benchmarks.limit_scenario import alone, alone_pg, limit, limit_held, limit_held_pg, limit_pg
 from benchmarks.marginal_scenario import marginal
 from benchmarks.scaleout_scenario import scaleout
 from benchmarks.harness import Item
@@ -171,18 +171,19 @@ def idle(ctx: Ctx) -> dict[str, Any]:
 
 #: The issue 13 full run (``benchmarks.run`` without ``--scenarios``), in this order: start-up and
 #: memory first (idle, marginal: they also teach ``Ctx.margin`` each triggerer's start-up), then
-#: noisy neighbour, crash and storm, then latency at the limit (bursts of 200, 2000 and 20,000 due
+#: noisy neighbour, crash and storm, then 200 at once with nothing else held (``alone``, three bursts),
+#: then latency at the limit (bursts of 200, 2000 and 20,000 due
 #: at once, each measured with all of them held) on SQLite and PostgreSQL, then scale-out. The
 #: other scenarios stay selectable: ``light`` (200 at once alone, and DateTimeTriggers),
 #: ``limit_held``/``limit_held_pg`` (what ``limit``'s 200-burst measures, with 19,000 held),
 #: ``throughput`` (DateTimeTriggers), ``flood``, ``memhog``.
-FULL_RUN = ("idle", "marginal", "noisy", "crash", "storm", "limit", "limit_pg", "scaleout")
+FULL_RUN = ("idle", "marginal", "noisy", "crash", "storm", "alone", "alone_pg", "limit", "limit_pg", "scaleout")
 
 #: Wall seconds per scenario for both triggerers (stock, then multitrigger) on a quiet 2-core machine,
 #: estimated from runs on this one (benchmarks/README.md, "Full run"; scaleout: a guess for 20,000
 #: triggers): what ``benchmarks.run`` prints as its estimate.
 ESTIMATE_S: dict[str, float] = {
-    "idle": 50, "marginal": 70, "noisy": 75, "crash": 90, "storm": 105, "limit": 230, "limit_pg": 190,
+    "idle": 50, "marginal": 70, "noisy": 75, "crash": 90, "storm": 105, "alone": 60, "alone_pg": 70, "limit": 230, "limit_pg": 190,
     "scaleout": 300, "light": 110, "limit_held": 200, "limit_held_pg": 250, "throughput": 250, "flood": 270,
     "memhog": 240,
 }
@@ -197,6 +198,8 @@ SCENARIOS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "storm": storm,
     "flood": flood,
     "memhog": memhog,
+    "alone": alone,
+    "alone_pg": alone_pg,
     "limit": limit,
     "limit_pg": limit_pg,
     "limit_held": limit_held,
