@@ -10,6 +10,7 @@ the masker's depth limit), JWT-looking values, and the masker's settings changed
 
 from __future__ import annotations
 
+import enum
 import json
 import types
 from pathlib import Path
@@ -128,3 +129,64 @@ def test_a_subclassed_process_masker_is_used_as_stock_uses_it(masker, monkeypatc
 
     monkeypatch.setattr(masker_module, "_secrets_masker", lambda: Loud())
     assert FastMaskLogs()(None, "info", {"event": "x"}) == "redacted by the plugin"
+
+
+class _Colour(enum.Enum):
+    RED = "red-" + SECRET
+
+
+class _Level(enum.IntEnum):
+    HIGH = 3
+
+
+class _Thing:
+    def __repr__(self) -> str:
+        return f"thing {SECRET}"
+
+
+def _nested(depth: int, leaf: object, kind: type = dict) -> object:
+    for i in range(depth):
+        leaf = {f"k{i}": leaf, "password": [i]} if kind is dict else [leaf, SECRET]
+    return leaf
+
+
+#: Records the walk takes (JSON values) and ones it hands to stock's walk (anything else in them).
+ODD_RECORDS: list[dict] = [
+    {"event": "lists", "a": [[SECRET, [SECRET, [SECRET, [SECRET, [SECRET, [SECRET, [SECRET]]]]]]]],
+     "b": [{"secret": [1, {"x": SECRET}]}, {"": SECRET}], "passwords": {"inner": [SECRET, {"k": 1}]}},
+    {"event": "leaves", "f": 2.5, "t": True, "n": None, "i": -1, "s": "", "": "empty key", "api_key": None},
+    {"event": "deep dicts", "d": _nested(100, SECRET)},
+    {"event": "deep lists", "l": _nested(100, SECRET, list)},
+    {"event": "a tuple", "t": (SECRET, {"password": "p"}), "s": {SECRET}},
+    {"event": "enums", "c": _Colour.RED, "lvl": _Level.HIGH, "nested": [{"c": _Colour.RED}]},
+    {"event": "an object", "o": _Thing(), "secret": _Thing()},
+    {"event": "a non-string key", 1: SECRET, "ok": SECRET},
+]
+
+
+@pytest.mark.parametrize("record", RECORDS + ODD_RECORDS, ids=lambda r: str(r["event"])[:20])
+def test_the_walk_redacts_as_stocks_walk(masker, record: dict) -> None:
+    """``FastMaskLogs`` on any record (also ones no JSON line decodes to) equals stock ``mask_logs``."""
+    assert FastMaskLogs()(None, "info", dict(record)) == mask_logs(None, "info", dict(record))
+
+
+def test_the_walk_follows_stocks_settings_and_secrets(masker) -> None:
+    fast = FastMaskLogs()
+    record = {"event": "x", "colour": "blue", "note": "later-secret", "list": ["later-secret"]}
+    assert fast(None, "info", dict(record)) == mask_logs(None, "info", dict(record)) == record
+    masker.add_mask("later-secret")
+    masker.sensitive_variables_fields = [*masker.sensitive_variables_fields, "colour"]
+    assert fast(None, "info", dict(record)) == mask_logs(None, "info", dict(record)) != record
+    masker.hide_sensitive_var_conn_fields = False
+    assert fast(None, "info", dict(record)) == mask_logs(None, "info", dict(record))
+
+
+def test_a_failing_walk_is_stocks_failure(masker, monkeypatch) -> None:
+    """An error inside the walk: stock's walk runs instead, with stock's "<redaction-failed>"."""
+    def boom(self, item, depth, max_depth=5, *, replacement="***"):  # type: ignore[no-untyped-def]
+        raise ValueError("no")
+
+    monkeypatch.setattr(masker_module.SecretsMasker, "_redact_all", boom)
+    record = {"event": "x", "password": "p", "ok": SECRET}
+    assert FastMaskLogs()(None, "info", dict(record)) == mask_logs(None, "info", dict(record))
+    assert mask_logs(None, "info", dict(record))["password"] == "<redaction-failed>"
