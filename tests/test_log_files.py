@@ -38,6 +38,31 @@ def test_lines_reach_their_files_with_at_most_max_open_held(tmp_path: Path) -> N
     assert pool.open_count == 0 and pool.dropped == 0
 
 
+def test_a_file_is_opened_as_open_would_open_it(tmp_path: Path) -> None:
+    """Raw fds, as ``open(path, "wb")`` / ``"ab"`` make them: umask-applied 0o666 when created,
+    close-on-exec (a loop or a hook started later does not inherit trigger log files)."""
+    import os
+
+    pool = LogFiles(max_open=1)
+    first, second = pool.file(str(tmp_path / "a.log"), _absolute), pool.file(str(tmp_path / "b.log"), _absolute)
+    first.write(b"one\n")
+    assert first.fileno() > 2 and not os.get_inheritable(first.fileno())
+    assert oct((tmp_path / "a.log").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    second.write(b"x\n")  # closes first
+    assert first.fileno() == -1
+    first.write(b"two\n")
+    assert (tmp_path / "a.log").read_bytes() == b"one\ntwo\n" and not os.get_inheritable(first.fileno())
+    pool.close_all()
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def test_an_unwritable_file_drops_its_lines_and_counts_them(tmp_path: Path) -> None:
     pool = LogFiles(max_open=4)
     (tmp_path / "a_directory").mkdir()
