@@ -16,16 +16,24 @@ import pytest
 
 pytestmark = pytest.mark.timeout(120)
 
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig_nature-1"
+
 SCRIPT = """
 import asyncio, os, sys
 from airflow.sdk.execution_time.supervisor import _configure_logs_over_json_channel
 _configure_logs_over_json_channel(os.dup(1))
-from structlog.contextvars import bind_contextvars
+from structlog.contextvars import bind_contextvars, unbind_contextvars
 from airflow.jobs.triggerer_job_runner import TriggerRunner
 from airflow.triggers.base import TriggerEvent
 from multitrigger import log_processors
+from multitrigger.loop import fused_log
 from multitrigger.loop.inline_log import InlineLogger
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig_nature-1"
+
+
+class BadRepr:
+    def __repr__(self):
+        raise ValueError("no repr")
 
 async def sites(log):
     bind_contextvars(trigger_id=7, dag_id="dag_a", map_index=3)
@@ -35,6 +43,17 @@ async def sites(log):
     await log.aerror("Trigger cancelled due to timeout")
     await log.adebug("below the level: not written")
     await log.ainfo("token " + JWT, header=JWT, mixed=f"a {JWT} b eyJ", plain="no token", n=[JWT])
+    # TriggerEvents as stock's encoder hook renders them: at the top (a JWT in it is not redacted
+    # in the loop), nested, with a lone surrogate (repr escapes it) and with a repr that raises
+    # (the hook falls back to str(), which raises too: the call fails in both)
+    await log.ainfo("trigger completed", name="n", result=TriggerEvent({"token": JWT}), many=[TriggerEvent(2)])
+    await log.ainfo("surrogate", result=TriggerEvent(chr(0xD800)))
+    try:
+        await log.ainfo("repr raises", result=TriggerEvent(BadRepr()))
+    except Exception as err:
+        log.info("repr raised", error=type(err).__name__)
+    unbind_contextvars("map_index")
+    await log.ainfo("after unbind", extra_key=b"bytes value")
     log.info("sync record", token=JWT)
     try:
         raise ValueError("boom")
@@ -45,30 +64,47 @@ async def main():
     which = sys.argv[1]
     if "fastjwt" in which:
         assert log_processors.use_in_structlog() == 1
+    fused = []
+    real_emit = fused_log.emit
+    def counting_emit(*args):
+        done = real_emit(*args)
+        fused.append(done)
+        return done
+    fused_log.emit = counting_emit
     await sites(InlineLogger(TriggerRunner.log) if "inline" in which else TriggerRunner.log)
+    print("fused", fused.count(True), fused.count(False), file=sys.stderr)
 
 asyncio.run(main())
 """
 
 
-def records(which: str) -> list[dict]:
-    out = subprocess.run([sys.executable, "-c", SCRIPT, which], capture_output=True, timeout=100, check=True).stdout
-    recs = [json.loads(line) for line in out.splitlines()]
+def records(which: str) -> tuple[list[dict], tuple[int, int]]:
+    """The records ``which`` writes, and how many ``fused_log.emit`` made / left to stock's path."""
+    out = subprocess.run([sys.executable, "-c", SCRIPT, which], capture_output=True, timeout=100, check=True)
+    recs = [json.loads(line) for line in out.stdout.splitlines()]
     for rec in recs:
         rec.pop("timestamp")
-    return recs
+    made, left = out.stderr.decode().rsplit("fused ", 1)[1].split()
+    return recs, (int(made), int(left))
 
 
 @pytest.mark.parametrize("which", ["inline", "fastjwt", "inline+fastjwt"])
 def test_records_equal_stock_but_for_the_timestamp(which: str) -> None:
-    stock, ours = records("stock"), records(which)
-    assert len(stock) == 7  # the debug record is below the level in both
+    (stock, _), (ours, fused) = records("stock"), records(which)
+    assert len(stock) == 11  # the debug record is below the level in both
     assert ours == stock
     assert all(rec["trigger_id"] == 7 and rec["dag_id"] == "dag_a" for rec in stock)
     assert {rec.get("filename") for rec in stock} == {"<string>"}  # the call site, not inline_log.py
-    assert len({rec["lineno"] for rec in stock}) == 7
+    assert len({rec["lineno"] for rec in stock}) == 11
     jwt = stock[4]
     assert (jwt["event"], jwt["header"], jwt["mixed"], jwt["plain"]) == ("token eyJ***", "eyJ***", "a eyJ*** b eyJ***", "no token")
+    events = stock[5]
+    assert events["result"] == f"TriggerEvent<{{'token': '{JWT}'}}>" and events["many"] == ["TriggerEvent<2>"]
+    assert stock[6]["result"] == "TriggerEvent<'\\ud800'>" and stock[7]["error"] == "ValueError"
+    assert "map_index" not in stock[8] and stock[8]["extra_key"] == "bytes value"
+    # the fused path made every record without positional arguments or exc_info (the debug one: nothing;
+    # the one whose repr raised raised from it)
+    assert fused == ((0, 0) if which == "fastjwt" else (8, 0))
 
 
 def test_an_inline_record_still_gives_the_event_loop_a_turn() -> None:

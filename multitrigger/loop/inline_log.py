@@ -14,7 +14,8 @@ in the event loop's thread, exactly as structlog's async method would in the poo
 message interpolated the same way, the call site (``filename``/``lineno``) taken from the awaiting
 frame (``_ASYNC_CALLING_STACK``, as structlog sets it), the same contextvars (the caller's: structlog
 copies them for the pool), the same thread. The record's bytes are the same; only its timestamp is
-earlier. A call with ``exc_info`` still goes through the pool (from the same call site): there
+earlier. A record without positional arguments is made by ``multitrigger.loop.fused_log`` (stock's
+chain with three steps whose inputs are known here done directly). A call with ``exc_info`` still goes through the pool (from the same call site): there
 stock's ``sys.exc_info()`` is the pool thread's (empty, no traceback rendered), and so it stays.
 Every record still yields to the event loop once (``asyncio.sleep(0)``), as stock's await on the
 pool does: a trigger that yields events without awaiting lets the others run between them. A
@@ -33,6 +34,8 @@ import contextvars
 import sys
 import threading
 from typing import Any
+
+from multitrigger.loop import fused_log
 
 try:  # structlog's private names (26.1.0); a bundle venv's other structlog may lack them: stock's pool then
     from structlog.contextvars import _ASYNC_CALLING_STACK, _ASYNC_CALLING_THREAD
@@ -57,17 +60,19 @@ class InlineLogger:
     async def _log(self, level: str, event: str, args: tuple, kw: dict[str, Any]) -> None:
         # The frame awaiting a<level>() (0: this one, 1: a<level>), where structlog's async method
         # takes the call site from; and the calling thread, as it records it.
-        stack = _ASYNC_CALLING_STACK.set(sys._getframe(2))
+        caller = sys._getframe(2)
+        stack = _ASYNC_CALLING_STACK.set(caller)
         thread = _ASYNC_CALLING_THREAD.set((threading.get_ident(), threading.current_thread().name))
         try:
-            method = getattr(self._inner, level)
             if "exc_info" not in kw:
-                method(event, *args, **kw)
+                if args or not fused_log.emit(self._inner, level, event, kw, caller):
+                    getattr(self._inner, level)(event, *args, **kw)
                 # Stock's await on the pool always gives the loop a turn (other triggers, the poll,
                 # a cancel land here): a trigger yielding events without awaiting must not hold the
                 # loop for its whole run because its records no longer hop.
                 await asyncio.sleep(0)
                 return
+            method = getattr(self._inner, level)
             ctx = contextvars.copy_context()  # stock's pool hop, where sys.exc_info() is empty
             await asyncio.get_running_loop().run_in_executor(None, lambda: ctx.run(lambda: method(event, *args, **kw)))
         finally:
