@@ -26,7 +26,7 @@ from structlog.contextvars import bind_contextvars, unbind_contextvars
 from airflow.jobs.triggerer_job_runner import TriggerRunner
 from airflow.triggers.base import TriggerEvent
 from multitrigger import log_processors
-from multitrigger.loop import fused_log
+from multitrigger.loop import inline_log
 from multitrigger.loop.inline_log import InlineLogger
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig_nature-1"
 
@@ -65,12 +65,12 @@ async def main():
     if "fastjwt" in which:
         assert log_processors.use_in_structlog() == 1
     fused = []
-    real_emit = fused_log.emit
+    real_emit = inline_log._emit
     def counting_emit(*args):
         done = real_emit(*args)
         fused.append(done)
         return done
-    fused_log.emit = counting_emit
+    inline_log._emit = counting_emit
     await sites(InlineLogger(TriggerRunner.log) if "inline" in which else TriggerRunner.log)
     print("fused", fused.count(True), fused.count(False), file=sys.stderr)
 

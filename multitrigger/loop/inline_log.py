@@ -35,12 +35,15 @@ import sys
 import threading
 from typing import Any
 
-from multitrigger.loop import fused_log
-
 try:  # structlog's private names (26.1.0); a bundle venv's other structlog may lack them: stock's pool then
     from structlog.contextvars import _ASYNC_CALLING_STACK, _ASYNC_CALLING_THREAD
 except ImportError:  # pragma: no cover - depends on the venv's structlog
     _ASYNC_CALLING_STACK = _ASYNC_CALLING_THREAD = None
+try:  # private names of structlog and Airflow's logging (checked versions in its docstring)
+    from multitrigger.loop import fused_log
+    _emit = fused_log.emit
+except (ImportError, AttributeError):  # pragma: no cover - depends on the venv's structlog / Airflow
+    _emit = None
 
 
 def inline(logger: Any) -> Any:
@@ -65,7 +68,7 @@ class InlineLogger:
         thread = _ASYNC_CALLING_THREAD.set((threading.get_ident(), threading.current_thread().name))
         try:
             if "exc_info" not in kw:
-                if args or not fused_log.emit(self._inner, level, event, kw, caller):
+                if args or _emit is None or not _emit(self._inner, level, event, kw, caller):
                     getattr(self._inner, level)(event, *args, **kw)
                 # Stock's await on the pool always gives the loop a turn (other triggers, the poll,
                 # a cancel land here): a trigger yielding events without awaiting must not hold the
