@@ -1,5 +1,5 @@
 """The loop's log records are stock's: made inline (``multitrigger.loop.inline_log``) and with the
-cheaper ``redact_jwt`` swapped into the chain (``multitrigger.log_processors``).
+cheaper ``redact_jwt`` and ``merge_contextvars`` swapped into the chain (``multitrigger.log_processors``).
 
 Every variant runs in a subprocess with Airflow's real loop-side logging
 (``_configure_logs_over_json_channel``, what every loop runs), from the same call sites, in the
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.timeout(120)
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig_nature-1"
 
 SCRIPT = """
-import asyncio, os, sys
+import asyncio, contextvars, os, sys
 from airflow.sdk.execution_time.supervisor import _configure_logs_over_json_channel
 _configure_logs_over_json_channel(os.dup(1))
 from structlog.contextvars import bind_contextvars, unbind_contextvars
@@ -54,6 +54,11 @@ async def sites(log):
         log.info("repr raised", error=type(err).__name__)
     unbind_contextvars("map_index")
     await log.ainfo("after unbind", extra_key=b"bytes value")
+    # contextvars: another library's variable, a key the call passes too, a key bound late
+    contextvars.ContextVar("structlog").set("not a structlog key")
+    contextvars.ContextVar("other_lib").set("x")
+    bind_contextvars(late="yes")
+    await log.ainfo("keys", dag_id="from the call")
     log.info("sync record", token=JWT)
     try:
         raise ValueError("boom")
@@ -63,7 +68,8 @@ async def sites(log):
 async def main():
     which = sys.argv[1]
     if "fastjwt" in which:
-        assert log_processors.use_in_structlog() == 1
+        assert log_processors.use_in_structlog() == 2
+        log_processors._MAX_KEYS = 4  # the memo starts again, more than once
     fused = []
     real_emit = inline_log._emit
     def counting_emit(*args):
@@ -91,20 +97,21 @@ def records(which: str) -> tuple[list[dict], tuple[int, int]]:
 @pytest.mark.parametrize("which", ["inline", "fastjwt", "inline+fastjwt"])
 def test_records_equal_stock_but_for_the_timestamp(which: str) -> None:
     (stock, _), (ours, fused) = records("stock"), records(which)
-    assert len(stock) == 11  # the debug record is below the level in both
+    assert len(stock) == 12  # the debug record is below the level in both
     assert ours == stock
-    assert all(rec["trigger_id"] == 7 and rec["dag_id"] == "dag_a" for rec in stock)
+    assert all(rec["trigger_id"] == 7 and rec["dag_id"] == "dag_a" for i, rec in enumerate(stock) if i != 9)
     assert {rec.get("filename") for rec in stock} == {"<string>"}  # the call site, not inline_log.py
-    assert len({rec["lineno"] for rec in stock}) == 11
+    assert len({rec["lineno"] for rec in stock}) == 12
     jwt = stock[4]
     assert (jwt["event"], jwt["header"], jwt["mixed"], jwt["plain"]) == ("token eyJ***", "eyJ***", "a eyJ*** b eyJ***", "no token")
     events = stock[5]
     assert events["result"] == f"TriggerEvent<{{'token': '{JWT}'}}>" and events["many"] == ["TriggerEvent<2>"]
     assert stock[6]["result"] == "TriggerEvent<'\\ud800'>" and stock[7]["error"] == "ValueError"
     assert "map_index" not in stock[8] and stock[8]["extra_key"] == "bytes value"
+    assert (stock[9]["dag_id"], stock[9]["late"], "other_lib" in stock[9]) == ("from the call", "yes", False)
     # the fused path made every record without positional arguments or exc_info (the debug one: nothing;
     # the one whose repr raised raised from it)
-    assert fused == ((0, 0) if which == "fastjwt" else (8, 0))
+    assert fused == ((0, 0) if which == "fastjwt" else (9, 0))
 
 
 def test_an_inline_record_still_gives_the_event_loop_a_turn() -> None:
