@@ -15,6 +15,9 @@ trigger goes to that trigger's log (``multitrigger.loop.output``). The runner's 
 (``multitrigger.loop.inline_log``): the same records, without a thread hop per record; and the
 chain that makes them has a cheaper ``redact_jwt`` (``multitrigger.log_processors``).
 
+``process_trigger_events`` builds the usual push of fired events without pydantic's validation
+and dump (``multitrigger.loop.state_sync``, the same frame).
+
 ``get_trigger_by_classpath`` only adds, to an import error, where the loop looked
 (``multitrigger.loop.sys_path.where_looked``). ``init_comms`` is stock's but hands the comms decoder
 its three decoders (two pydantic ``TypeAdapter``s, one msgspec decoder) built once, when this module
@@ -56,7 +59,7 @@ from pydantic import TypeAdapter
 from airflow.jobs.triggerer_job_runner import ToTriggerRunner, TriggerCommsDecoder, TriggerRunner, messages
 from airflow.sdk.execution_time.comms import ToTask, _ResponseFrame
 from multitrigger import log_processors
-from multitrigger.loop import sys_path
+from multitrigger.loop import state_sync, sys_path
 from multitrigger.loop.blame import BlamedCoroutine, BlameSlot
 from multitrigger.loop.health import LoopHealth
 from multitrigger.loop.inline_log import inline
@@ -229,6 +232,17 @@ class LoopRunner(TriggerRunner):
         await self.create_triggers()
         await self.cancel_triggers()
         self._watch_new_tasks()
+
+    def process_trigger_events(self, finished_ids: list[int]) -> messages.TriggerStateChanges:
+        """Stock's message; fired events with plain payloads and no failures built without
+        validation (``multitrigger.loop.state_sync``: the same frame)."""
+        if not self.failed_triggers:
+            events = list(self.events)
+            if (msg := state_sync.changes(events, finished_ids)) is not None:
+                for _ in events:  # nothing else runs in between: no await (stock pops one by one too)
+                    self.events.popleft()
+                return msg
+        return super().process_trigger_events(finished_ids)
 
     async def create_triggers(self) -> None:
         """Create triggers one workload at a time, under blame, each failure its own.

@@ -1,0 +1,88 @@
+"""
+A loop's pushes of fired events (``multitrigger.loop.state_sync``) are the frames stock sends.
+
+Stock's path is ``TriggerRunner.process_trigger_events`` (a validated ``TriggerStateChanges``) and
+``TriggerCommsDecoder.asend`` (``_RequestFrame(id, body=msg.model_dump()).as_bytes()``); the frames
+are compared byte for byte, for plain payloads (which take the new path) and for the rest (which
+must be left to stock's, whose handling of an event that does not serialise stays).
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections import deque
+
+import pytest
+
+from airflow.jobs.triggerer_job_runner import TriggerEventEntry, TriggerRunner, messages
+from airflow.sdk.execution_time.comms import _RequestFrame
+from airflow.triggers.base import TaskSuccessEvent, TriggerEvent
+from multitrigger.loop import state_sync
+from multitrigger.loop.runner import LoopRunner
+
+PLAIN = [
+    None, 0, -1, 2**62, 1.5, float("inf"), True, "", "é ☃ \ud800".encode("utf-8", "surrogatepass").decode("utf-8", "replace"),
+    {"due": "2026-12-01T18:58:04+00:00", "series": "burst"},
+    {"nested": {"list": [1, [2, [3, {"deep": None}]]], "tuple": (1, "a")}, "": {}},
+    [], (), [{"a": 1}, {"b": [True, False]}],
+]
+NOT_PLAIN = [
+    datetime.datetime(2026, 12, 1, tzinfo=datetime.timezone.utc), {1: "int key"}, {"set": {1, 2}},
+    {"bytes": b"x"}, {"deep": [[[[[[[[[[[[[[[[[["too deep"]]]]]]]]]]]]]]]]]]}, object(),
+]
+
+
+def _frame(msg: messages.TriggerStateChanges) -> bytes:
+    return bytes(_RequestFrame(id=41, body=msg.model_dump()).as_bytes())
+
+
+def _entries(payloads: list) -> list[TriggerEventEntry]:
+    return [TriggerEventEntry(trigger_id=i + 1, event=TriggerEvent(p), persist_seq=i if i % 2 else None)
+            for i, p in enumerate(payloads)]
+
+
+def _stock(events: list[TriggerEventEntry], finished: list[int]) -> messages.TriggerStateChanges:
+    runner = TriggerRunner.__new__(TriggerRunner)  # process_trigger_events needs only the two deques
+    runner.events, runner.failed_triggers = deque(events), deque()
+    return runner.process_trigger_events(finished)
+
+
+@pytest.mark.parametrize("finished", [[], [3, 1, 2]], ids=["no-finished", "finished"])
+@pytest.mark.parametrize("payloads", [[p] for p in PLAIN] + [PLAIN, []], ids=lambda p: repr(p)[:40])
+def test_plain_events_make_stocks_frame(payloads: list, finished: list[int]) -> None:
+    events = _entries(payloads)
+    ours = state_sync.changes(list(events), list(finished))
+    assert ours is not None
+    assert _frame(ours) == _frame(_stock(events, finished))
+    assert ours.events == (events or None) and ours.finished == (finished or None) and ours.failures is None
+    assert ours.model_dump(exclude_none=True) == _stock(events, finished).model_dump(exclude_none=True)
+
+
+@pytest.mark.parametrize("payload", NOT_PLAIN, ids=lambda p: type(p).__name__ + repr(p)[:20])
+def test_anything_else_is_left_to_stock(payload) -> None:
+    assert state_sync.changes(_entries([{"ok": 1}, payload]), []) is None
+
+
+def test_other_event_classes_are_left_to_stock() -> None:
+    entry = TriggerEventEntry(trigger_id=1, event=TaskSuccessEvent(), persist_seq=None)
+    assert state_sync.changes([entry], []) is None
+
+
+def test_the_runner_takes_the_plain_path_only_without_failures() -> None:
+    runner = LoopRunner.__new__(LoopRunner)
+    runner.events, runner.failed_triggers = deque(_entries([{"a": 1}, None])), deque()
+    msg = runner.process_trigger_events([5])
+    assert type(msg) is state_sync.PlainChanges and not runner.events
+    assert _frame(msg) == _frame(_stock(_entries([{"a": 1}, None]), [5]))
+
+    runner.events = deque(_entries([{"a": 1}]))
+    runner.failed_triggers = deque([(7, ValueError("boom"))])
+    msg = runner.process_trigger_events([])
+    assert type(msg) is messages.TriggerStateChanges and msg.failures and msg.failures[0][0] == 7
+
+    runner.events, runner.failed_triggers = deque(_entries([object()])), deque()  # stock's sanitising path
+    msg = runner.process_trigger_events([])
+    assert type(msg) is messages.TriggerStateChanges
+    with pytest.raises(NotImplementedError):
+        _frame(msg)
+    assert runner.sanitize_trigger_events(msg).events is None and runner.failed_triggers
