@@ -1,10 +1,9 @@
 """
 Hand-back at SIGTERM on a real PostgreSQL trigger table (``multitrigger.supervisor.handback``).
 
-A member that stops hands its triggers back as soon as their loop reports them cancelled (a batch
-at a time, while it cancels the rest) or that loop's process is gone, and notifies the other
-members, which claim them at once (and again, while passes find more) instead of on their next
-claim interval. Exactly once: a trigger starts on the heir only after it was
+A member that stops hands each loop's triggers back as soon as that loop's process is gone, and
+notifies the other members, which claim them at once (and again, while passes find more) instead
+of on their next claim interval. Exactly once: a trigger starts on the heir only after it was
 cancelled on the stopping member (its record file says so, in order).
 
 PostgreSQL: a dedicated database ``multitrigger_handback[_<suffix>]`` on 127.0.0.1:5432.
@@ -155,7 +154,7 @@ def test_sigterm_hands_triggers_to_the_other_member_at_once_and_none_runs_twice(
     a_log, b_log = a.text(), b.text()
     handed = [int(n) for n in re.findall(r"triggers handed back .*?loop=hb .*?triggers=(\d+)", a_log)]
     print(f"\n[handback] 30 triggers running on b {t_all:.2f}s after SIGTERM to a; a handed back {handed} "
-          f"as its loop cancelled them", flush=True)
+          f"when its loop was gone", flush=True)
     assert handed == [30], a_log[-3000:]
     assert "hand-back heard" in b_log, b_log[-3000:]
     # 4 passes at the claim interval alone would take >= 3 s after the hand-back.

@@ -31,14 +31,6 @@ Only the main loop (``arun``) is replaced, because the stock one checks in once 
   in milliseconds;
 * the **main loop** sleeps on a wake-up event that is set when a trigger fires, fails or finishes,
   or when the poll brings work; it then pushes the changes after a short coalescing window.
-
-And at a stop (SIGTERM) the runner cancels its triggers itself, ``STOP_BATCH`` at a time, and
-reports each batch as ``finished`` once their tasks are done, so the supervisor hands those rows
-back while the rest are still cancelling (``multitrigger.supervisor.shutdown``): stock leaves the
-cancelling to ``asyncio.run``'s exit, all at once and unreported, and with thousands of triggers
-(each logs stock's "trigger completed" and runs its ``cleanup``) that took seconds before anything
-went back. What a trigger sees is stock's: ``task.cancel()`` with no message (no ``on_kill``), and a
-task that ends with an error is reported to the loop's exception handler as ``asyncio.run`` does.
 """
 
 from __future__ import annotations
@@ -70,11 +62,6 @@ from multitrigger.protocol import ENV_BLAME_FILE, HEALTH_KEY
 COALESCE_SECONDS = 0.002
 #: Even with nothing to do, the main loop runs this often (finished-task sweep, status logs).
 IDLE_SECONDS = 1.0
-#: At a stop, triggers are cancelled this many at a time; each batch is reported once done.
-STOP_BATCH = 256
-#: At a stop, how long a batch is waited for before the next is cancelled anyway (a trigger that
-#: ignores its cancellation holds back only itself; it is reported whenever it ends).
-STOP_BATCH_WAIT = 0.5
 
 
 #: ``TriggerCommsDecoder``'s decoders, as its attrs factories build them (its ``err_decoder`` is
@@ -168,7 +155,6 @@ class LoopRunner(TriggerRunner):
                 if (now := time.monotonic()) - last_status >= 60:
                     self.log.info("%i triggers currently running", len(self.triggers))
                     last_status = now
-            await self._stop_triggers()
         finally:
             poller.cancel()
             reader = self.comms_decoder._reader_task
@@ -179,37 +165,6 @@ class LoopRunner(TriggerRunner):
                         await task
             await self._shared_streams.stop_all()
         await watchdog
-
-    async def _stop_triggers(self) -> None:
-        """Cancel every trigger (``asyncio.run``'s exit: ``cancel()``, no message), ``STOP_BATCH``
-        at a time, and report each batch whose tasks are done as finished (stock's push): the
-        supervisor may hand those back at once, nothing here runs them any more."""
-        loop = asyncio.get_running_loop()
-        task_ids = {details["task"]: tid for tid, details in self.triggers.items()}
-        todo = [task for task in task_ids if not task.done()]
-        waiting = {task for task in task_ids if task.done()}  # ended before the stop: reported first
-        while todo or waiting:
-            batch, todo = todo[:STOP_BATCH], todo[STOP_BATCH:]
-            for task in batch:
-                task.cancel()
-            if batch:
-                await asyncio.wait(batch, timeout=STOP_BATCH_WAIT)
-            elif not any(task.done() for task in waiting):
-                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            waiting.update(batch)
-            done = [task for task in waiting if task.done()]
-            waiting.difference_update(done)
-            for task in done:
-                if not task.cancelled() and task.exception() is not None:  # as asyncio.run reports it
-                    loop.call_exception_handler({"message": "unhandled exception during asyncio.run() shutdown",
-                                                 "exception": task.exception(), "task": task})
-                self.triggers.pop(task_ids[task], None)
-            if done and not self._reader_gone():
-                await self.sync_state_to_supervisor([task_ids[task] for task in done])
-
-    def _reader_gone(self) -> bool:
-        reader = self.comms_decoder._reader_task
-        return reader is None or reader.done()
 
     def _raise_if_dead(self, *tasks: asyncio.Task) -> None:
         for task in tasks:

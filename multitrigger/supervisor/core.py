@@ -120,9 +120,6 @@ class Supervisor:
         self.handback: HandbackListener | None = None  # other members' hand-backs (PostgreSQL)
         self._hinted = False  # a hand-back was heard: claim again at once while passes find new triggers
         self._hints = 0  # hand-back hints heard so far
-        #: At shutdown (``shutdown.shut_down`` sets it): per loop, the triggers its loop reported
-        #: finished since the last hand-back step, to be handed back while the loop stops the rest.
-        self.finished_at_stop: dict[str, list[int]] | None = None
         self.db_health = DbHealth(settings.db_retry_limit, step_bound=settings.db_timeout + 2,
                                   retry_after_error=settings.claim_interval, clock=clock)
         self._gave_up = False
@@ -454,8 +451,6 @@ class Supervisor:
 
     def _on_finished(self, loop: str, trigger_id: int) -> None:
         self.routes.pop(trigger_id, None)
-        if self.finished_at_stop is not None:
-            self.finished_at_stop.setdefault(loop, []).append(trigger_id)
         if factory := self.store.logger_cache.get(trigger_id):  # closed after its queued lines
             self.slots[loop].relay.after(lambda: self._close_trigger_log(loop, trigger_id, factory))
 

@@ -6,13 +6,10 @@ signal, handing each loop's triggers back as soon as that loop is gone, the fina
 while ``core`` is the running supervisor. It drives the same ``Supervisor`` (its selector passes,
 lanes and outcomes), as ``health.snapshot.build`` reads it.
 
-Exactly once: a trigger goes back only when nothing here runs it any more and its outcome is not
-still being written (``Outcomes.pending_ids``). Nothing runs it once its loop reported it finished
-(its task ended: a stopping loop cancels its triggers a batch at a time and reports each batch,
-``multitrigger.loop.runner``), or once its loop's process and everything it started are gone
-(``LoopSlot.reap``). So the other members take the first triggers while the loops still cancel the
-rest: a loop cancelling thousands takes seconds. With the DB down nothing is handed back, and the
-other triggerers take the triggers after the health threshold.
+Exactly once: a trigger goes back only when nothing here runs it any more (its loop's process and
+everything it started are gone, ``LoopSlot.reap``) and its outcome is not still being written
+(``Outcomes.pending_ids``); with the DB down nothing is handed back, and the other triggerers take
+the triggers after the health threshold.
 """
 
 from __future__ import annotations
@@ -42,8 +39,6 @@ def shut_down(sup: Supervisor) -> int:
     if sup.handback is not None:
         sup.handback.stop()
     first = len(sup._signals)
-    sup.finished_at_stop = {}
-    releasing: list[bool] = []  # a hand-back of finished triggers is on the DB lane
     for slot in sup.slots.values():
         if slot.process is not None:
             slot.process.signal(signal.SIGTERM)
@@ -58,7 +53,6 @@ def shut_down(sup: Supervisor) -> int:
                 sup.desk.forget(name)
                 _hand_back_loop(sup, name)
         sup._service(0.05)
-        _hand_back_finished(sup, releasing)
         sup.desk.pump()
         sup._drive_persist_only()
     sup.zygotes.close()
@@ -83,40 +77,11 @@ def _hand_back_loop(sup: Supervisor, name: str) -> None:
     Its queued log lines are written later (``relay.flush`` once every loop is gone): with
     thousands of triggers that backlog took 20 s here, and the hand-back waited behind it."""
     pending = sup.outcomes.pending_ids()
-    finished = (sup.finished_at_stop or {}).pop(name, [])  # reported, not yet handed back
     ids = [tid for tid, slot in sup.routes.items() if slot == name and tid not in pending]
-    ids += [tid for tid in finished if tid not in pending]
-    if ids and _db_up(sup):
-        sup.db.submit(f"release {name}", lambda: sup.store.release(ids),
-                      lambda done: _released(done, name, len(ids)))
-
-
-def _hand_back_finished(sup: Supervisor, releasing: list[bool]) -> None:
-    """What the stopping loops reported finished goes back now, in one DB step at a time: the next
-    takes all that was reported meanwhile, so the lane never queues more than one (and with a DB
-    that hangs, the wait stays one step's). Those whose outcome is still being persisted stay ours
-    (the final hand-back takes them once it is written). Skipped while the DB is down."""
-    if releasing or not sup.finished_at_stop or not _db_up(sup):
+    if not ids or not sup.db_health.may_try or sup.db_health.down_since is not None:
         return
-    pending = sup.outcomes.pending_ids()
-    by_loop = {loop: [tid for tid in ids if tid not in pending] for loop, ids in sup.finished_at_stop.items()}
-    sup.finished_at_stop = {}
-    ids = [tid for loop_ids in by_loop.values() for tid in loop_ids]
-    if not ids:
-        return
-    loops = ",".join(sorted(loop for loop, loop_ids in by_loop.items() if loop_ids))
-
-    def done(result: Done) -> None:
-        releasing.clear()
-        if not _released(result, loops, len(ids)):
-            sup._db_done(result, lambda _: None)  # an unreachable DB is noticed: no further attempts
-
-    releasing.append(True)
-    sup.db.submit(f"release {loops}", lambda: sup.store.release(ids), done)
-
-
-def _db_up(sup: Supervisor) -> bool:
-    return sup.db_health.may_try and sup.db_health.down_since is None
+    sup.db.submit(f"release {name}", lambda: sup.store.release(ids),
+                  lambda done: _released(done, name, len(ids)))
 
 
 def _finish_db(sup: Supervisor, deadline: float) -> None:
