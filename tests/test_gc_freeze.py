@@ -55,3 +55,13 @@ def test_a_frozen_cycle_that_became_garbage_is_collected_at_the_refreeze(freezer
     assert gone() is not None and freezer.refreezes == 0
     freezer.tend(idle=True)
     assert gone() is None and freezer.refreezes == 1
+
+
+def test_a_supervisor_never_idle_refreezes_all_the_same(freezer) -> None:
+    freezer, now = freezer
+    now[0] = 61.0
+    freezer.tend(idle=False)
+    assert freezer.refreezes == 0
+    now[0] = 121.0  # due for one more period: busy or not
+    freezer.tend(idle=False)
+    assert freezer.refreezes == 1

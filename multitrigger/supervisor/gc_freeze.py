@@ -17,9 +17,9 @@ later (CPython still counts the frozen objects as what the last one kept).
 
 The price: a frozen object that later becomes part of an unreachable cycle is not collected while
 it is frozen (objects without cycles are freed by their reference counts, frozen or not). So once
-every ``REFREEZE_EVERY`` seconds, when the selector is idle, everything is unfrozen, collected and
-frozen again: cyclic garbage lives at most that long, and that one full walk costs what one of the
-every-6-s walks cost before, plus Airflow's modules (~0.25 s).
+every ``REFREEZE_EVERY`` seconds, when the selector is idle (and after twice that in any case),
+everything is unfrozen, collected and frozen again: cyclic garbage lives at most that long, and that
+one full walk costs what one of the every-6-s walks cost before, plus Airflow's modules (~0.25 s).
 
 The callback only sets a flag (it runs inside the collector, on whichever thread allocated); the
 selector thread freezes (``tend``). Stdlib only.
@@ -58,9 +58,11 @@ class SurvivorFreezer:
 
     def tend(self, idle: bool) -> None:
         """On the selector thread, every pass: freeze after a full collection; refreeze when due and
-        ``idle`` (nothing queued to deliver or persist: the walk stalls the selector)."""
-        if idle and self.clock() >= self._next_refreeze:
-            self._next_refreeze = self.clock() + self.every
+        ``idle`` (nothing queued to deliver or persist: the walk stalls the selector), or when due
+        for ``every`` more seconds (never idle: a flood of output, a DB outage holding outcomes)."""
+        now = self.clock()
+        if now >= self._next_refreeze and (idle or now >= self._next_refreeze + self.every):
+            self._next_refreeze = now + self.every
             gc.unfreeze()
             gc.collect()  # sets the flag: frozen below
             self.refreezes += 1
