@@ -62,6 +62,8 @@ from multitrigger.protocol import ENV_BLAME_FILE, HEALTH_KEY
 COALESCE_SECONDS = 0.002
 #: Even with nothing to do, the main loop runs this often (finished-task sweep, status logs).
 IDLE_SECONDS = 1.0
+#: What the frame encoder (msgspec) raises for a value JSON has but it cannot encode.
+UNENCODABLE = (OverflowError, UnicodeEncodeError)
 
 
 #: ``TriggerCommsDecoder``'s decoders, as its attrs factories build them (its ``err_decoder`` is
@@ -198,6 +200,19 @@ class LoopRunner(TriggerRunner):
                     self.events.popleft()
                 return msg
         return super().process_trigger_events(finished_ids)
+
+    async def asend(self, msg: messages.TriggerStateChanges) -> messages.TriggerStateSync | None:
+        """Stock's; an event whose payload the frame encoder cannot encode (an int beyond 64 bits:
+        ``OverflowError``; a lone surrogate: ``UnicodeEncodeError``) is raised as the
+        ``NotImplementedError`` stock's ``sync_state_to_supervisor`` handles: stock's
+        ``sanitize_trigger_events`` then drops that event and fails its trigger alone. Stock lets
+        these two escape, which ends the runner: here the loop, so every trigger of its bundle."""
+        try:
+            return await super().asend(msg)
+        except UNENCODABLE as err:
+            if msg.events and not isinstance(msg, _Poll):
+                raise NotImplementedError(f"an event could not be encoded: {err}") from err
+            raise
 
     async def create_triggers(self) -> None:
         """Create triggers one workload at a time, under blame, each failure its own.

@@ -107,6 +107,19 @@ class PrintTrigger(_Misbehaving):
         yield TriggerEvent({"printed": True, "pid": os.getpid()})
 
 
+class HugeIntTrigger(_Misbehaving):
+    """Fires an event whose payload holds an int beyond 64 bits: JSON has it, the frame encoder
+    (msgspec) raises ``OverflowError``. It must fail this trigger alone, not end its loop."""
+
+    def misbehave(self) -> None:
+        pass
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        if self.after:
+            await asyncio.sleep(self.after)
+        yield TriggerEvent({"n": 2**70})
+
+
 class GarbageTrigger(_Misbehaving):
     """Writes bytes that are not a frame onto the loop's request socket (fd 0), then blocks."""
 
