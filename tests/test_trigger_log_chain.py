@@ -82,6 +82,9 @@ def test_the_cheaper_chain_writes_stocks_bytes(tmp_path: Path, monkeypatch, mask
     feed()
     masker.sensitive_variables_fields.append("shade")  # the same list, grown: forgotten too
     feed()
+    fields = masker.sensitive_variables_fields
+    fields[fields.index("colour")] = "hue"  # the same list, the same length, edited: forgotten too
+    feed()
     masker.hide_sensitive_var_conn_fields = False
     feed()
     cache[1]._filehandle.flush()
@@ -90,13 +93,14 @@ def test_the_cheaper_chain_writes_stocks_bytes(tmp_path: Path, monkeypatch, mask
     fast = (tmp_path / fast_path).read_bytes()
     assert fast == stock
     lines = [json.loads(line) for line in stock.splitlines()]
-    assert len(lines) == 4 * len(RECORDS)
+    assert len(lines) == 5 * len(RECORDS)
     # The records did exercise both steps: something was masked by key, by secret and as a JWT.
     assert lines[2]["event"] == "connecting with *** and token eyJ***" and lines[2]["password"] == "***"
     assert lines[2]["extra"]["conn"]["deep"] == [{"secret": "***", "ok": "***"}]
     assert lines[3]["a"]["b"]["c"]["d"]["e"]["f"] == {"g": SECRET, "private_key": "***"}  # stock's depth limit
     assert lines[len(RECORDS) + 5]["colour"] == "***" and lines[5]["colour"] == "blue"
-    assert lines[3 * len(RECORDS) + 2]["password"] == "plain"  # key names not hidden once switched off
+    assert lines[3 * len(RECORDS) + 5]["colour"] == "blue"  # the in-place edit was seen
+    assert lines[4 * len(RECORDS) + 2]["password"] == "plain"  # key names not hidden once switched off
 
 
 def test_faster_swaps_only_the_two_steps() -> None:

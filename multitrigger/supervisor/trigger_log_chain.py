@@ -61,12 +61,13 @@ class _NotJson(Exception):
 
 
 class _Memo:
-    __slots__ = ("hide", "fields", "count", "answers")
+    __slots__ = ("hide", "fields", "count", "snapshot", "answers")
 
     def __init__(self) -> None:
         self.hide: object = None
         self.fields: object = None
         self.count = -1
+        self.snapshot: list[Any] = []  # a copy of ``fields`` when the answers were started
         self.answers: dict[str, bool] = {}
 
 
@@ -96,10 +97,19 @@ class MemoMasker(masker_module.SecretsMasker):
         if (memo.fields is not fields or memo.hide is not hide or memo.count != len(fields)
                 or len(memo.answers) > MEMO_KEYS):
             memo.fields, memo.hide, memo.count, memo.answers = fields, hide, len(fields), {}
+            memo.snapshot = list(fields)
         return memo.answers
+
+    def _forget_if_edited(self) -> None:
+        """Once per record: forget the answers if the fields list was edited in place (Airflow
+        assigns a new list, but a plugin may not); the per-key check above sees only a new list."""
+        memo = self._memo
+        if memo.fields is not None and memo.snapshot != memo.fields:
+            memo.fields = None
 
     def redact_json(self, record: Any) -> Any:
         """``redact(record)``: the walk below for a record of JSON values, else stock's own."""
+        self._forget_if_edited()
         if type(record) is dict:
             try:
                 replacer = self.replacer
