@@ -15,6 +15,10 @@ trigger goes to that trigger's log (``multitrigger.loop.output``). The runner's 
 (``multitrigger.loop.inline_log``): the same records, without a thread hop per record; and the
 chain that makes them has a cheaper ``redact_jwt`` (``multitrigger.log_processors``).
 
+``cleanup_finished_triggers`` is stock's sweep, run only when a trigger task has ended since the
+last one (each task's done callback says so): stock walks every trigger with an ``asyncio.sleep(0)``
+each on every check-in, thousands of loop iterations per batch of new triggers though nothing ended.
+
 ``process_trigger_events`` builds the usual push of fired events without pydantic's validation
 and dump (``multitrigger.loop.state_sync``, the same frame).
 
@@ -110,6 +114,9 @@ class LoopRunner(TriggerRunner):
         # The poll task parks new work here; only the main loop moves it into to_create/to_cancel,
         # so creation (below) sees one workload at a time and blames the right one.
         self._inbox: list[messages.TriggerStateSync] = []
+        # Set by a trigger task's done callback; stock's sweep runs only when it is set (see
+        # ``cleanup_finished_triggers``).
+        self._ended = False
         self.health = LoopHealth(self.blocked_main_thread_warning_threshold)
         blame_path = os.environ.get(ENV_BLAME_FILE)
         self.blame = (BlameSlot(Path(blame_path), self.blocked_main_thread_warning_threshold, self.health.long_step)
@@ -188,7 +195,6 @@ class LoopRunner(TriggerRunner):
             await self.sync_state_to_supervisor(finished)
         await self.create_triggers()
         await self.cancel_triggers()
-        self._watch_new_tasks()
 
     def process_trigger_events(self, finished_ids: list[int]) -> messages.TriggerStateChanges:
         """Stock's message; fired events with plain payloads and no failures built without
@@ -223,11 +229,14 @@ class LoopRunner(TriggerRunner):
         while self.to_create:
             workload = self.to_create.popleft()
             queue, self.to_create = self.to_create, deque([workload])
+            known = self.triggers.get(workload.id)
             try:
                 creating = super().create_triggers()
                 # Each step of stock's creation (class import, constructor) is timed and blamed on
                 # this workload; its ``asyncio.sleep(0)`` between them lets other triggers run.
                 await (BlamedCoroutine(creating, workload.id, self.blame) if self.blame else creating)
+                if (made := self.triggers.get(workload.id)) is not None and made is not known:
+                    self._watch(made["task"])
             except Exception as err:
                 self.log.error("Trigger failed to inflate", error=err, trigger_id=workload.id)
                 self.failed_triggers.append((workload.id, err))
@@ -251,13 +260,27 @@ class LoopRunner(TriggerRunner):
         """Stock's watchdog, replaced: the lag probe (``multitrigger.loop.health``)."""
         await self.health.probe(lambda: self.stop)
 
-    def _watch_new_tasks(self) -> None:
-        """Wake the main loop when any trigger task ends, so 'finished' is reported at once."""
-        for details in self.triggers.values():
-            task = details["task"]
-            if not getattr(task, "_multitrigger_watched", False):
-                task._multitrigger_watched = True  # type: ignore[attr-defined]
-                task.add_done_callback(lambda _t: self._request_wake())
+    def _watch(self, task: asyncio.Task) -> None:
+        """Wake the main loop when this trigger's task ends, so 'finished' is reported at once."""
+        task.add_done_callback(self._task_ended)
+
+    def _task_ended(self, _task: asyncio.Task) -> None:
+        self._ended = True
+        self._request_wake()
+
+    async def cleanup_finished_triggers(self) -> list[int]:
+        """Stock's sweep, run only when a trigger task has ended since the last one.
+
+        Stock walks every trigger on every check-in, with an ``asyncio.sleep(0)`` per trigger: with
+        thousands held, each push and each batch of new triggers cost thousands of loop iterations
+        (start-up, a takeover) though nothing had ended. When no task has ended, stock's sweep finds
+        nothing and returns ``[]``; this returns ``[]`` without the walk. The flag is cleared before
+        the sweep, so a task that ends during it is swept next time (its callback wakes the loop),
+        as stock would find it at its next check-in."""
+        if not self._ended:
+            return []
+        self._ended = False
+        return await super().cleanup_finished_triggers()
 
     async def _poll_forever(self) -> None:
         while not self.stop:
