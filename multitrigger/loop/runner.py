@@ -6,7 +6,7 @@ Checked against Airflow 3.3.2 (``airflow.jobs.triggerer_job_runner.TriggerRunner
 Everything that gives triggers their semantics is inherited unchanged: ``create_triggers`` (class
 import, kwargs decoding, templated fields for ``start_from_trigger``), ``run_trigger`` (timeouts,
 ``on_kill`` on user action, ``cleanup``, greenback portal for sync SDK calls), ``cancel_triggers``,
-``cleanup_finished_triggers`` and the comms decoder.
+``cleanup_finished_triggers`` (stock's, called only when a task has ended: below) and the comms decoder.
 
 The stock blocked-loop watchdog (``block_watchdog``) is replaced by ``multitrigger.loop.health``'s
 lag probe, which also names the trigger that blocked; polls carry its report. ``print()`` from a
