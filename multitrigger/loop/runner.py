@@ -19,6 +19,9 @@ chain that makes them has a cheaper ``redact_jwt`` (``multitrigger.log_processor
 last one (each task's done callback says so): stock walks every trigger with an ``asyncio.sleep(0)``
 each on every check-in, thousands of loop iterations per batch of new triggers though nothing ended.
 
+Each trigger's span is stock's; with tracing off, the no-op span is made current without stock's
+three generator context managers (``multitrigger.loop.trace_span``).
+
 ``process_trigger_events`` builds the usual push of fired events without pydantic's validation
 and dump (``multitrigger.loop.state_sync``, the same frame).
 
@@ -55,7 +58,7 @@ from pydantic import TypeAdapter
 from airflow.jobs.triggerer_job_runner import ToTriggerRunner, TriggerCommsDecoder, TriggerRunner, messages
 from airflow.sdk.execution_time.comms import ToTask, _ResponseFrame
 from multitrigger import log_processors
-from multitrigger.loop import state_sync, sys_path
+from multitrigger.loop import state_sync, sys_path, trace_span
 from multitrigger.loop.blame import BlamedCoroutine, BlameSlot
 from multitrigger.loop.health import LoopHealth
 from multitrigger.loop.inline_log import inline
@@ -107,6 +110,7 @@ class LoopRunner(TriggerRunner):
         super().__init__()
         self.log = inline(self.log)  # type: ignore[assignment]  # stock's ainfo records, without the pool
         log_processors.use_in_structlog()  # the same records, a cheaper redact_jwt
+        trace_span.install()  # the same span; a no-op one without its three context managers
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.events = _WakingDeque(self._request_wake)
