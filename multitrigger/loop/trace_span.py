@@ -22,12 +22,17 @@ from typing import Any
 
 from opentelemetry import context as context_api
 from opentelemetry import trace
-from opentelemetry.trace.propagation import _SPAN_KEY
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from airflow.jobs import triggerer_job_runner as tjr
 
-_STOCK = tjr._make_trigger_span
+try:  # private names (a bundle venv's opentelemetry-api or Airflow may differ): without them, stock's
+    from opentelemetry.trace.propagation import _SPAN_KEY
+
+    _STOCK = tjr._make_trigger_span
+    _USABLE = hasattr(trace, "_TRACER_PROVIDER") and hasattr(tjr, "tracer")
+except (ImportError, AttributeError):
+    _USABLE = False
 _NOOP = trace.NoOpTracer()
 
 
@@ -64,5 +69,8 @@ def make_trigger_span(ti: Any, trigger_id: int, name: str) -> Any:
 
 
 def install() -> None:
-    """``run_trigger`` looks the function up in its module at each call: replace it there."""
-    tjr._make_trigger_span = make_trigger_span
+    """``run_trigger`` looks the function up in its module at each call: replace it there (unless
+    the private names above are missing, or its tracer is no ``ProxyTracer`` with ``_real_tracer``:
+    then stock's stays)."""
+    if _USABLE and (type(tjr.tracer) is not trace.ProxyTracer or hasattr(tjr.tracer, "_real_tracer")):
+        tjr._make_trigger_span = make_trigger_span
