@@ -86,3 +86,20 @@ def test_the_runner_takes_the_plain_path_only_without_failures() -> None:
     with pytest.raises(NotImplementedError):
         _frame(msg)
     assert runner.sanitize_trigger_events(msg).events is None and runner.failed_triggers
+
+
+def test_a_failure_is_stocks_and_a_lone_surrogate_in_it_still_encodes() -> None:
+    runner = LoopRunner.__new__(LoopRunner)
+    stock = TriggerRunner.__new__(TriggerRunner)
+    plain, odd = ValueError("boom é"), ValueError("no file /data/\udcff.csv")  # a name decoded with surrogateescape
+    runner.events, runner.failed_triggers = deque(), deque([(7, plain)])
+    stock.events, stock.failed_triggers = deque(), deque([(7, plain)])
+    assert _frame(runner.process_trigger_events([])) == _frame(TriggerRunner.process_trigger_events(stock, []))
+
+    stock.failed_triggers = deque([(8, odd)])
+    with pytest.raises(UnicodeEncodeError):  # stock's push of it cannot be encoded: its runner would end
+        _frame(TriggerRunner.process_trigger_events(stock, []))
+    runner.failed_triggers = deque([(8, odd)])
+    msg = runner.process_trigger_events([])
+    assert msg.failures[0][0] == 8 and "no file /data/\\udcff.csv" in "".join(msg.failures[0][1])
+    assert _frame(msg)

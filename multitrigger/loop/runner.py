@@ -55,7 +55,7 @@ from typing import Any
 import msgspec
 from pydantic import TypeAdapter
 
-from airflow.jobs.triggerer_job_runner import ToTriggerRunner, TriggerCommsDecoder, TriggerRunner, messages
+from airflow.jobs.triggerer_job_runner import ToTriggerRunner, TriggerCommsDecoder, TriggerRunner, _new_encoder, messages
 from airflow.sdk.execution_time.comms import ToTask, _ResponseFrame
 from multitrigger import log_processors
 from multitrigger.loop import state_sync, sys_path, trace_span
@@ -92,6 +92,22 @@ class _WakingDeque(deque):
     def append(self, item: Any) -> None:
         super().append(item)
         self._on_append()
+
+
+def _unencodable(event: Any) -> bool:
+    """What stock's ``sanitize_trigger_events`` tests: does the event encode on its own?"""
+    try:
+        _new_encoder().encode(event)
+    except Exception:  # noqa: BLE001 - stock's test, stock's breadth
+        return True
+    return False
+
+
+def _encodable(tb: list[str] | None) -> list[str] | None:
+    """A failure's traceback lines as stock sends them, a lone surrogate escaped (``\\udcff``)."""
+    if tb is None:
+        return None
+    return [line.encode("utf-8", "backslashreplace").decode("utf-8") for line in tb]
 
 
 class _Poll(messages.TriggerStateChanges):
@@ -209,18 +225,23 @@ class LoopRunner(TriggerRunner):
                 for _ in events:  # nothing else runs in between: no await (stock pops one by one too)
                     self.events.popleft()
                 return msg
-        return super().process_trigger_events(finished_ids)
+        msg = super().process_trigger_events(finished_ids)
+        if msg.failures:  # a traceback holding a lone surrogate (a path, an env value) would not encode
+            msg.failures = [(tid, _encodable(tb)) for tid, tb in msg.failures]
+        return msg
 
     async def asend(self, msg: messages.TriggerStateChanges) -> messages.TriggerStateSync | None:
         """Stock's; an event whose payload the frame encoder cannot encode (an int beyond 64 bits:
         ``OverflowError``; a lone surrogate: ``UnicodeEncodeError``) is raised as the
         ``NotImplementedError`` stock's ``sync_state_to_supervisor`` handles: stock's
         ``sanitize_trigger_events`` then drops that event and fails its trigger alone. Stock lets
-        these two escape, which ends the runner: here the loop, so every trigger of its bundle."""
+        these two escape, which ends the runner: here the loop, so every trigger of its bundle. Only
+        when an event fails stock's own test (``_new_encoder``, Airflow 3.3.2); anything else is
+        raised as it was (failures' tracebacks are made encodable in ``process_trigger_events``)."""
         try:
             return await super().asend(msg)
         except UNENCODABLE as err:
-            if msg.events and not isinstance(msg, _Poll):
+            if not isinstance(msg, _Poll) and any(_unencodable(entry.event) for entry in msg.events or ()):
                 raise NotImplementedError(f"an event could not be encoded: {err}") from err
             raise
 
