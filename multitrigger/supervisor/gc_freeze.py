@@ -12,8 +12,9 @@ interpreter lock held (on the claim lane or the selector thread), collecting not
 on the selector thread. ``Supervisor.run`` already freezes what start-up made (``gc.freeze``:
 Airflow's modules); ``SurvivorFreezer`` does the same after every full collection: its survivors
 (and the young objects made since, after a young collection) go to the permanent generation and
-are never walked again, so the next full collection walks only what was made since, and it comes
-later (CPython still counts the frozen objects as what the last one kept).
+are never walked again, so the next full collection walks only what was made since. (CPython 3.11
+starts one when the survivors of young collections pass a quarter of what the last full one kept,
+frozen objects not counted: after the first, full collections come more often, but each is small.)
 
 The price: a frozen object that later becomes part of an unreachable cycle is not collected while
 it is frozen (objects without cycles are freed by their reference counts, frozen or not). So once

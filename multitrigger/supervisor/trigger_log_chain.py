@@ -35,6 +35,8 @@ untouched. ``tests/test_trigger_log_chain.py`` proves the bytes written equal st
 
 from __future__ import annotations
 
+import copy
+
 from collections.abc import Iterable
 from typing import Any
 
@@ -67,7 +69,7 @@ class _Memo:
         self.hide: object = None
         self.fields: object = None
         self.count = -1
-        self.snapshot: list[Any] = []  # a copy of ``fields`` when the answers were started
+        self.snapshot: Any = None  # a copy of ``fields`` (of its own type) when the answers were started
         self.answers: dict[str, bool] = {}
 
 
@@ -97,7 +99,7 @@ class MemoMasker(masker_module.SecretsMasker):
         if (memo.fields is not fields or memo.hide is not hide or memo.count != len(fields)
                 or len(memo.answers) > MEMO_KEYS):
             memo.fields, memo.hide, memo.count, memo.answers = fields, hide, len(fields), {}
-            memo.snapshot = list(fields)
+            memo.snapshot = copy.copy(fields)
         return memo.answers
 
     def _forget_if_edited(self) -> None:
