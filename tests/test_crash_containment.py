@@ -27,9 +27,10 @@ MISBEHAVIOURS = {
     "x_garbage": ("GarbageTrigger", "malformed frame"),
     "x_badinit": ("BadInitTrigger", "refuses to be constructed"),
     "x_hugeint": ("HugeIntTrigger", "can't serialize ints"),
+    "x_bigevent": ("BigEventTrigger", "exceeds the supervisor's 67108864-byte limit"),
 }
 #: Misbehaviours that fail their trigger without crashing its loop at all.
-NO_CRASH = {"x_badinit", "x_hugeint"}
+NO_CRASH = {"x_badinit", "x_hugeint", "x_bigevent"}
 NEIGHBOURS = ("team_a", "shared")
 START = 10.0  # seconds from deferral (all loops already up) until the first healthy trigger is due
 LATE_BOUND = 1.5  # a neighbour's trigger fires at most this late (generous: 2 shared cores)
@@ -99,7 +100,7 @@ def test_every_misbehaviour_stays_in_its_own_loop(home, start_triggerer, tmp_pat
         reason = "".join(decode_serde(states[ref].next_kwargs)["traceback"])
         assert states[ref].next_method == "__fail__", ref
         assert MISBEHAVIOURS[bundle][1] in reason, (bundle, reason)
-        if bundle not in NO_CRASH:  # a bad constructor or an unencodable event fails its trigger alone
+        if bundle not in NO_CRASH:  # a bad constructor, an unencodable or too large event: its trigger alone
             assert "crashed its loop" in reason, reason
 
     # A loop killed for hanging counts a blocked episode named by its blame slot, like one that ended.

@@ -103,3 +103,42 @@ def test_a_failure_is_stocks_and_a_lone_surrogate_in_it_still_encodes() -> None:
     msg = runner.process_trigger_events([])
     assert msg.failures[0][0] == 8 and "no file /data/\\udcff.csv" in "".join(msg.failures[0][1])
     assert _frame(msg)
+
+
+async def test_a_push_too_large_for_a_frame_is_split_and_a_lone_huge_event_fails_its_trigger(monkeypatch) -> None:
+    """``frame_bound``: the frames sent, with stock's ``asend`` refusing any push of more than 2 events
+    or holding trigger 3's event (what ``BoundedWriter`` does by size: refused before a byte is written)."""
+    from multitrigger.loop import frame_bound
+
+    sent: list[messages.TriggerStateChanges] = []
+
+    async def refusing(self, msg):
+        if len(msg.events or ()) > 2 or any(e.trigger_id == 3 for e in msg.events or ()):
+            raise frame_bound.FrameTooLarge("a frame of 99 bytes exceeds the supervisor's 98-byte limit")
+        sent.append(msg)
+        return messages.TriggerStateSync(to_create=[], to_cancel={msg.events[0].trigger_id} if msg.events else set())
+
+    monkeypatch.setattr(TriggerRunner, "asend", refusing)
+    runner = LoopRunner.__new__(LoopRunner)
+    runner.to_create, runner.to_cancel = deque(), deque()
+    msg = messages.TriggerStateChanges(events=_entries([{"a": i} for i in range(5)]), finished=[9],
+                                       failures=[(8, ["boom"])])
+    await runner.asend(msg)
+    # [1..5] -> [1, 2] | [3, 4, 5] -> [3] (refused alone: dropped, failed) | [4, 5] with finished, failures
+    assert [[e.trigger_id for e in m.events or ()] for m in sent] == [[1, 2], [], [4, 5]]
+    assert sent[0].finished is None and sent[0].failures is None and sent[1].finished is None
+    (tid, tb), = sent[1].failures
+    assert tid == 3 and "FrameTooLarge" in "".join(tb) and "exceeds the supervisor's" in "".join(tb)
+    assert sent[-1].finished == [9] and sent[-1].failures == [(8, ["boom"])]
+    assert list(runner.to_cancel) == [1]  # the first part's answer was taken, as stock takes one
+
+
+def test_the_bounded_writer_refuses_before_writing() -> None:
+    from multitrigger.loop.frame_bound import BoundedWriter, FrameTooLarge
+
+    written: list[bytes] = []
+    writer = BoundedWriter(type("W", (), {"write": lambda self, d: written.append(d), "drain": 1})(), limit=10)
+    writer.write(b"\0\0\0\x0a" + b"x" * 10)
+    with pytest.raises(FrameTooLarge):
+        writer.write(b"\0\0\0\x0b" + b"x" * 11)
+    assert written == [b"\0\0\0\x0a" + b"x" * 10] and writer.drain == 1

@@ -58,7 +58,7 @@ from pydantic import TypeAdapter
 from airflow.jobs.triggerer_job_runner import ToTriggerRunner, TriggerCommsDecoder, TriggerRunner, _new_encoder, messages
 from airflow.sdk.execution_time.comms import ToTask, _ResponseFrame
 from multitrigger import log_processors
-from multitrigger.loop import state_sync, sys_path, trace_span
+from multitrigger.loop import frame_bound, state_sync, sys_path, trace_span
 from multitrigger.loop.blame import BlamedCoroutine, BlameSlot
 from multitrigger.loop.health import LoopHealth
 from multitrigger.loop.inline_log import inline
@@ -153,10 +153,12 @@ class LoopRunner(TriggerRunner):
             self._loop.call_soon_threadsafe(self._request_wake)
 
     async def init_comms(self) -> None:
-        """Stock ``TriggerRunner.init_comms`` (Airflow 3.3.2) with the shared decoders."""
+        """Stock ``TriggerRunner.init_comms`` (Airflow 3.3.2) with the shared decoders, and a writer
+        that refuses a frame the supervisor would take for a broken loop (``frame_bound``)."""
         from airflow.sdk.execution_time import task_runner
 
         reader, writer = await asyncio.open_connection(sock=socket.socket(fileno=0))
+        writer = frame_bound.BoundedWriter(writer)  # a frame the supervisor would refuse is never sent
         self.comms_decoder = TriggerCommsDecoder(async_writer=writer, async_reader=reader, resp_decoder=_RESP_DECODER,
                                                  body_decoder=_BODY_DECODER, err_decoder=_ERR_DECODER)
         task_runner.SUPERVISOR_COMMS = self.comms_decoder
@@ -244,6 +246,24 @@ class LoopRunner(TriggerRunner):
             if not isinstance(msg, _Poll) and any(_unencodable(entry.event) for entry in msg.events or ()):
                 raise NotImplementedError(f"an event could not be encoded: {err}") from err
             raise
+        except frame_bound.FrameTooLarge as err:  # split, or fail the one event (``frame_bound``)
+            if isinstance(msg, _Poll) or not msg.events:
+                raise
+            if len(msg.events) == 1:
+                self.log.error("Trigger returned an event too large to send. Cancelling trigger.",
+                               trigger_id=msg.events[0].trigger_id, error=str(err))
+                return await self.asend(frame_bound.too_large(msg, err))
+            first, rest = frame_bound.halves(msg)
+            self._take(await self.asend(first))
+            return await self.asend(rest)
+
+    def _take(self, resp: messages.TriggerStateSync | None) -> None:
+        """What stock's ``sync_state_to_supervisor`` does with its answer, for a split push's first part."""
+        if resp:
+            self.to_create.extend(resp.to_create)
+            self.to_cancel.extend(resp.to_cancel)
+            if resp.events_persisted:
+                self._shared_streams.confirm_persisted(resp.events_persisted)
 
     async def create_triggers(self) -> None:
         """Create triggers one workload at a time, under blame, each failure its own.

@@ -120,6 +120,19 @@ class HugeIntTrigger(_Misbehaving):
         yield TriggerEvent({"n": 2**70})
 
 
+class BigEventTrigger(_Misbehaving):
+    """Fires one event of 65 MiB: past the supervisor's frame limit (64 MiB). It must fail this
+    trigger alone, not end its loop."""
+
+    def misbehave(self) -> None:
+        pass
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        if self.after:
+            await asyncio.sleep(self.after)
+        yield TriggerEvent({"blob": "x" * (65 << 20)})
+
+
 class GarbageTrigger(_Misbehaving):
     """Writes bytes that are not a frame onto the loop's request socket (fd 0), then blocks."""
 
