@@ -94,12 +94,14 @@ class _WakingDeque(deque):
         self._on_append()
 
 
-def _unencodable(event: Any) -> bool:
-    """What stock's ``sanitize_trigger_events`` tests: does the event encode on its own?"""
-    try:
-        _new_encoder().encode(event)
-    except Exception:  # noqa: BLE001 - stock's test, stock's breadth
-        return True
+def _any_unencodable(entries: Any) -> bool:
+    """What stock's ``sanitize_trigger_events`` tests: does some event not encode on its own?"""
+    encoder = _new_encoder()
+    for entry in entries:
+        try:
+            encoder.encode(entry.event)
+        except Exception:  # noqa: BLE001 - stock's test, stock's breadth
+            return True
     return False
 
 
@@ -233,19 +235,19 @@ class LoopRunner(TriggerRunner):
         return msg
 
     async def asend(self, msg: messages.TriggerStateChanges) -> messages.TriggerStateSync | None:
-        """Stock's; an event whose payload the frame encoder cannot encode (an int beyond 64 bits:
-        ``OverflowError``; a lone surrogate: ``UnicodeEncodeError``) is raised as the
-        ``NotImplementedError`` stock's ``sync_state_to_supervisor`` handles: stock's
-        ``sanitize_trigger_events`` then drops that event and fails its trigger alone. Stock lets
-        these two escape, which ends the runner: here the loop, so every trigger of its bundle. Only
-        when an event fails stock's own test (``_new_encoder``, Airflow 3.3.2); anything else is
-        raised as it was (failures' tracebacks are made encodable in ``process_trigger_events``)."""
+        """Stock's; a push holding an event whose payload the frame encoder cannot encode (an int
+        beyond 64 bits: ``OverflowError``; a lone surrogate: ``UnicodeEncodeError``) is sent again
+        through stock's ``sanitize_trigger_events``, as stock's ``sync_state_to_supervisor`` does for
+        the errors it catches: that event is dropped and its trigger failed alone. Stock lets these
+        two escape, which ends the runner: here the loop, so every trigger of its bundle. Only when
+        an event fails stock's own test (``_new_encoder``, Airflow 3.3.2); anything else is raised
+        as it was (failures' tracebacks are made encodable in ``process_trigger_events``)."""
         try:
             return await super().asend(msg)
-        except UNENCODABLE as err:
-            if not isinstance(msg, _Poll) and any(_unencodable(entry.event) for entry in msg.events or ()):
-                raise NotImplementedError(f"an event could not be encoded: {err}") from err
-            raise
+        except UNENCODABLE:
+            if isinstance(msg, _Poll) or not _any_unencodable(msg.events or ()):
+                raise
+            return await self.asend(self.sanitize_trigger_events(msg))
         except frame_bound.FrameTooLarge as err:  # split, or fail the one event (``frame_bound``)
             if isinstance(msg, _Poll) or not msg.events:
                 raise
