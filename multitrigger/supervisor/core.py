@@ -11,7 +11,7 @@ The selector thread never waits on the database or on remote log storage: that w
 completions run back here. While the DB is slow or gone the selector keeps reading every loop,
 answering check-ins and holding events; hang detection counts only time in which it listened.
 
-Length: ~500 lines, because the verbs share the supervisor's state (slots, routes, outcomes,
+Length: ~490 lines, because the verbs share the supervisor's state (slots, routes, outcomes,
 lanes); each policy it consults is its own module (``RestartPolicy``, ``PoisonPolicy``,
 ``DbHealth``, ``Router``, ``ZygotePool``, ``RequestDesk``, the persist lane's ``Persister``), the
 slots of versioned bundles (one per bundle version in use, made and ended on demand) are
@@ -39,6 +39,7 @@ from multitrigger.cgroups.loops import LoopCgroups, instance_name
 from multitrigger.config import DEFAULT_LOOP, Config, ConfigError, LoopConfig
 from multitrigger.heap import release_free_heap
 from multitrigger.supervisor.gc_freeze import SurvivorFreezer
+from multitrigger.supervisor.heartbeat import Heartbeat
 from multitrigger.health import snapshot
 from multitrigger.health.airflow_stats import AirflowStats
 from multitrigger.interpreter_probe import loop_bootstrap_args
@@ -84,8 +85,6 @@ OUTPUT_YIELD = 0.05
 #: ... but only while a persist step has run less than this: a step held up by a slow DB does
 #: not keep every loop's output at a trickle (a chatty loop would fill its log buffer and drop).
 OUTPUT_GATE_MAX = 0.5
-#: How often a heartbeat step is offered to its lane (it writes once per the job's heartrate).
-BEAT_EVERY = 0.5
 
 
 class Supervisor:
@@ -104,12 +103,8 @@ class Supervisor:
         self.router = Router(config)
         self.outcomes = Outcomes()
         self.db = Lane("db", self._wake_up, clock)  # claim, build, clean, release
-        # The job's heartbeat, beside the claim pass: a pass that claims and builds thousands takes
-        # seconds on a loaded host, and a heartbeat behind it lapsed past the health threshold
-        # (10.5 s seen at 20,000 over 4 members): the others took this member's triggers while
-        # its loops still ran them.
-        self.beat_lane = Lane("db-heartbeat", self._wake_up, clock)
-        self._next_beat = 0.0
+        self.beat_lane = Lane("db-heartbeat", self._wake_up, clock)  # beside the claim pass (supervisor.heartbeat)
+        self.heartbeat = Heartbeat(self.beat_lane, store.heartbeat, lambda done: self._db_done(done, lambda _: None))
         self.persist_lane = Lane("db-persist", self._wake_up, clock)  # events and failures, beside the claim pass
         self.uploads = Lane("log-uploads", self._wake_up, clock)
         teams = LoopTeams(config)  # a version slot's requests resolve as its loop's (its bundles are the loop's)
@@ -366,7 +361,7 @@ class Supervisor:
             return
         if self.persister.ready:
             self.persister.submit()
-        self._beat(now)
+        self.heartbeat.offer(now)
         if self.handback is not None and self.handback.take():
             # Another member handed triggers back: claim now, not up to a claim interval later.
             log.info("hand-back heard; claiming now")
@@ -471,26 +466,14 @@ class Supervisor:
         """Stop loops, persist, hand triggers back, exit (``supervisor.shutdown.shut_down``)."""
         return shut_down(self)
 
-    def _beat(self, now: float) -> None:
-        """Offer the heartbeat step (``perform_heartbeat`` writes only once per heartrate)."""
-        if self.beat_lane.idle and now >= self._next_beat and self.db_health.may_try:
-            self._next_beat = now + BEAT_EVERY
-            self.beat_lane.submit("heartbeat", self.store.heartbeat, self._beat_done)
-
-    def _beat_done(self, done: Done) -> None:
-        """A heartbeat never ends an outage: Airflow's ``Job.heartbeat`` logs and swallows the DB's
-        ``OperationalError``, so its return says nothing about the DB (the claim pass and persisting
-        do). What it raises counts like any DB step's error; a stuck one is seen by ``busy_for``."""
-        if done.error is not None:
-            self._db_done(done, lambda _: None)
-
     def _drive_persist_only(self) -> None:
         """At shutdown: persist, and keep heartbeating until the triggers are handed back: loops
         with thousands of triggers take seconds to stop, and a member whose heartbeat lapsed
         meanwhile would see its triggers taken while its loops still run them."""
-        if self.persister.ready and self.db_health.may_try:
-            self.persister.submit()
-        self._beat(self.clock())
+        if self.db_health.may_try:
+            if self.persister.ready:
+                self.persister.submit()
+            self.heartbeat.offer(self.clock())
 
 
 def _upload(factory) -> None:  # type: ignore[no-untyped-def]

@@ -231,7 +231,7 @@ class TriggerStore:
 
     def tick(self, known: frozenset[int], claim: bool = True) -> Tick:
         """One claim interval's DB work (on the DB lane): clean, claim, build what is new (the
-        heartbeat has a lane of its own: ``Supervisor._beat``).
+        heartbeat has a lane of its own: ``supervisor.heartbeat``).
 
         ``known`` are triggers already routed or whose outcome is still being persisted: held, but
         never built and run again. At most ``BUILD_CHUNK`` are built per pass (``Tick.backlog``: how
