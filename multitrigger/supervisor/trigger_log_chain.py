@@ -36,7 +36,6 @@ untouched. ``tests/test_trigger_log_chain.py`` proves the bytes written equal st
 from __future__ import annotations
 
 import copy
-
 from collections.abc import Iterable
 from typing import Any
 
