@@ -169,8 +169,12 @@ def test_metrics_parse_and_match_the_db_and_airflow_stats_carry_the_loop(running
         return got if lag in m and got == {"team_a": db_running("dag_a"), "team_b": db_running("dag_b")} == {"team_a": 3, "team_b": 4} else None
 
     home.wait_for(matches, timeout=60, message=lambda: str(_metrics(running)))
-    m = _metrics(running)
     a = (("bundle", "team_a"), ("loop", "team_a"))
+    # A loop's CPU is read in 10 ms ticks: a loop forked a moment ago, its 3 triggers started and
+    # idle since, may not have spent one yet (its lag probe, every 0.1 s, soon has).
+    cpu = ("multitrigger_loop_cpu_seconds_total", a)
+    home.wait_for(lambda: _metrics(running).get(cpu, 0) > 0, timeout=30, message="team_a's loop CPU counted")
+    m = _metrics(running)
     assert m[("multitrigger_ready", ())] == 1 and m[("multitrigger_triggers_running", ())] == 8
     assert m[("multitrigger_log_files_open", ())] >= 1 and m[("multitrigger_log_lines_dropped_total", ())] == 0
     assert ("multitrigger_log_file_reopens_total", ()) in m
