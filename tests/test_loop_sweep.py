@@ -1,8 +1,8 @@
 """
-The loop's finished-trigger sweep (``LoopRunner.cleanup_finished_triggers``) runs stock's sweep only
-once a trigger task has ended since the last one, so a check-in with thousands held and nothing
-ended does not walk them all (start-up, a takeover). What it reports is stock's: compared here with
-a stock ``TriggerRunner`` given the same tasks. The triggers are real (Airflow's testing triggers,
+The loop's finished-trigger sweep (``LoopRunner.cleanup_finished_triggers``, ``loop.sweep``) looks only
+at the triggers whose task ended since the last one, so a check-in with thousands held does not walk
+them all (start-up, a takeover, a burst). What it reports is stock's: compared here with a stock
+``TriggerRunner`` given the same tasks. The triggers are real (Airflow's testing triggers,
 created by the runner's own ``create_triggers`` from workloads); no supervisor is needed for the
 sweep, so none runs, and the loop's ``print()`` capture (``attribute_output``) is left off: its
 records would go to this process's stdout, i.e. back into it, where a loop's go to the supervisor.
@@ -49,7 +49,7 @@ async def _sweeps(runner: Any) -> list[list[int]]:
     await runner.create_triggers()
     runner.triggers[3] = {"task": asyncio.create_task(_forever()), "is_watcher": False, "name": "ID 3", "events": 0}
     if isinstance(runner, LoopRunner):
-        runner._watch(runner.triggers[3]["task"])
+        runner._watch(3, runner.triggers[3]["task"])
     sweeps = [await runner.cleanup_finished_triggers()]  # before anything ran: nothing ended
     await asyncio.wait([runner.triggers[i]["task"] for i in (1, 2)])
     await asyncio.sleep(0)  # done callbacks run
@@ -74,29 +74,41 @@ def test_the_sweep_reports_what_stocks_reports() -> None:
     assert loop[1] == [(2, repr(ValueError("Deliberate trigger failure")))]  # no event: its task fails (stock)
 
 
-def test_nothing_ended_no_walk(monkeypatch: pytest.MonkeyPatch) -> None:
-    walks: list[int] = []
+class _Looked(dict):
+    """The runner's trigger table, counting the entries a sweep looks at and its full walks."""
 
-    async def stock_sweep(self: TriggerRunner) -> list[int]:
-        walks.append(len(self.triggers))
-        return []
+    def __init__(self) -> None:
+        super().__init__()
+        self.looked: list[int] = []
+        self.walks = 0
 
-    monkeypatch.setattr(TriggerRunner, "cleanup_finished_triggers", stock_sweep)
+    def get(self, key: Any, default: Any = None) -> Any:
+        self.looked.append(key)
+        return super().get(key, default)
+
+    def items(self) -> Any:
+        self.walks += 1
+        return super().items()
+
+
+def test_only_ended_triggers_are_looked_at() -> None:
+    """100 held, nothing ended: no walk, nothing reported; one ended: that one is looked at and
+    reported, and nothing else (stock would walk all 100, one loop iteration each)."""
 
     async def main() -> None:
         runner = _fresh(LoopRunner())
+        runner.triggers = table = _Looked()
         for tid in range(100):
-            runner.triggers[tid] = {"task": asyncio.create_task(_forever()), "is_watcher": False,
-                                    "name": f"ID {tid}", "events": 0}
-            runner._watch(runner.triggers[tid]["task"])
+            table[tid] = {"task": asyncio.create_task(_forever()), "is_watcher": False, "name": f"ID {tid}", "events": 1}
+            runner._watch(tid, table[tid]["task"])
         assert await runner.cleanup_finished_triggers() == []
-        assert walks == []
-        runner.triggers[5]["task"].cancel()
+        table[5]["task"].cancel()
         await asyncio.sleep(0)
         await asyncio.sleep(0)
-        await runner.cleanup_finished_triggers()
-        assert walks == [100]
-        for details in runner.triggers.values():
+        assert await runner.cleanup_finished_triggers() == [5]
+        assert (table.looked, table.walks, 5 in table, len(table)) == ([5], 0, False, 99)
+        assert await runner.cleanup_finished_triggers() == []
+        for details in table.values():
             details["task"].cancel()
 
     asyncio.run(main())

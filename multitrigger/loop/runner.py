@@ -6,7 +6,7 @@ Checked against Airflow 3.3.2 (``airflow.jobs.triggerer_job_runner.TriggerRunner
 Everything that gives triggers their semantics is inherited unchanged: ``create_triggers`` (class
 import, kwargs decoding, templated fields for ``start_from_trigger``), ``run_trigger`` (timeouts,
 ``on_kill`` on user action, ``cleanup``, greenback portal for sync SDK calls), ``cancel_triggers``,
-``cleanup_finished_triggers`` (stock's, called only when a task has ended: below) and the comms decoder.
+``cleanup_finished_triggers`` (stock's, over the triggers whose task ended: below) and the comms decoder.
 
 The stock blocked-loop watchdog (``block_watchdog``) is replaced by ``multitrigger.loop.health``'s
 lag probe, which also names the trigger that blocked; polls carry its report. ``print()`` from a
@@ -15,9 +15,9 @@ trigger goes to that trigger's log (``multitrigger.loop.output``). The runner's 
 (``multitrigger.loop.inline_log``): the same records, without a thread hop per record; and the
 chain that makes them has a cheaper ``redact_jwt`` (``multitrigger.log_processors``).
 
-``cleanup_finished_triggers`` is stock's sweep, run only when a trigger task has ended since the
-last one (each task's done callback says so): stock walks every trigger with an ``asyncio.sleep(0)``
-each on every check-in, thousands of loop iterations per batch of new triggers though nothing ended.
+``cleanup_finished_triggers`` is stock's sweep over the triggers whose task ended since the last one
+(each task's done callback says which; ``multitrigger.loop.sweep``): stock walks every trigger with
+an ``asyncio.sleep(0)`` each on every check-in, thousands of loop iterations per trigger ended.
 
 Each trigger's span is stock's; with tracing off, the no-op span is made current without stock's
 three generator context managers (``multitrigger.loop.trace_span``).
@@ -37,7 +37,8 @@ Only the main loop (``arun``) is replaced, because the stock one checks in once 
   when it has work for this loop (see ``multitrigger.protocol``), so new triggers and cancels arrive
   in milliseconds;
 * the **main loop** sleeps on a wake-up event that is set when a trigger fires, fails or finishes,
-  or when the poll brings work; it then pushes the changes after a short coalescing window.
+  or when the poll brings work, one loop iteration later (``_woken``); it pushes the events, then
+  sweeps the triggers that ended and pushes what the sweep found.
 """
 
 from __future__ import annotations
@@ -58,15 +59,13 @@ from pydantic import TypeAdapter
 from airflow.jobs.triggerer_job_runner import ToTriggerRunner, TriggerCommsDecoder, TriggerRunner, _new_encoder, messages
 from airflow.sdk.execution_time.comms import ToTask, _ResponseFrame
 from multitrigger import log_processors
-from multitrigger.loop import frame_bound, state_sync, sys_path, trace_span
+from multitrigger.loop import frame_bound, state_sync, sweep, sys_path, trace_span
 from multitrigger.loop.blame import BlamedCoroutine, BlameSlot
 from multitrigger.loop.health import LoopHealth
 from multitrigger.loop.inline_log import inline
 from multitrigger.loop.output import attribute_output, finishing_output
 from multitrigger.protocol import ENV_BLAME_FILE, HEALTH_KEY
 
-#: Events fired within this window are sent in one push.
-COALESCE_SECONDS = 0.002
 #: Even with nothing to do, the main loop runs this often (finished-task sweep, status logs).
 IDLE_SECONDS = 1.0
 #: What the frame encoder (msgspec) raises for a value JSON has but it cannot encode.
@@ -136,9 +135,9 @@ class LoopRunner(TriggerRunner):
         # The poll task parks new work here; only the main loop moves it into to_create/to_cancel,
         # so creation (below) sees one workload at a time and blames the right one.
         self._inbox: list[messages.TriggerStateSync] = []
-        # Set by a trigger task's done callback; stock's sweep runs only when it is set (see
-        # ``cleanup_finished_triggers``).
-        self._ended = False
+        # Trigger ids whose task ended (each task's done callback), in that order: what the sweep
+        # looks at (``cleanup_finished_triggers``).
+        self._ended: dict[int, None] = {}
         self.health = LoopHealth(self.blocked_main_thread_warning_threshold)
         blame_path = os.environ.get(ENV_BLAME_FILE)
         self.blame = (BlameSlot(Path(blame_path), self.blocked_main_thread_warning_threshold, self.health.long_step)
@@ -181,10 +180,8 @@ class LoopRunner(TriggerRunner):
             while not self.stop:
                 self._raise_if_dead(watchdog, poller)
                 await self._sync_once()
-                with suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), IDLE_SECONDS)
+                await self._woken(IDLE_SECONDS)
                 self._wake.clear()
-                await asyncio.sleep(COALESCE_SECONDS)
                 if (now := time.monotonic()) - last_status >= 60:
                     self.log.info("%i triggers currently running", len(self.triggers))
                     last_status = now
@@ -198,6 +195,19 @@ class LoopRunner(TriggerRunner):
                         await task
             await self._shared_streams.stop_all()
         await watchdog
+
+    async def _woken(self, timeout: float) -> None:
+        """Until something wakes the main loop, or ``timeout``: one loop iteration after the wake-up.
+
+        Not ``asyncio.wait_for(event.wait(), timeout)``: that wraps the wait in a task of its own,
+        so a wake-up reaches the main loop three loop iterations later; each is a step of every
+        trigger that is ready, so in a burst the first events waited for the last trigger to finish."""
+        assert self._wake is not None and self._loop is not None
+        timer = self._loop.call_later(timeout, self._request_wake)
+        try:
+            await self._wake.wait()
+        finally:
+            timer.cancel()
 
     def _raise_if_dead(self, *tasks: asyncio.Task) -> None:
         for task in tasks:
@@ -213,6 +223,8 @@ class LoopRunner(TriggerRunner):
             self.to_create.extend(resp.to_create)
             self.to_cancel.extend(resp.to_cancel)
         self._inbox.clear()
+        if self.events or self.failed_triggers:  # events first: the sweep yields once per trigger ended
+            await self.sync_state_to_supervisor([])
         finished = await self.cleanup_finished_triggers()
         if finished or self.events or self.failed_triggers:
             # Stock code path: builds TriggerStateChanges, sanitises unserialisable events.
@@ -283,7 +295,7 @@ class LoopRunner(TriggerRunner):
                 # this workload; its ``asyncio.sleep(0)`` between them lets other triggers run.
                 await (BlamedCoroutine(creating, workload.id, self.blame) if self.blame else creating)
                 if (made := self.triggers.get(workload.id)) is not None and made is not known:
-                    self._watch(made["task"])
+                    self._watch(workload.id, made["task"])
             except Exception as err:
                 self.log.error("Trigger failed to inflate", error=err, trigger_id=workload.id)
                 self.failed_triggers.append((workload.id, err))
@@ -307,27 +319,26 @@ class LoopRunner(TriggerRunner):
         """Stock's watchdog, replaced: the lag probe (``multitrigger.loop.health``)."""
         await self.health.probe(lambda: self.stop)
 
-    def _watch(self, task: asyncio.Task) -> None:
-        """Wake the main loop when this trigger's task ends, so 'finished' is reported at once."""
-        task.add_done_callback(self._task_ended)
+    def _watch(self, trigger_id: int, task: asyncio.Task) -> None:
+        """Note this trigger when its task ends, and wake the main loop, so 'finished' is reported at once."""
+        task.add_done_callback(lambda _task: self._task_ended(trigger_id))
 
-    def _task_ended(self, _task: asyncio.Task) -> None:
-        self._ended = True
+    def _task_ended(self, trigger_id: int) -> None:
+        self._ended[trigger_id] = None
         self._request_wake()
 
     async def cleanup_finished_triggers(self) -> list[int]:
-        """Stock's sweep, run only when a trigger task has ended since the last one.
+        """Stock's sweep over the triggers whose task ended since the last one (``loop.sweep``).
 
         Stock walks every trigger on every check-in, with an ``asyncio.sleep(0)`` per trigger: with
         thousands held, each push and each batch of new triggers cost thousands of loop iterations
-        (start-up, a takeover) though nothing had ended. When no task has ended, stock's sweep finds
-        nothing and returns ``[]``; this returns ``[]`` without the walk. The flag is cleared before
-        the sweep, so a task that ends during it is swept next time (its callback wakes the loop),
-        as stock would find it at its next check-in."""
+        (start-up, a takeover, a burst) though few or none had ended. What it reports for those that
+        ended is stock's. The set is taken before the sweep, so a task that ends during it is swept
+        next time (its callback wakes the loop), as stock would find it at its next check-in."""
         if not self._ended:
             return []
-        self._ended = False
-        return await super().cleanup_finished_triggers()
+        ended, self._ended = list(self._ended), {}
+        return await sweep.sweep(self, ended)
 
     async def _poll_forever(self) -> None:
         while not self.stop:
