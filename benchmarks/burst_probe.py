@@ -9,6 +9,7 @@ py-spy (``--subprocesses``, raw collapsed stacks, one file) over the burst.
 
     .venv/bin/python -m benchmarks.burst_probe -n 2000 --out /tmp/bench-burst
     .venv/bin/python -m benchmarks.burst_probe -n 2000 --pyspy /tmp/bench-burst/spy
+    .venv/bin/python -m benchmarks.burst_probe -n 200 --held 5000 --margin 15   # a burst while others are held
 """
 
 from __future__ import annotations
@@ -110,18 +111,19 @@ def _spans(at: list[float], due: float, gap: float = 0.01) -> list[tuple[float, 
 
 
 def probe(n: int, bundles: int, out: Path, margin: float, pyspy: Path | None, spy_seconds: float,
-          rate: int, nice: int | None = None, tail: float = 0.0) -> dict[str, Any]:
+          rate: int, nice: int | None = None, tail: float = 0.0, held: int = 0) -> dict[str, Any]:
     ctx = Ctx(out=out, kinds=(MULTI,), quiet_wait=0.0)
     names = [f"lim{i}" for i in range(bundles)]
-    cap = str(n + 100)
+    cap = str(n + held + 100)
     extra = {"triggerer": {"capacity": cap, "max_trigger_to_select_per_loop": cap}}
-    res: dict[str, Any] = {"n": n, "bundles": bundles}
+    res: dict[str, Any] = {"n": n, "bundles": bundles, "held": held}
     with r.running(ctx, "burst", MULTI, names, extra_config=extra) as run:
-        due = r.base(3 * n, margin + 0.003 * n)
+        due = r.base(3 * (n + held), margin + 0.003 * (n + held))
         items = [h.fire_at("burst", names[k % bundles], k, due) for k in range(n)]
-        r.seed(run, items)
-        r.start(run, names, expect_started=items)
-        r.wait_startup(run, n, due - 1.0)
+        others = [h.fire_at("held", names[k % bundles], n + k, due + 3600.0) for k in range(held)]
+        r.seed(run, items + others)
+        r.start(run, names, expect_started=items + others)
+        r.wait_startup(run, n + held, due - 1.0)
         r.mark_due(run, due)
         root = run.triggerer.pid
         spy = None
@@ -172,12 +174,13 @@ def main() -> None:
     ap.add_argument("--spy-seconds", type=int, default=4)
     ap.add_argument("--rate", type=int, default=200)
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--held", type=int, default=0, help="also hold this many triggers, due an hour later, over the loops")
     ap.add_argument("--tail", type=float, default=0.0, help="seconds after the last event to keep counting CPU")
     ap.add_argument("--nice", type=int, default=None, help="renice the triggerer's threads before the burst (e.g. -10)")
     a = ap.parse_args()
     for _ in range(a.repeat):
         t0 = time.monotonic()
-        res = probe(a.n, a.bundles, a.out, a.margin, a.pyspy, a.spy_seconds, a.rate, a.nice, a.tail)
+        res = probe(a.n, a.bundles, a.out, a.margin, a.pyspy, a.spy_seconds, a.rate, a.nice, a.tail, a.held)
         res["wall_s"] = round(time.monotonic() - t0, 1)
         print(json.dumps(res), flush=True)
 
