@@ -11,11 +11,15 @@ records would go to this process's stdout, i.e. back into it, where a loop's go 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
+
+import structlog
 
 import pytest
 
 from airflow.executors import workloads
+from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow.jobs.triggerer_job_runner import TriggerRunner
 from multitrigger.loop import runner as runner_module
 from multitrigger.loop.runner import LoopRunner
@@ -35,6 +39,17 @@ async def _forever() -> None:
     await asyncio.sleep(3600)
 
 
+class EventThenRaise(BaseTrigger):
+    """Fires once, then raises: a trigger that exited with an error after its event."""
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return f"{__name__}.EventThenRaise", {}
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        yield TriggerEvent({"fired": True})
+        raise RuntimeError("after the event")
+
+
 def _fresh(runner: Any) -> Any:
     runner.triggers, runner.failed_triggers = {}, type(runner.failed_triggers)(*(
         [runner._request_wake] if isinstance(runner, LoopRunner) else []))
@@ -45,13 +60,14 @@ async def _sweeps(runner: Any) -> list[list[int]]:
     """Create a success, a failure (exits without an event) and a long sleeper; sweep before and
     after they end; return each sweep's finished ids."""
     runner.to_create.extend([workloads.RunTrigger(id=1, classpath=SUCCESS, encrypted_kwargs="{}"),
-                             workloads.RunTrigger(id=2, classpath=FAILURE, encrypted_kwargs="{}")])
+                             workloads.RunTrigger(id=2, classpath=FAILURE, encrypted_kwargs="{}"),
+                             workloads.RunTrigger(id=4, classpath=f"{__name__}.EventThenRaise", encrypted_kwargs="{}")])
     await runner.create_triggers()
     runner.triggers[3] = {"task": asyncio.create_task(_forever()), "is_watcher": False, "name": "ID 3", "events": 0}
     if isinstance(runner, LoopRunner):
         runner._watch(3, runner.triggers[3]["task"])
     sweeps = [await runner.cleanup_finished_triggers()]  # before anything ran: nothing ended
-    await asyncio.wait([runner.triggers[i]["task"] for i in (1, 2)])
+    await asyncio.wait([runner.triggers[i]["task"] for i in (1, 2, 4)])
     await asyncio.sleep(0)  # done callbacks run
     sweeps.append(await runner.cleanup_finished_triggers())
     sweeps.append(await runner.cleanup_finished_triggers())
@@ -62,16 +78,20 @@ async def _sweeps(runner: Any) -> list[list[int]]:
     return sweeps
 
 
-def _outcome(runner: Any) -> tuple[list[list[int]], list[tuple[int, Any]], list[int]]:
-    sweeps = asyncio.run(_sweeps(_fresh(runner)))
-    return sweeps, [(tid, repr(err)) for tid, err in runner.failed_triggers], sorted(runner.triggers)
+def _outcome(runner: Any) -> tuple[list[list[int]], list[tuple[int, Any]], list[int], list[tuple[Any, ...]]]:
+    with structlog.testing.capture_logs() as records:
+        sweeps = [sorted(ids) for ids in asyncio.run(_sweeps(_fresh(runner)))]
+    swept = sorted((r.get("trigger_id"), r["event"], r["log_level"]) for r in records
+                   if "exited" in r["event"] or "rather than yielding" in r["event"])
+    return sweeps, sorted((tid, repr(err)) for tid, err in runner.failed_triggers), sorted(runner.triggers), swept
 
 
 def test_the_sweep_reports_what_stocks_reports() -> None:
     loop, stock = _outcome(LoopRunner()), _outcome(TriggerRunner())
     assert loop == stock
-    assert loop[0] == [[], [1, 2], [], [3]]
+    assert loop[0] == [[], [1, 2, 4], [], [3]]
     assert loop[1] == [(2, repr(ValueError("Deliberate trigger failure")))]  # no event: its task fails (stock)
+    assert [(tid, level) for tid, _, level in loop[3]] == [(2, "error"), (2, "error"), (4, "error")]  # exited with error (2, 4), without an event (2)
 
 
 class _Looked(dict):

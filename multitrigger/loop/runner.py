@@ -185,6 +185,8 @@ class LoopRunner(TriggerRunner):
                 if (now := time.monotonic()) - last_status >= 60:
                     self.log.info("%i triggers currently running", len(self.triggers))
                     last_status = now
+                    # A task no done callback reported (none known; a safety net): swept next pass.
+                    self._ended.update((tid, None) for tid, d in self.triggers.items() if d["task"].done())
         finally:
             poller.cancel()
             reader = self.comms_decoder._reader_task
@@ -259,7 +261,10 @@ class LoopRunner(TriggerRunner):
         except UNENCODABLE:
             if isinstance(msg, _Poll) or not _any_unencodable(msg.events or ()):
                 raise
-            return await self.asend(self.sanitize_trigger_events(msg))
+            sanitized = self.sanitize_trigger_events(msg)
+            if not (sanitized.events or sanitized.failures or sanitized.finished):
+                return None  # nothing left: an empty push would be taken for a poll; the failure goes next
+            return await self.asend(sanitized)
         except frame_bound.FrameTooLarge as err:  # split, or fail the one event (``frame_bound``)
             if isinstance(msg, _Poll) or not msg.events:
                 raise
