@@ -3,7 +3,8 @@
 
 Two identical copies of a workload (DAGs ``dag_a`` and ``dag_b``, same tasks, same ``next_kwargs``,
 same oddities) get the same events: copy A through stock ``Trigger.submit_event``, one call per
-event, copy B through ``persist.submit_batch`` in one go. Every column of every task instance must
+event, copy B through ``persist.submit_batch`` in one go, or in a step that takes the later events
+while it runs (as the persist lane's step takes those that arrive meanwhile). Every column of every task instance must
 then be the same (timestamps: set in both or in neither), and so must what the events wrote
 elsewhere (XComs, callback requests, asset events).
 """
@@ -74,8 +75,27 @@ before = {dag: tis(dag) for dag in triggers}
 with create_session() as s:  # copy A: stock, one submit_event per event
     for trigger_id, event in entries["dag_a"]:
         Trigger.submit_event(trigger_id=trigger_id, event=event, session=s)
+mode = sys.argv[3]
 with create_session() as s:  # copy B: the bulk path, one batch
-    paths = persist.submit_batch(entries["dag_b"], s)
+    batch = list(entries["dag_b"])
+    if mode == "one":
+        paths = persist.submit_batch(batch, s)
+    else:  # the step takes later events while it runs (``more``), as ``Outcomes.absorb`` hands them over
+        first, size = (2, 3) if mode == "rounds" else (9, 3)
+        step, rest = batch[:first], batch[first:]
+
+        def more(known):
+            taken = []
+            while rest and len(taken) < size and rest[0][0] not in known:
+                taken.append(rest.pop(0))
+            return taken
+
+        paths = persist.submit_batch(step, s, more)
+        assert step == batch[: len(step)], "the step's entries: what it took, in order"
+        if mode == "stop":  # the second event of a trigger already in the step waits for the next one
+            assert rest and rest[0] == batch[len(step)] and rest[0][0] == step[-1][0], rest
+        if rest:
+            paths.update(persist.submit_batch(rest, s))
 
 after = {dag: tis(dag) for dag in triggers}
 with create_session() as s:
@@ -102,8 +122,12 @@ _OWN = {"id", "dag_id", "dag_version_id", "trigger_id", "context_carrier"}  # ca
 _STAMPS = {"updated_at", "scheduled_dttm", "end_date", "duration"}
 
 
-@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
-def test_bulk_persist_writes_what_stock_submit_event_writes(tmp_path, db):
+@pytest.mark.parametrize(("db", "mode"), [("sqlite", "one"), ("postgresql", "one"), ("sqlite", "rounds"),
+                                          ("sqlite", "stop")])
+def test_bulk_persist_writes_what_stock_submit_event_writes(tmp_path, db, mode):
+    """``mode``: the batch in one go; or a step of 2 that takes the rest while it runs (3 at a time:
+    ``persist.submit_batch``'s ``more``); or a step of 9 whose next event is for a trigger it has, so
+    it takes nothing and that event is the next step's."""
     url = pg_url("mt_persist") if db == "postgresql" else None  # the bulk UPDATE differs per dialect
     home = AirflowHome.create(tmp_path / "home", {"a": deferring_bundle("dag_a"), "b": deferring_bundle("dag_b")},
                               db_url=url)
@@ -114,7 +138,7 @@ def test_bulk_persist_writes_what_stock_submit_event_writes(tmp_path, db):
     ])
     assets = {dag: home.add_asset_watcher(f"watch_{dag}", f"asset_{dag}", FIRE_AT_EVENT, {"moment": iso_in(3600)})
               for dag in ("dag_a", "dag_b")}
-    out = subprocess.run([sys.executable, "-c", COMPARE, str(N), json.dumps(assets)], env=home.env(),
+    out = subprocess.run([sys.executable, "-c", COMPARE, str(N), json.dumps(assets), mode], env=home.env(),
                          capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout.strip().splitlines()[-1])
@@ -143,4 +167,5 @@ def test_bulk_persist_writes_what_stock_submit_event_writes(tmp_path, db):
     assert res["assets"]["dag_a"] == res["assets"]["dag_b"] == 1
     # Map indexes 0-5, 7 and 10 took the bulk UPDATE, the task-end event its entity, the batch's
     # repeated trigger and the asset watcher stock submit_event.
-    assert res["paths"] == {"bulk": 8, "entity": 1, "stock": 3}
+    if mode != "stop":  # there, the repeated trigger's first event took the bulk path and its second found nothing
+        assert res["paths"] == {"bulk": 8, "entity": 1, "stock": 3}

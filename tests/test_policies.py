@@ -183,6 +183,37 @@ def test_a_step_takes_at_most_the_limit_oldest_first_and_a_put_back_batch_goes_f
     assert not outcomes and outcomes.pending_ids() == set()
 
 
+def test_a_running_step_absorbs_later_events_up_to_the_limit_and_stops_at_a_trigger_it_has() -> None:
+    """``Outcomes.absorb`` (the persist lane, while its step runs): events queued since the step took
+    its batch join it, oldest first, within the step's limit, and stop at the first for a trigger the
+    step already has (that trigger's events stay in order, for the next step); a failures step takes
+    none; what moved is in ``pending_ids`` throughout, and a put-back batch returns with it, in order."""
+    from airflow.jobs.triggerer_job_runner import TriggerEventEntry
+    from airflow.triggers.base import TriggerEvent
+
+    def event(tid: int) -> TriggerEventEntry:
+        return TriggerEventEntry(trigger_id=tid, event=TriggerEvent(tid), persist_seq=None)
+
+    outcomes = Outcomes()
+    outcomes.add_event("a", event(1))
+    batch = outcomes.take(limit=4)
+    for tid in (2, 3, 1, 4, 5):
+        outcomes.add_event("b", event(tid))
+    assert outcomes.absorb({1}, limit=4) == [("b", event(2)), ("b", event(3))]  # stops at 1: the step has it
+    assert [e.trigger_id for _, e in batch.events] == [1, 2, 3]
+    assert outcomes.pending_ids() == {1, 2, 3, 4, 5}
+    assert outcomes.absorb({1, 2, 3}, limit=4) == []  # 1 is still next in line
+    outcomes.put_back()  # the DB went away: the whole batch goes first again, absorbed events included
+    assert [e.trigger_id for _, e in outcomes.take(limit=2).events] == [1, 2]
+    assert [e.trigger_id for _, e in outcomes.absorb({1, 2}, limit=3)] == [3]  # the limit: 3 in all
+    outcomes.done()
+    outcomes.add_failure(9, ["crashed\n"])
+    failures = outcomes.take()  # after a completed step of events, the failure goes first
+    assert failures.failures and outcomes.absorb(set()) == [] and not failures.events
+    outcomes.done()
+    assert [e.trigger_id for _, e in outcomes.take().events] == [1, 4, 5]
+
+
 def test_failures_count_per_loop_once_written_and_a_step_cut_short_counts_only_what_it_committed() -> None:
     """``triggers.failed`` (``failures_persisted``) counts a loop's failure once it is in the DB, as
     stock counts it after ``submit_failure``: not while it waits, not twice when a step is retried."""

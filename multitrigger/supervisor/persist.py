@@ -156,14 +156,55 @@ def _among(column: ColumnElement[Any], ids: BindParameter[Any], dialect: str) ->
     return column.in_(ids)
 
 
-def submit_batch(entries: Sequence[tuple[int, TriggerEvent]], session: Session) -> Counter[str]:
+#: At most this many times a step takes the events that arrived while it ran (``submit_batch``).
+ABSORB_ROUNDS = 4
+
+#: ``more(known)``: events queued since the step began, none for a trigger in ``known`` (``Outcomes.absorb``).
+More = Callable[[set[int]], list[tuple[int, TriggerEvent]]]
+
+
+def submit_batch(entries: list[tuple[int, TriggerEvent]], session: Session, more: More | None = None) -> Counter[str]:
     """``Trigger.submit_event`` for every entry, in ``session`` (the caller commits). Returns how
     many task instances took each path (``bulk``, ``entity``) and how many events went to stock
-    ``submit_event`` (``stock``)."""
-    special = special_triggers([tid for tid, _ in entries], session)
-    events = {tid: event for tid, event in entries if tid not in special}
+    ``submit_event`` (``stock``).
+
+    With ``more``: once its entries are handled, and before anything is written, the step takes the
+    events that arrived meanwhile (``more``) and handles them too, up to ``ABSORB_ROUNDS`` times;
+    they are appended to ``entries``, so the caller knows what it wrote. In a burst the loops' pushes
+    arrive a few ms apart: the later ones no longer wait for the first step's write and commit and a
+    step's fixed costs of their own. Events of a trigger already in the step stay queued for the
+    next (a trigger's events are handled in order, as stock's one-by-one path would)."""
     updates: list[dict[str, Any]] = []
     by_entity: list[tuple[Any, TriggerEvent]] = []  # (task instance id, event): the ORM path
+    special: set[int] = set()
+    todo, rounds = list(entries), 0
+    while todo:
+        special |= _handle(todo, session, updates, by_entity)
+        todo = []
+        if more is not None and rounds < ABSORB_ROUNDS:
+            rounds += 1
+            todo = more({tid for tid, _ in entries})
+            entries.extend(todo)
+    for keys, group in _by_keys(updates):
+        _write(session, keys, group)
+    for ti_id, event in by_entity:
+        ti = session.get(TaskInstance, ti_id)
+        if ti is not None and ti.state == TaskInstanceState.DEFERRED:
+            handle_event_submit(event, task_instance=ti, session=session)
+    session.flush()
+    stock = [(tid, event) for tid, event in entries if tid in special]
+    for trigger_id, event in stock:
+        Trigger.submit_event(trigger_id=trigger_id, event=event, session=session)
+    return Counter(bulk=len(updates), entity=len(by_entity), stock=len(stock))
+
+
+def _handle(entries: list[tuple[int, TriggerEvent]], session: Session, updates: list[dict[str, Any]],
+            by_entity: list[tuple[Any, TriggerEvent]]) -> set[int]:
+    """Stock's ``handle_event_submit`` on a ``_Row`` of every deferred task instance of ``entries``'
+    triggers, its writes added to ``updates`` (or the task instance to ``by_entity``); returns the
+    triggers that must take stock ``submit_event`` instead (``special_triggers``)."""
+    special = special_triggers([tid for tid, _ in entries], session)
+    events = {tid: event for tid, event in entries if tid not in special}
     no_flush = _NoFlush()
     for chunk in _chunks(list(events)):
         for values in _deferred_rows(chunk, session):
@@ -181,17 +222,7 @@ def submit_batch(entries: Sequence[tuple[int, TriggerEvent]], session: Session) 
                 continue
             if row.writes:
                 updates.append({"id": row.id, **row.writes})
-    for keys, group in _by_keys(updates):
-        _write(session, keys, group)
-    for ti_id, event in by_entity:
-        ti = session.get(TaskInstance, ti_id)
-        if ti is not None and ti.state == TaskInstanceState.DEFERRED:
-            handle_event_submit(event, task_instance=ti, session=session)
-    session.flush()
-    stock = [(tid, event) for tid, event in entries if tid in special]
-    for trigger_id, event in stock:
-        Trigger.submit_event(trigger_id=trigger_id, event=event, session=session)
-    return Counter(bulk=len(updates), entity=len(by_entity), stock=len(stock))
+    return special
 
 
 def _write(session: Session, keys: tuple[str, ...], rows: list[dict[str, Any]]) -> None:

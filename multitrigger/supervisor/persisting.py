@@ -22,7 +22,9 @@ so a pass never cancels a trigger whose event is still in flight. A failed claim
 touches the outcomes; a failed persist puts its batch back, but for what it committed.
 (``tests/test_persist_lane.py``: a persist while every claim pass waits for a lock.) A step takes
 at most ``outcomes.BATCH_LIMIT`` outcomes; the rest stay queued, so they stay in ``pending_ids``
-and the argument holds for each step alone.
+and the argument holds for each step alone. Events a running step takes from the queue before it
+writes (``Outcomes.absorb``: those that arrived meanwhile) move into its batch under the queue's
+lock, so they are in ``pending_ids`` throughout, and a failed step puts them back with the rest.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from collections.abc import Callable, Mapping
 
 import structlog
 
+from airflow.triggers.base import TriggerEvent
 from multitrigger.supervisor.lanes import Done, Lane
 from multitrigger.supervisor.outcomes import Batch, Outcomes
 from multitrigger.supervisor.slot import LoopSlot
@@ -68,10 +71,15 @@ class Persister:
     def _persist(self, batch: Batch) -> set[int]:
         """On the persist lane: the batch's events, or its failures (``Outcomes.take``: never both).
         Returns the trigger ids whose outcomes were written."""
-        persisted = set(self.store.submit_events([(e.trigger_id, e.event) for _, e in batch.events])) if batch.events else set()
+        persisted = set(self.store.submit_events([(e.trigger_id, e.event) for _, e in batch.events],
+                                                 more=self._more)) if batch.events else set()
         if batch.failures:
             persisted |= set(self.store.submit_failures([f for _, f in batch.failures]))
         return persisted
+
+    def _more(self, known: set[int]) -> list[tuple[int, TriggerEvent]]:
+        """On the persist lane: the events that arrived while this step ran, now in its batch."""
+        return [(entry.trigger_id, entry.event) for _, entry in self.outcomes.absorb(known)]
 
     def _persisted(self, batch: Batch, persisted: set[int]) -> None:
         self.outcomes.done()

@@ -318,16 +318,18 @@ class TriggerStore:
             result.append((workload, origins.get(workload.id, Origin(None))))
         return result, failures
 
-    def submit_events(self, entries: Iterable[tuple[int, TriggerEvent]]) -> list[int]:
+    def submit_events(self, entries: Iterable[tuple[int, TriggerEvent]], more: persist.More | None = None) -> list[int]:
         """Persist events in one transaction (one per event if the batch fails); return persisted ids.
 
-        Raises ``DatabaseUnavailable`` if the database cannot be reached: the caller keeps the
-        events and retries. An event that fails for any other reason is logged and dropped, alone.
+        With ``more``, the step also takes events that arrived while it ran (``persist.submit_batch``);
+        their ids are returned too. Raises ``DatabaseUnavailable`` if the database cannot be
+        reached: the caller keeps the events and retries. An event that fails for any other reason
+        is logged and dropped, alone.
         """
         entries = list(entries)
         try:
             with create_session() as session:
-                persist.submit_batch(entries, session)
+                persist.submit_batch(entries, session, more)
             return [tid for tid, _ in entries]
         except Exception as err:
             raise_if_unreachable(err)
