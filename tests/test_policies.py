@@ -256,6 +256,59 @@ def test_failures_count_per_loop_once_written_and_a_step_cut_short_counts_only_w
     lane.close()
 
 
+def test_a_persist_step_absorbs_through_the_lane_counts_what_it_absorbed_and_puts_it_back_in_order() -> None:
+    """The persist lane's wiring of ``Outcomes.absorb``: events queued while a step runs join it (the
+    store's ``more``), are counted per loop and their shared-stream sequence numbers confirmed once
+    written; when the DB goes away after absorbing, the whole batch goes back first, in order."""
+    from types import SimpleNamespace
+
+    from airflow.jobs.triggerer_job_runner import TriggerEventEntry
+    from airflow.triggers.base import TriggerEvent
+    from multitrigger.supervisor.persisting import Persister
+    from multitrigger.supervisor.slot import LoopStats
+    from multitrigger.supervisor.store import DatabaseUnavailable
+
+    def event(tid: int, seq: int | None = None) -> TriggerEventEntry:
+        return TriggerEventEntry(trigger_id=tid, event=TriggerEvent(tid), persist_seq=seq)
+
+    class Store:  # while the step runs, two more events arrive; the first attempt loses the DB
+        def __init__(self) -> None:
+            self.steps: list[list[int]] = []
+
+        def submit_events(self, entries, more=None):
+            entries = list(entries)
+            if not self.steps:
+                outcomes.add_event("team_b", event(2, seq=7))
+                outcomes.add_event("team_b", event(3))
+            entries += more({tid for tid, _ in entries})
+            self.steps.append([tid for tid, _ in entries])
+            if len(self.steps) == 1:
+                raise DatabaseUnavailable("gone")
+            return [tid for tid, _ in entries]
+
+    def db_done(done, on_ok, on_error):
+        on_ok(done.value) if done.error is None else on_error(done.error)
+
+    woke = threading.Event()
+    lane = Lane("persist", woke.set)
+    outcomes, store = Outcomes(), Store()
+    confirmed: list[int] = []
+    slots = {"team_a": SimpleNamespace(stats=LoopStats(), persisted=confirmed.append),
+             "team_b": SimpleNamespace(stats=LoopStats(), persisted=confirmed.append)}
+    persister = Persister(outcomes, lane, store, slots, db_done)  # type: ignore[arg-type]
+    outcomes.add_event("team_a", event(1))
+    for _ in range(2):
+        woke.clear()
+        persister.submit()
+        assert woke.wait(5)
+        lane.run_completions()
+    assert store.steps == [[1, 2, 3], [1, 2, 3]]  # absorbed, put back with the rest, in order
+    assert not outcomes and outcomes.pending_ids() == set()
+    assert slots["team_a"].stats.events_persisted == 1 and slots["team_b"].stats.events_persisted == 2
+    assert confirmed == [7]
+    lane.close()
+
+
 def test_db_health_with_one_lane_stuck_stays_down_while_the_other_succeeds() -> None:
     clock = Clock()
     health = DbHealth(retry_limit=60, step_bound=12, retry_after_error=1, clock=clock)
