@@ -8,6 +8,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from airflow.sdk.execution_time import comms as c
 from multitrigger.poison import PoisonPolicy
 from multitrigger.supervisor.db_health import DbHealth
@@ -151,7 +153,7 @@ def test_events_and_failures_persist_in_separate_steps_and_committed_events_are_
     outcomes.add_failure(9, ["crashed\n"])
     batch = outcomes.take()
     assert [e.trigger_id for _, e in batch.events] == [1, 2, 3] and not batch.failures  # events first, alone
-    outcomes.put_back(persisted={1})  # one by one, 1 was committed before the DB went away
+    outcomes.put_back(persisted={0})  # one by one, the first (trigger 1) was committed before the DB went away
     assert outcomes.pending_ids() == {2, 3, 9}
     again = outcomes.take()
     assert [e.trigger_id for _, e in again.events] == [2, 3] and not again.failures
@@ -170,7 +172,7 @@ def test_a_step_takes_at_most_the_limit_oldest_first_and_a_put_back_batch_goes_f
     first = outcomes.take(limit=3)
     assert [e.trigger_id for _, e in first.events] == [1, 2, 3] and not first.failures
     assert outcomes.pending_ids() == {1, 2, 3, 4, 5, 6, 7, 9}  # the batch in flight and what waits
-    outcomes.put_back(persisted={1})
+    outcomes.put_back(persisted={0})
     second = outcomes.take(limit=3)
     assert [e.trigger_id for _, e in second.events] == [2, 3, 4]
     outcomes.done()
@@ -230,9 +232,9 @@ def test_failures_count_per_loop_once_written_and_a_step_cut_short_counts_only_w
         def submit_failures(self, failures):
             if not self.written:
                 self.written.append(failures[0][0])
-                raise PartlyPersisted("gone", [failures[0][0]])
+                raise PartlyPersisted("gone", [0])
             self.written += [tid for tid, _ in failures]
-            return [tid for tid, _ in failures]
+            return list(range(len(failures)))
 
     def db_done(done, on_ok, on_error):
         on_ok(done.value) if done.error is None else on_error(done.error)
@@ -284,7 +286,7 @@ def test_a_persist_step_absorbs_through_the_lane_counts_what_it_absorbed_and_put
             self.steps.append([tid for tid, _ in entries])
             if len(self.steps) == 1:
                 raise DatabaseUnavailable("gone")
-            return [tid for tid, _ in entries]
+            return list(range(len(entries)))
 
     def db_done(done, on_ok, on_error):
         on_ok(done.value) if done.error is None else on_error(done.error)
@@ -307,6 +309,34 @@ def test_a_persist_step_absorbs_through_the_lane_counts_what_it_absorbed_and_put
     assert slots["team_a"].stats.events_persisted == 1 and slots["team_b"].stats.events_persisted == 2
     assert confirmed == [7]
     lane.close()
+
+
+def test_a_trigger_with_two_events_keeps_the_second_when_the_db_goes_away_after_the_first() -> None:
+    """One by one (after a batch failed), the DB goes away after a trigger's first event was
+    committed: the commit is told by position, so its second event goes back (and the first is not
+    written again: an asset watcher's would register its asset change twice)."""
+    from sqlalchemy.exc import OperationalError
+
+    from airflow.jobs.triggerer_job_runner import TriggerEventEntry
+    from airflow.triggers.base import TriggerEvent
+    from multitrigger.supervisor.store import PartlyPersisted, _one_by_one
+
+    written: list[str] = []
+
+    def submit(trigger_id: int, value: str) -> None:
+        if len(written) == 1:
+            raise OperationalError("UPDATE", {}, Exception("connection refused"))
+        written.append(value)
+
+    with pytest.raises(PartlyPersisted) as gone:
+        _one_by_one([(5, "first"), (5, "second"), (6, "other")], submit, "event")
+    assert gone.value.persisted == [0] and written == ["first"]
+    outcomes = Outcomes()
+    for tid, payload in ((5, "first"), (5, "second"), (6, "other")):
+        outcomes.add_event("team_a", TriggerEventEntry(trigger_id=tid, event=TriggerEvent(payload), persist_seq=None))
+    outcomes.take()
+    outcomes.put_back(gone.value.persisted)
+    assert [e.event.payload for _, e in outcomes.take().events] == ["second", "other"]
 
 
 def test_db_health_with_one_lane_stuck_stays_down_while_the_other_succeeds() -> None:

@@ -104,11 +104,12 @@ class Outcomes:
 
     def put_back(self, persisted: Collection[int] = ()) -> None:
         """The persist step did not reach the DB: its batch goes first in the next one, but for
-        the outcomes it did commit (``persisted``, trigger ids) before the DB went away."""
+        the outcomes it did commit (``persisted``: their positions in the batch's events, or in its
+        failures: a batch holds one kind) before the DB went away."""
         with self._lock:
             if self._in_flight is not None:
-                self._events[:0] = [(loop, e) for loop, e in self._in_flight.events if e.trigger_id not in persisted]
-                self._failures[:0] = [(loop, f) for loop, f in self._in_flight.failures if f[0] not in persisted]
+                self._events[:0] = [item for i, item in enumerate(self._in_flight.events) if i not in persisted]
+                self._failures[:0] = [item for i, item in enumerate(self._in_flight.failures) if i not in persisted]
                 self._in_flight = None
 
     def pending_ids(self) -> set[int]:

@@ -70,12 +70,10 @@ class Persister:
 
     def _persist(self, batch: Batch) -> set[int]:
         """On the persist lane: the batch's events, or its failures (``Outcomes.take``: never both).
-        Returns the trigger ids whose outcomes were written."""
-        persisted = set(self.store.submit_events([(e.trigger_id, e.event) for _, e in batch.events],
-                                                 more=self._more)) if batch.events else set()
-        if batch.failures:
-            persisted |= set(self.store.submit_failures([f for _, f in batch.failures]))
-        return persisted
+        Returns the positions, in that list, of the outcomes written."""
+        if batch.events:
+            return set(self.store.submit_events([(e.trigger_id, e.event) for _, e in batch.events], more=self._more))
+        return set(self.store.submit_failures([f for _, f in batch.failures]))
 
     def _more(self, known: set[int]) -> list[tuple[int, TriggerEvent]]:
         """On the persist lane: the events that arrived while this step ran, now in its batch."""
@@ -94,13 +92,13 @@ class Persister:
     def _confirm(self, batch: Batch, persisted: set[int]) -> None:
         """Count the written events and failures per loop (stock counts ``triggers.succeeded`` and
         ``triggers.failed`` once written); confirm the events' shared-stream sequence numbers."""
-        for loop, entry in batch.events:
-            if entry.trigger_id in persisted and (slot := self.slots.get(loop)):
+        for position, (loop, entry) in enumerate(batch.events):
+            if position in persisted and (slot := self.slots.get(loop)):
                 slot.stats.events_persisted += 1
                 if entry.persist_seq is not None:
                     slot.persisted(entry.persist_seq)
-        for failed_in, (trigger_id, _) in batch.failures:
-            if trigger_id in persisted and failed_in is not None and (slot := self.slots.get(failed_in)):
+        for position, (failed_in, _) in enumerate(batch.failures):
+            if position in persisted and failed_in is not None and (slot := self.slots.get(failed_in)):
                 slot.stats.failures_persisted += 1
 
 

@@ -146,8 +146,9 @@ class DatabaseUnavailable(Exception):
 
 class PartlyPersisted(DatabaseUnavailable):
     """The DB went away after some events (or failures) of a batch were committed (one by one):
-    ``persisted`` must not be written again (an asset watcher's event would register its asset
-    change twice) nor counted again."""
+    ``persisted`` (their positions in the batch) must not be written again (an asset watcher's event
+    would register its asset change twice) nor counted again. Positions, not trigger ids: a trigger
+    with two events in the batch may have had only the first committed."""
 
     def __init__(self, message: str, persisted: list[int]) -> None:
         super().__init__(message)
@@ -166,13 +167,13 @@ def raise_if_unreachable(err: BaseException) -> None:
 
 def _one_by_one(items: list[tuple[int, Any]], submit: Callable[[int, Any], None], what: str) -> list[int]:
     """Stock's submit per outcome, each in its own transaction, after a batch failed; return the
-    ids written. One that fails alone is logged and dropped; the DB going away raises
+    positions written. One that fails alone is logged and dropped; the DB going away raises
     ``PartlyPersisted`` naming those already committed (not to be written again)."""
     done: list[int] = []
-    for trigger_id, value in items:
+    for position, (trigger_id, value) in enumerate(items):
         try:
             submit(trigger_id, value)
-            done.append(trigger_id)
+            done.append(position)
         except Exception as err:
             try:
                 raise_if_unreachable(err)
@@ -319,10 +320,11 @@ class TriggerStore:
         return result, failures
 
     def submit_events(self, entries: Iterable[tuple[int, TriggerEvent]], more: persist.More | None = None) -> list[int]:
-        """Persist events in one transaction (one per event if the batch fails); return persisted ids.
+        """Persist events in one transaction (one per event if the batch fails); return the
+        positions in ``entries`` of those written.
 
-        With ``more``, the step also takes events that arrived while it ran (``persist.submit_batch``);
-        their ids are returned too. Raises ``DatabaseUnavailable`` if the database cannot be
+        With ``more``, the step also takes events that arrived while it ran (``persist.submit_batch``),
+        after ``entries``' own, in order; their positions count on from there. Raises ``DatabaseUnavailable`` if the database cannot be
         reached: the caller keeps the events and retries. An event that fails for any other reason
         is logged and dropped, alone.
         """
@@ -330,7 +332,7 @@ class TriggerStore:
         try:
             with create_session() as session:
                 persist.submit_batch(entries, session, more)
-            return [tid for tid, _ in entries]
+            return list(range(len(entries)))
         except Exception as err:
             raise_if_unreachable(err)
             log.exception("batch event submit failed; retrying one by one", count=len(entries))
@@ -342,7 +344,8 @@ class TriggerStore:
             persist.warm_up(session)
 
     def submit_failures(self, failures: Iterable[tuple[int, list[str] | None]]) -> list[int]:
-        """Persist failures in one transaction (one per failure if the batch fails); return persisted ids.
+        """Persist failures in one transaction (one per failure if the batch fails); return the
+        positions in ``failures`` of those written.
 
         Raises ``DatabaseUnavailable`` if the database cannot be reached (the caller retries;
         ``PartlyPersisted`` names those committed one by one before); a failure that cannot be
@@ -353,7 +356,7 @@ class TriggerStore:
             with create_session() as session:
                 for trigger_id, tb in failures:
                     Trigger.submit_failure(trigger_id=trigger_id, exc=tb, session=session)
-            return [tid for tid, _ in failures]
+            return list(range(len(failures)))
         except Exception as err:
             raise_if_unreachable(err)
             log.exception("batch failure submit failed; retrying one by one", count=len(failures))
