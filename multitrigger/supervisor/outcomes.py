@@ -12,12 +12,13 @@ unfinished, so a claim must not build and run them again.
 
 A step takes at most ``BATCH_LIMIT`` outcomes, the oldest first; the rest wait for the next step,
 which the supervisor submits as soon as this one completes. A step of events also takes, before it
-writes, the events that arrived while it ran (``absorb``), up to the same limit. So a burst of 20,000 events is not one
-transaction of several seconds: its first events commit (and are visible to the scheduler) while
-later ones are still arriving, a step stays far below the bound past which a DB step is taken for an
-outage (``DbHealth.step_bound``), and on SQLite the claim pass's writes never wait long for the one
-writer. At ~0.06-0.12 ms per event a step of 1000 is ~0.1 s; what a step costs regardless of its
-size (session, one query for asset and callback triggers, commit) is ~2-5 ms.
+writes, the events that arrived while it ran (``absorb``), up to the same limit. So a burst of
+20,000 events is not one transaction of several seconds: its first events commit (and are visible
+to the scheduler) while later ones are still arriving, a step stays far below the bound past which
+a DB step is taken for an outage (``DbHealth.step_bound``), and on SQLite the claim pass's writes
+never wait long for the one writer. At ~0.06-0.12 ms per event a step of 1000 is ~0.1 s; what a
+step costs regardless of its size (session, one query for asset and callback triggers, commit) is
+~2-5 ms.
 """
 
 from __future__ import annotations
