@@ -113,10 +113,9 @@ def start_triggerer() -> Iterator[Callable[..., Triggerer]]:
 SLOWEST_FIRST = (
     "test_db_partition.py", "test_supervisor_faults.py", "test_venvs.py", "test_tenancy_postgres.py",
     "test_team_secrets.py", "test_sandbox.py", "test_cgroups_v1.py", "test_ha_postgres.py", "test_handback_postgres.py", "test_bundle_versions.py",
-    "test_persist.py",
     "test_health.py", "test_zygote.py", "test_crash_containment.py", "test_trigger_code.py", "test_cli.py",
     "test_loop_user.py", "test_core.py", "test_sdk_and_routing.py", "test_semantics.py", "test_output_flood.py",
-    "test_systemd.py", "test_fd_limit.py", "test_persist_lane.py", "test_trigger_logs.py",
+    "test_systemd.py", "test_fd_limit.py", "test_persist_lane.py", "test_trigger_logs.py", "test_persist.py",
     "test_workloads.py", "test_cgroups_config.py", "test_zygote_pool.py", "test_oom.py", "test_otel_metrics.py",
 )
 
