@@ -216,12 +216,33 @@ def test_a_running_step_absorbs_later_events_up_to_the_limit_and_stops_at_a_trig
     assert [e.trigger_id for _, e in outcomes.take().events] == [1, 4, 5]
 
 
+class _PersistLane:
+    """A real persist ``Lane`` with a ``Persister`` on it, run one step at a time."""
+
+    def __init__(self, outcomes: Outcomes, store: object, slots: dict) -> None:
+        from multitrigger.supervisor.persisting import Persister
+
+        def db_done(done, on_ok, on_error):
+            on_ok(done.value) if done.error is None else on_error(done.error)
+
+        self.woke = threading.Event()
+        self.lane = Lane("persist", self.woke.set)
+        self.persister = Persister(outcomes, self.lane, store, slots, db_done)  # type: ignore[arg-type]
+
+    def steps(self, count: int) -> None:
+        """Submit a step, wait for it, run its completion on this (the selector's) thread; ``count`` times."""
+        for _ in range(count):
+            self.woke.clear()
+            self.persister.submit()
+            assert self.woke.wait(5)
+            self.lane.run_completions()
+
+
 def test_failures_count_per_loop_once_written_and_a_step_cut_short_counts_only_what_it_committed() -> None:
     """``triggers.failed`` (``failures_persisted``) counts a loop's failure once it is in the DB, as
     stock counts it after ``submit_failure``: not while it waits, not twice when a step is retried."""
     from types import SimpleNamespace
 
-    from multitrigger.supervisor.persisting import Persister
     from multitrigger.supervisor.slot import LoopStats
     from multitrigger.supervisor.store import PartlyPersisted
 
@@ -236,26 +257,17 @@ def test_failures_count_per_loop_once_written_and_a_step_cut_short_counts_only_w
             self.written += [tid for tid, _ in failures]
             return list(range(len(failures)))
 
-    def db_done(done, on_ok, on_error):
-        on_ok(done.value) if done.error is None else on_error(done.error)
-
-    woke = threading.Event()
-    lane = Lane("persist", woke.set)
     outcomes, store = Outcomes(), Store()
     slots = {"team_a": SimpleNamespace(stats=LoopStats()), "team_b": SimpleNamespace(stats=LoopStats())}
-    persister = Persister(outcomes, lane, store, slots, db_done)  # type: ignore[arg-type]
+    persist = _PersistLane(outcomes, store, slots)
     outcomes.add_failure(1, ["crashed\n"], "team_a")
     outcomes.add_failure(2, ["crashed\n"], "team_b")
     outcomes.add_failure(3, ["refused\n"])  # no loop ran it
     assert slots["team_a"].stats.failures_persisted == slots["team_b"].stats.failures_persisted == 0
-    for _ in range(2):
-        woke.clear()
-        persister.submit()
-        assert woke.wait(5)
-        lane.run_completions()
+    persist.steps(2)
     assert store.written == [1, 2, 3] and not outcomes and outcomes.pending_ids() == set()
     assert slots["team_a"].stats.failures_persisted == 1 and slots["team_b"].stats.failures_persisted == 1
-    lane.close()
+    persist.lane.close()
 
 
 def test_a_persist_step_absorbs_through_the_lane_counts_what_it_absorbed_and_puts_it_back_in_order() -> None:
@@ -266,7 +278,6 @@ def test_a_persist_step_absorbs_through_the_lane_counts_what_it_absorbed_and_put
 
     from airflow.jobs.triggerer_job_runner import TriggerEventEntry
     from airflow.triggers.base import TriggerEvent
-    from multitrigger.supervisor.persisting import Persister
     from multitrigger.supervisor.slot import LoopStats
     from multitrigger.supervisor.store import DatabaseUnavailable
 
@@ -288,27 +299,18 @@ def test_a_persist_step_absorbs_through_the_lane_counts_what_it_absorbed_and_put
                 raise DatabaseUnavailable("gone")
             return list(range(len(entries)))
 
-    def db_done(done, on_ok, on_error):
-        on_ok(done.value) if done.error is None else on_error(done.error)
-
-    woke = threading.Event()
-    lane = Lane("persist", woke.set)
     outcomes, store = Outcomes(), Store()
     confirmed: list[int] = []
     slots = {"team_a": SimpleNamespace(stats=LoopStats(), persisted=confirmed.append),
              "team_b": SimpleNamespace(stats=LoopStats(), persisted=confirmed.append)}
-    persister = Persister(outcomes, lane, store, slots, db_done)  # type: ignore[arg-type]
+    persist = _PersistLane(outcomes, store, slots)
     outcomes.add_event("team_a", event(1))
-    for _ in range(2):
-        woke.clear()
-        persister.submit()
-        assert woke.wait(5)
-        lane.run_completions()
+    persist.steps(2)
     assert store.steps == [[1, 2, 3], [1, 2, 3]]  # absorbed, put back with the rest, in order
     assert not outcomes and outcomes.pending_ids() == set()
     assert slots["team_a"].stats.events_persisted == 1 and slots["team_b"].stats.events_persisted == 2
     assert confirmed == [7]
-    lane.close()
+    persist.lane.close()
 
 
 def test_a_trigger_with_two_events_keeps_the_second_when_the_db_goes_away_after_the_first() -> None:
