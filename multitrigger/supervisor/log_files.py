@@ -13,9 +13,10 @@ line is written at once, as stock's ``structlog.BytesLogger`` flushes every line
 loses nothing: one ``os.write`` on the file's fd (no Python file object: a reopen under churn is an
 ``open`` and a ``close``, ~3 us, not ~8 with ``os.fdopen``'s buffered writer; a line, one syscall
 without the buffer's copy and flush). A file deleted from outside while its trigger runs is made
-again with ``init_log_file``'s permissions at its next reopen, not the umask's. Reopens are counted (``LogFiles.reopens``, the health metric
-``multitrigger_log_file_reopens_total``): under churn above ``max_open`` every line costs an open and a
-close on the selector thread, and that count says when to raise ``max_open_log_files``.
+again with ``init_log_file``'s permissions at its next reopen, not the umask's. Reopens are counted
+(``LogFiles.reopens``, the health metric ``multitrigger_log_file_reopens_total``): under churn above
+``max_open`` every line costs an open and a close on the selector thread, and that count says when
+to raise ``max_open_log_files``.
 
 A line that cannot be written at all (``EMFILE``/``ENFILE`` even after closing our own files to
 make room, ``ENOSPC``, a permission error) is dropped and counted (``LogFiles.dropped``, per

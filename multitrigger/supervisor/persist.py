@@ -177,14 +177,15 @@ def submit_batch(entries: list[tuple[int, TriggerEvent]], session: Session, more
     updates: list[dict[str, Any]] = []
     by_entity: list[tuple[Any, TriggerEvent]] = []  # (task instance id, event): the ORM path
     special: set[int] = set()
-    todo, rounds = list(entries), 0
+    todo, rounds, known = list(entries), 0, {tid for tid, _ in entries}
     while todo:
         special |= _handle(todo, session, updates, by_entity)
         todo = []
         if more is not None and rounds < ABSORB_ROUNDS:
             rounds += 1
-            todo = more({tid for tid, _ in entries})
+            todo = more(known)
             entries.extend(todo)
+            known.update(tid for tid, _ in todo)
     for keys, group in _by_keys(updates):
         _write(session, keys, group)
     for ti_id, event in by_entity:

@@ -323,10 +323,10 @@ class TriggerStore:
         """Persist events in one transaction (one per event if the batch fails); return the
         positions in ``entries`` of those written.
 
-        With ``more``, the step also takes events that arrived while it ran (``persist.submit_batch``),
-        after ``entries``' own, in order; their positions count on from there. Raises ``DatabaseUnavailable`` if the database cannot be
-        reached: the caller keeps the events and retries. An event that fails for any other reason
-        is logged and dropped, alone.
+        With ``more``, the step also takes events that arrived while it ran
+        (``persist.submit_batch``), after ``entries``' own, in order; their positions count on from
+        there. Raises ``DatabaseUnavailable`` if the database cannot be reached: the caller keeps the
+        events and retries. An event that fails for any other reason is logged and dropped, alone.
         """
         entries = list(entries)
         try:
