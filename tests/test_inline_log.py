@@ -145,3 +145,50 @@ asyncio.run(main())
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=100, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert int(out.stdout.split()[-1]) >= 200, out.stdout
+
+
+def test_the_turn_comes_before_the_record_and_a_cancel_in_it_still_writes_the_record() -> None:
+    """The record is made when the caller resumes, as stock's is made while its caller awaits the
+    pool: in a burst, every trigger's "trigger completed" record comes after the main loop's push
+    of the events that were queued before it, not before. A task cancelled during that turn still
+    writes its record, then the cancel goes on."""
+    script = """
+import asyncio, os
+from airflow.sdk.execution_time.supervisor import _configure_logs_over_json_channel
+_configure_logs_over_json_channel(os.open(os.devnull, os.O_WRONLY))
+from airflow.jobs.triggerer_job_runner import TriggerRunner
+from multitrigger.loop import inline_log
+from multitrigger.loop.inline_log import InlineLogger
+
+order = []
+real_emit = inline_log._emit
+def emit(inner, level, event, kw, caller):
+    order.append(event)
+    return real_emit(inner, level, event, kw, caller)
+inline_log._emit = emit
+
+async def main():
+    log = InlineLogger(TriggerRunner.log)
+    async def other():
+        order.append("other ran")
+    async def completing():
+        await log.ainfo("trigger completed", name="n")
+        order.append("after the record")
+    task = asyncio.create_task(completing())
+    asyncio.get_running_loop().create_task(other())  # ready behind it: it runs in the record's turn
+    await task
+    cancelled = asyncio.create_task(log.ainfo("Trigger cancelled by user action, invoking on_kill", name="n"))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    try:
+        await cancelled
+    except asyncio.CancelledError:
+        order.append("cancelled")
+    print(order)
+
+asyncio.run(main())
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=100, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == repr(["other ran", "trigger completed", "after the record",
+                                       "Trigger cancelled by user action, invoking on_kill", "cancelled"])

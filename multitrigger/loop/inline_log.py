@@ -18,8 +18,12 @@ earlier. A record without positional arguments is made by ``multitrigger.loop.fu
 chain with three steps whose inputs are known here done directly). A call with ``exc_info`` still goes through the pool (from the same call site): there
 stock's ``sys.exc_info()`` is the pool thread's (empty, no traceback rendered), and so it stays.
 Every record still yields to the event loop once (``asyncio.sleep(0)``), as stock's await on the
-pool does: a trigger that yields events without awaiting lets the others run between them. A
-structlog without those private names (a bundle venv's own) gets stock's logger unwrapped.
+pool does: a trigger that yields events without awaiting lets the others run between them. The turn
+comes first and the record is made when the caller resumes, as stock's is made in the pool while
+its caller waits. In a burst that is where the main loop's push runs: the events queued so far go
+to the supervisor before every firing trigger's "trigger completed" record is made, not after
+(issue 13). A cancel during the turn still writes the record, then goes on. A structlog without
+those private names (a bundle venv's own) gets stock's logger unwrapped.
 
 The trade: the record is written to the log socket by the event loop's thread. If the supervisor
 did not read that socket for long enough to fill it, the loop waits for it (as it already does for
@@ -68,12 +72,15 @@ class InlineLogger:
         thread = _ASYNC_CALLING_THREAD.set((threading.get_ident(), threading.current_thread().name))
         try:
             if "exc_info" not in kw:
-                if args or _emit is None or not _emit(self._inner, level, event, kw, caller):
-                    getattr(self._inner, level)(event, *args, **kw)
                 # Stock's await on the pool always gives the loop a turn (other triggers, the poll,
                 # a cancel land here): a trigger yielding events without awaiting must not hold the
-                # loop for its whole run because its records no longer hop.
-                await asyncio.sleep(0)
+                # loop for its whole run because its records no longer hop. The turn first, the
+                # record after it (the main loop's push goes first; see the module docstring).
+                try:
+                    await asyncio.sleep(0)
+                finally:
+                    if args or _emit is None or not _emit(self._inner, level, event, kw, caller):
+                        getattr(self._inner, level)(event, *args, **kw)
                 return
             method = getattr(self._inner, level)
             ctx = contextvars.copy_context()  # stock's pool hop, where sys.exc_info() is empty
