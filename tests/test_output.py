@@ -17,7 +17,7 @@ import pytest
 from structlog.stdlib import NAME_TO_LEVEL
 
 from multitrigger.supervisor.output import TAIL_BYTES, CutLine, LineCutter, OutputLimits, cut_json_record, cut_text_line
-from multitrigger.supervisor.relay import ENTRY_OVERHEAD, MIN_LINE_CHARGE, LogRelay, OutputGate, Stream, TokenBucket
+from multitrigger.supervisor.relay import ENTRY_OVERHEAD, MIN_LINE_CHARGE, LogRelay, OutputGate, Stream, TokenBucket, pressed
 
 
 class FakeClock:
@@ -285,3 +285,29 @@ def test_output_waits_while_a_batch_is_written_but_at_most_every_interval() -> N
     assert gate.enter(busy=True)  # ...but never longer than the interval (a hung DB step)
     assert not gate.enter(busy=True)
     assert gate.enter(busy=False)  # the batch is written: at once
+
+
+def test_a_filling_queue_is_served_at_the_shorter_interval_while_a_batch_is_written() -> None:
+    clock = FakeClock()
+    gate = OutputGate(0.25, clock, pressed_every=0.05)
+    assert gate.enter(busy=True)
+    clock.now += 0.06
+    assert not gate.enter(busy=True)  # no queue filling up: the long interval
+    assert gate.enter(busy=True, pressed=True)  # one is: the short one
+    clock.now += 0.06
+    assert not gate.enter(busy=True) and gate.enter(busy=True, pressed=True)
+    clock.now += 0.25
+    assert gate.enter(busy=True)
+
+
+def test_pressed_means_some_queue_holds_over_a_quarter_of_its_capacity() -> None:
+    clock = FakeClock()
+    relays = [LogRelay(f"l{i}", TokenBucket(1e9, clock=clock), 4096, lambda _: None, clock) for i in range(2)]
+    sink = Stream(lambda _: None)
+    relays[0].put([b"x" * (1024 - ENTRY_OVERHEAD)], sink)  # exactly a quarter: not yet
+    assert not pressed(relays)
+    relays[1].put([b"y"], sink)
+    relays[0].put([b"z"], sink)
+    assert pressed(relays)
+    relays[0].flush()
+    assert not pressed(relays)

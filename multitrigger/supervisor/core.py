@@ -56,7 +56,7 @@ from multitrigger.supervisor.loop_process import read_order
 from multitrigger.supervisor.output import OutputLimits
 from multitrigger.supervisor.outcomes import Outcomes
 from multitrigger.supervisor.persisting import Persister
-from multitrigger.supervisor.relay import OutputGate
+from multitrigger.supervisor.relay import OutputGate, pressed
 from multitrigger.supervisor.request_desk import RequestDesk
 from multitrigger.supervisor.sd_notify import Notifier
 from multitrigger.supervisor.shutdown import shut_down
@@ -80,8 +80,10 @@ LISTEN_SLACK = 0.5
 MAX_SELECT = 1.0
 #: Each pass delivers loops' queued output lines for at most this long (then serves sockets again).
 OUTPUT_SLICE = 0.01
-#: While an event batch is being written, output is delivered at most this often (``OutputGate``).
-OUTPUT_YIELD = 0.05
+#: While an event batch is being written, output is delivered at most this often (``OutputGate``);
+#: once a loop's queue is over a quarter full, at most every ``OUTPUT_YIELD_PRESSED``.
+OUTPUT_YIELD = 0.25
+OUTPUT_YIELD_PRESSED = 0.05
 #: ... but only while a persist step has run less than this: a step held up by a slow DB does
 #: not keep every loop's output at a trickle (a chatty loop would fill its log buffer and drop).
 OUTPUT_GATE_MAX = 0.5
@@ -135,7 +137,7 @@ class Supervisor:
         self.persister = Persister(self.outcomes, self.persist_lane, store, self.slots, self._db_done)
         self.routes: dict[int, str] = {}  # trigger id → slot name (a loop's, or a bundle version's), decided once
         self._output_turn = 0
-        self._output_gate = OutputGate(OUTPUT_YIELD, clock)
+        self._output_gate = OutputGate(OUTPUT_YIELD, clock, OUTPUT_YIELD_PRESSED)
         self._next_note = 0.0  # when loops' descendants are next noted
         self.notifier = Notifier()  # systemd Type=notify; a no-op without $NOTIFY_SOCKET
         self._trimmed = False  # the C heap was trimmed once the supervisor was first ready
@@ -239,7 +241,7 @@ class Supervisor:
     def _next_wakeup(self) -> float:
         now = self.clock()
         deadlines = [self.desk.next_deadline()] + [s.poll_deadline() for s in self.slots.values()]
-        gate = self._output_gate.opens_at(busy=self._persisting())
+        gate = self._output_gate.opens_at(self._persisting(), pressed(s.relay for s in self.slots.values()))
         deadlines += [max(s.relay.next_due(), gate) for s in self.slots.values()]
         if self.persister.ready:
             deadlines.append(max(self.db_health.retry_at, now))
@@ -279,10 +281,11 @@ class Supervisor:
     def _deliver_output(self) -> None:
         """Deliver queued output lines for at most ``OUTPUT_SLICE``, each pass starting with the
         next loop, so no loop's lines always wait behind another's backlog; while an event batch is
-        being written, at most every ``OUTPUT_YIELD`` (``OutputGate``: events before log lines)."""
-        if not self._output_gate.enter(busy=self._persisting()):
-            return
+        being written, at most every ``OUTPUT_YIELD`` (``OutputGate``: events before log lines; sooner
+        once a loop's queue is filling up)."""
         slots = list(self.slots.values())
+        if not self._output_gate.enter(self._persisting(), pressed(s.relay for s in slots)):
+            return
         self._output_turn = (self._output_turn + 1) % len(slots)
         deadline = self.clock() + OUTPUT_SLICE
         for slot in slots[self._output_turn:] + slots[: self._output_turn]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import structlog
@@ -189,31 +189,43 @@ class LogRelay:
 
 class OutputGate:
     """Events before log lines: while an event batch is being written (``busy``), output is
-    delivered at most once every ``every`` seconds.
+    delivered at most once every ``every`` seconds; once any loop's queue is over a quarter of its
+    capacity (``pressed``), at most every ``pressed_every``.
 
     The persist step runs on its own thread but in this process, so it shares the interpreter lock
     with the selector thread that delivers output: every line delivered (decoded, masked, written
     to its trigger's file: ~40 us) while a batch is being written slows the batch, and with it the
-    latency of every event in it. Lines wait in their loop's ``LogRelay`` meanwhile (bounded,
-    budgeted as ever); at most ``every`` later a delivery slice runs anyway, so a persist step
-    that hangs (a slow DB) never stops output.
+    latency of every event in it. In a burst a loop's records (two per event) cost the selector
+    about as much as persisting its events: at one 10 ms slice every 50 ms, a fifth of a 2000-event
+    burst's persist time went to them (issue 13). Lines wait in their loop's ``LogRelay`` meanwhile
+    (bounded, budgeted as ever); at most ``every`` later a delivery slice runs anyway, so a persist
+    step that hangs (a slow DB) never stops output; and a queue filling up while steps follow one
+    another (another team's stream of events) is served at the old rate long before it could drop.
     """
 
-    def __init__(self, every: float, clock: Callable[[], float]) -> None:
+    def __init__(self, every: float, clock: Callable[[], float], pressed_every: float | None = None) -> None:
         self.every, self.clock = every, clock
+        self.pressed_every = every if pressed_every is None else pressed_every
         self._last = -math.inf
 
-    def opens_at(self, busy: bool) -> float:
+    def opens_at(self, busy: bool, pressed: bool = False) -> float:
         """When output may be delivered next (-inf: now)."""
-        return self._last + self.every if busy else -math.inf
+        if not busy:
+            return -math.inf
+        return self._last + (self.pressed_every if pressed else self.every)
 
-    def enter(self, busy: bool) -> bool:
+    def enter(self, busy: bool, pressed: bool = False) -> bool:
         """True (and the delivery is counted) if output may be delivered now."""
         now = self.clock()
-        if now < self.opens_at(busy):
+        if now < self.opens_at(busy, pressed):
             return False
         self._last = now
         return True
+
+
+def pressed(relays: Iterable[LogRelay]) -> bool:
+    """Some loop's queue holds over a quarter of its capacity (``OutputGate``)."""
+    return any(relay.queued * 4 > relay.capacity for relay in relays)
 
 
 def _size(piece: bytes | CutLine) -> int:
