@@ -151,14 +151,20 @@ def test_the_turn_comes_before_the_record_and_a_cancel_in_it_still_writes_the_re
     """The record is made when the caller resumes, as stock's is made while its caller awaits the
     pool: in a burst, every trigger's "trigger completed" record comes after the main loop's push
     of the events that were queued before it, not before. A task cancelled during that turn still
-    writes its record, then the cancel goes on."""
+    writes its record, then the cancel goes on, even when the record itself raises (stock drops the
+    pool's error: ``run_trigger`` must see the cancel)."""
     script = """
 import asyncio, os
 from airflow.sdk.execution_time.supervisor import _configure_logs_over_json_channel
 _configure_logs_over_json_channel(os.open(os.devnull, os.O_WRONLY))
 from airflow.jobs.triggerer_job_runner import TriggerRunner
 from multitrigger.loop import inline_log
+from airflow.triggers.base import TriggerEvent
 from multitrigger.loop.inline_log import InlineLogger
+
+class BadRepr:
+    def __repr__(self):
+        raise ValueError("no repr")
 
 order = []
 real_emit = inline_log._emit
@@ -184,6 +190,17 @@ async def main():
         await cancelled
     except asyncio.CancelledError:
         order.append("cancelled")
+    raising = asyncio.create_task(log.ainfo("repr raises", result=TriggerEvent(BadRepr())))
+    await asyncio.sleep(0)
+    raising.cancel()
+    try:
+        await raising
+    except asyncio.CancelledError:  # the cancel wins over the record's own error, as in stock
+        order.append("cancelled, not ValueError")
+    try:
+        await log.ainfo("repr raises", result=TriggerEvent(BadRepr()))
+    except ValueError:  # without a cancel, the record's error reaches the caller (test_records_equal_stock...)
+        order.append("ValueError")
     print(order)
 
 asyncio.run(main())
@@ -191,4 +208,5 @@ asyncio.run(main())
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=100, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == repr(["other ran", "trigger completed", "after the record",
-                                       "Trigger cancelled by user action, invoking on_kill", "cancelled"])
+                                       "Trigger cancelled by user action, invoking on_kill", "cancelled",
+                                       "repr raises", "cancelled, not ValueError", "repr raises", "ValueError"])

@@ -311,3 +311,16 @@ def test_pressed_means_some_queue_holds_over_a_quarter_of_its_capacity() -> None
     assert pressed(relays)
     relays[0].flush()
     assert not pressed(relays)
+
+
+def test_a_loop_over_its_budget_does_not_press() -> None:
+    """Its lines could not go faster: every other loop keeps the long interval."""
+    clock = FakeClock()
+    relay = LogRelay("flood", TokenBucket(1000.0, burst=1000.0, clock=clock), 4096, lambda _: None, clock)
+    relay.put([b"x" * 2000], Stream(lambda _: None))
+    assert pressed([relay])
+    relay.pump()  # the budget is spent (in debt) delivering it
+    relay.put([b"y" * 2000], Stream(lambda _: None))
+    assert relay.queued * 4 > relay.capacity and not pressed([relay])
+    clock.now += 2.0
+    assert pressed([relay])

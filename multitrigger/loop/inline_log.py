@@ -9,21 +9,25 @@ default thread pool (``run_in_executor``) and awaits it: a future, a pool thread
 from the event loop, a thread-safe wake-up back. In a burst of a thousand firing triggers that hop
 was ~17 % of the loop's CPU (py-spy, issue 13), and every event waited for it before it was queued.
 
-``InlineLogger`` wraps the runner's logger; its ``a<level>`` methods make the same record at once,
-in the event loop's thread, exactly as structlog's async method would in the pool thread: the
+``InlineLogger`` wraps the runner's logger; its ``a<level>`` methods make the same record in the
+event loop's thread, exactly as structlog's async method would in the pool thread: the
 message interpolated the same way, the call site (``filename``/``lineno``) taken from the awaiting
 frame (``_ASYNC_CALLING_STACK``, as structlog sets it), the same contextvars (the caller's: structlog
-copies them for the pool), the same thread. The record's bytes are the same; only its timestamp is
-earlier. A record without positional arguments is made by ``multitrigger.loop.fused_log`` (stock's
-chain with three steps whose inputs are known here done directly). A call with ``exc_info`` still goes through the pool (from the same call site): there
-stock's ``sys.exc_info()`` is the pool thread's (empty, no traceback rendered), and so it stays.
+copies them for the pool), the same thread. The record's bytes are the same but for its timestamp.
+A record without positional arguments is made by ``multitrigger.loop.fused_log`` (stock's chain
+with three steps whose inputs are known here done directly). A call with ``exc_info`` still goes
+through the pool (from the same call site): there stock's ``sys.exc_info()`` is the pool thread's
+(empty, no traceback rendered), and so it stays.
+
 Every record still yields to the event loop once (``asyncio.sleep(0)``), as stock's await on the
 pool does: a trigger that yields events without awaiting lets the others run between them. The turn
 comes first and the record is made when the caller resumes, as stock's is made in the pool while
 its caller waits. In a burst that is where the main loop's push runs: the events queued so far go
 to the supervisor before every firing trigger's "trigger completed" record is made, not after
-(issue 13). A cancel during the turn still writes the record, then goes on. A structlog without
-those private names (a bundle venv's own) gets stock's logger unwrapped.
+(issue 13). A cancel during the turn still writes the record, then the cancel goes on; an error of
+the record's own is then dropped, as stock drops the pool's (the cancel must reach ``run_trigger``'s
+``except CancelledError``: ``on_kill``). A coroutine closed in the turn writes none, as in stock. A
+structlog without those private names (a bundle venv's own) gets stock's logger unwrapped.
 
 The trade: the record is written to the log socket by the event loop's thread. If the supervisor
 did not read that socket for long enough to fill it, the loop waits for it (as it already does for
@@ -37,6 +41,7 @@ import asyncio
 import contextvars
 import sys
 import threading
+from contextlib import suppress
 from typing import Any
 
 try:  # structlog's private names (26.1.0); a bundle venv's other structlog may lack them: stock's pool then
@@ -78,9 +83,11 @@ class InlineLogger:
                 # record after it (the main loop's push goes first; see the module docstring).
                 try:
                     await asyncio.sleep(0)
-                finally:
-                    if args or _emit is None or not _emit(self._inner, level, event, kw, caller):
-                        getattr(self._inner, level)(event, *args, **kw)
+                except asyncio.CancelledError:  # stock: the record is made, its error dropped, the cancel wins
+                    with suppress(Exception):
+                        self._record(level, event, args, kw, caller)
+                    raise
+                self._record(level, event, args, kw, caller)
                 return
             method = getattr(self._inner, level)
             ctx = contextvars.copy_context()  # stock's pool hop, where sys.exc_info() is empty
@@ -88,6 +95,10 @@ class InlineLogger:
         finally:
             _ASYNC_CALLING_THREAD.reset(thread)
             _ASYNC_CALLING_STACK.reset(stack)
+
+    def _record(self, level: str, event: str, args: tuple, kw: dict[str, Any], caller: Any) -> None:
+        if args or _emit is None or not _emit(self._inner, level, event, kw, caller):
+            getattr(self._inner, level)(event, *args, **kw)
 
     async def adebug(self, event: str, *args: Any, **kw: Any) -> None:
         await self._log("debug", event, args, kw)

@@ -242,6 +242,8 @@ class Supervisor:
         now = self.clock()
         deadlines = [self.desk.next_deadline()] + [s.poll_deadline() for s in self.slots.values()]
         gate = self._output_gate.opens_at(self._persisting(), pressed(s.relay for s in self.slots.values()))
+        if (busy := self.persist_lane.busy_for()) is not None:  # the gate opens when the step turns old, too
+            gate = min(gate, now + OUTPUT_GATE_MAX - busy[1])
         deadlines += [max(s.relay.next_due(), gate) for s in self.slots.values()]
         if self.persister.ready:
             deadlines.append(max(self.db_health.retry_at, now))
@@ -281,8 +283,7 @@ class Supervisor:
     def _deliver_output(self) -> None:
         """Deliver queued output lines for at most ``OUTPUT_SLICE``, each pass starting with the
         next loop, so no loop's lines always wait behind another's backlog; while an event batch is
-        being written, at most every ``OUTPUT_YIELD`` (``OutputGate``: events before log lines; sooner
-        once a loop's queue is filling up)."""
+        being written, less often (``OutputGate``: events before log lines)."""
         slots = list(self.slots.values())
         if not self._output_gate.enter(self._persisting(), pressed(s.relay for s in slots)):
             return

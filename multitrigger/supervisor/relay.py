@@ -224,8 +224,10 @@ class OutputGate:
 
 
 def pressed(relays: Iterable[LogRelay]) -> bool:
-    """Some loop's queue holds over a quarter of its capacity (``OutputGate``)."""
-    return any(relay.queued * 4 > relay.capacity for relay in relays)
+    """Some loop's queue holds over a quarter of its capacity and its budget would deliver now
+    (``OutputGate``): a loop flooding past its budget does not take every loop back to the short
+    interval, as its own lines would not go any faster."""
+    return any(relay.queued * 4 > relay.capacity and relay.next_due() <= relay.clock() for relay in relays)
 
 
 def _size(piece: bytes | CutLine) -> int:
