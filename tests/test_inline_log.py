@@ -152,7 +152,8 @@ def test_the_turn_comes_before_the_record_and_a_cancel_in_it_still_writes_the_re
     pool: in a burst, every trigger's "trigger completed" record comes after the main loop's push
     of the events that were queued before it, not before. A task cancelled during that turn still
     writes its record, then the cancel goes on, even when the record itself raises (stock drops the
-    pool's error: ``run_trigger`` must see the cancel)."""
+    pool's error: ``run_trigger`` must see the cancel); so does a coroutine closed in the turn (stock's
+    pool job was submitted before the await)."""
     script = """
 import asyncio, os
 from airflow.sdk.execution_time.supervisor import _configure_logs_over_json_channel
@@ -201,6 +202,10 @@ async def main():
         await log.ainfo("repr raises", result=TriggerEvent(BadRepr()))
     except ValueError:  # without a cancel, the record's error reaches the caller (test_records_equal_stock...)
         order.append("ValueError")
+    closed = log.ainfo("closed in the turn", name="n")  # a coroutine closed there (e.g. collected)
+    closed.send(None)
+    closed.close()
+    order.append("closed")
     print(order)
 
 asyncio.run(main())
@@ -209,4 +214,5 @@ asyncio.run(main())
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == repr(["other ran", "trigger completed", "after the record",
                                        "Trigger cancelled by user action, invoking on_kill", "cancelled",
-                                       "repr raises", "cancelled, not ValueError", "repr raises", "ValueError"])
+                                       "repr raises", "cancelled, not ValueError", "repr raises", "ValueError",
+                                       "closed in the turn", "closed"])

@@ -24,9 +24,10 @@ pool does: a trigger that yields events without awaiting lets the others run bet
 comes first and the record is made when the caller resumes, as stock's is made in the pool while
 its caller waits. In a burst that is where the main loop's push runs: the events queued so far go
 to the supervisor before every firing trigger's "trigger completed" record is made, not after
-(issue 13). A cancel during the turn still writes the record, then the cancel goes on; an error of
-the record's own is then dropped, as stock drops the pool's (the cancel must reach ``run_trigger``'s
-``except CancelledError``: ``on_kill``). A coroutine closed in the turn writes none, as in stock. A
+(issue 13). A cancel (or a close) during the turn still writes the record, then goes on, as
+stock's pool job runs once started; an error of the record's own is then dropped, as stock drops
+the pool's (the cancel must reach ``run_trigger``'s ``except CancelledError``: ``on_kill``). Stock
+loses the record of a cancelled await whose pool job had not started yet; here it is never lost. A
 structlog without those private names (a bundle venv's own) gets stock's logger unwrapped.
 
 The trade: the record is written to the log socket by the event loop's thread. If the supervisor
@@ -83,7 +84,7 @@ class InlineLogger:
                 # record after it (the main loop's push goes first; see the module docstring).
                 try:
                     await asyncio.sleep(0)
-                except asyncio.CancelledError:  # stock: the record is made, its error dropped, the cancel wins
+                except BaseException:  # cancelled, or closed: stock's pool job still runs, its error is dropped
                     with suppress(Exception):
                         self._record(level, event, args, kw, caller)
                     raise

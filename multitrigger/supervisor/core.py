@@ -241,10 +241,10 @@ class Supervisor:
     def _next_wakeup(self) -> float:
         now = self.clock()
         deadlines = [self.desk.next_deadline()] + [s.poll_deadline() for s in self.slots.values()]
-        gate = self._output_gate.opens_at(self._persisting(), pressed(s.relay for s in self.slots.values()))
-        if (busy := self.persist_lane.busy_for()) is not None:  # the gate opens when the step turns old, too
-            gate = min(gate, now + OUTPUT_GATE_MAX - busy[1])
-        deadlines += [max(s.relay.next_due(), gate) for s in self.slots.values()]
+        busy, persisting = self.persist_lane.busy_for(), self._persisting()
+        old_at = math.inf if busy is None else now + OUTPUT_GATE_MAX - busy[1]  # the gate opens then too
+        deadlines += [max(s.relay.next_due(), min(self._output_gate.opens_at(persisting, s.relay.filling()), old_at))
+                      for s in self.slots.values()]
         if self.persister.ready:
             deadlines.append(max(self.db_health.retry_at, now))
         if self.db.idle:

@@ -142,6 +142,10 @@ class LogRelay:
         else:
             callback()
 
+    def filling(self) -> bool:
+        """Over a quarter of its capacity is queued (``OutputGate``)."""
+        return self.queued * 4 > self.capacity
+
     def next_due(self) -> float:
         """When ``pump`` can deliver something: now, when the budget allows, or never (empty)."""
         if not self._queue:
@@ -189,18 +193,20 @@ class LogRelay:
 
 class OutputGate:
     """Events before log lines: while an event batch is being written (``busy``), output is
-    delivered at most once every ``every`` seconds; once any loop's queue is over a quarter of its
-    capacity (``pressed``), at most every ``pressed_every``.
+    delivered at most once every ``every`` seconds; once a loop's queue is over a quarter of its
+    capacity and its budget would deliver (``pressed``), at most every ``pressed_every``.
 
     The persist step runs on its own thread but in this process, so it shares the interpreter lock
     with the selector thread that delivers output: every line delivered (decoded, masked, written
-    to its trigger's file: ~40 us) while a batch is being written slows the batch, and with it the
-    latency of every event in it. In a burst a loop's records (two per event) cost the selector
-    about as much as persisting its events: at one 10 ms slice every 50 ms, a fifth of a 2000-event
-    burst's persist time went to them (issue 13). Lines wait in their loop's ``LogRelay`` meanwhile
-    (bounded, budgeted as ever); at most ``every`` later a delivery slice runs anyway, so a persist
-    step that hangs (a slow DB) never stops output; and a queue filling up while steps follow one
-    another (another team's stream of events) is served at the old rate long before it could drop.
+    to its trigger's file: ~25 us warm, microbench) while a batch is being written slows the batch,
+    and with it the latency of every event in it. A burst brings two records per event, about two
+    thirds of the CPU that persisting the event costs; at one 10 ms slice every 50 ms, up to a fifth
+    of the selector's time while a batch was written went to them (issue 13). Lines wait in their
+    loop's ``LogRelay`` meanwhile (bounded, budgeted as ever); at most ``every`` later a delivery
+    slice runs anyway, so a persist step that hangs (a slow DB) never stops output. A queue filling
+    up while steps follow one another (another team's stream of events) is served at the shorter
+    interval once over a quarter full: it keeps three quarters of its room for a spike, where it
+    had all of it before.
     """
 
     def __init__(self, every: float, clock: Callable[[], float], pressed_every: float | None = None) -> None:
@@ -227,7 +233,7 @@ def pressed(relays: Iterable[LogRelay]) -> bool:
     """Some loop's queue holds over a quarter of its capacity and its budget would deliver now
     (``OutputGate``): a loop flooding past its budget does not take every loop back to the short
     interval, as its own lines would not go any faster."""
-    return any(relay.queued * 4 > relay.capacity and relay.next_due() <= relay.clock() for relay in relays)
+    return any(relay.filling() and relay.next_due() <= relay.clock() for relay in relays)
 
 
 def _size(piece: bytes | CutLine) -> int:
