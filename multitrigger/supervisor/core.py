@@ -241,10 +241,10 @@ class Supervisor:
     def _next_wakeup(self) -> float:
         now = self.clock()
         deadlines = [self.desk.next_deadline()] + [s.poll_deadline() for s in self.slots.values()]
-        busy, persisting = self.persist_lane.busy_for(), self._persisting()
-        old_at = math.inf if busy is None else now + OUTPUT_GATE_MAX - busy[1]  # the gate opens then too
-        deadlines += [max(s.relay.next_due(), min(self._output_gate.opens_at(persisting, s.relay.filling()), old_at))
-                      for s in self.slots.values()]
+        young_until = self._young_step_until()  # the output gate opens then, at the latest
+        for s in self.slots.values():
+            gate = self._output_gate.opens_at(young_until is not None, s.relay.filling())
+            deadlines.append(max(s.relay.next_due(), gate if young_until is None else min(gate, young_until)))
         if self.persister.ready:
             deadlines.append(max(self.db_health.retry_at, now))
         if self.db.idle:
@@ -285,7 +285,7 @@ class Supervisor:
         next loop, so no loop's lines always wait behind another's backlog; while an event batch is
         being written, less often (``OutputGate``: events before log lines)."""
         slots = list(self.slots.values())
-        if not self._output_gate.enter(self._persisting(), pressed(s.relay for s in slots)):
+        if not self._output_gate.enter(self._young_step_until() is not None, pressed(s.relay for s in slots)):
             return
         self._output_turn = (self._output_turn + 1) % len(slots)
         deadline = self.clock() + OUTPUT_SLICE
@@ -343,10 +343,10 @@ class Supervisor:
 
         return HealthServer.start(self.config.health, self.board, self.settings.state_dir)
 
-    def _persisting(self) -> bool:
-        """A persist step is running, and not yet for long (``OUTPUT_GATE_MAX``)."""
+    def _young_step_until(self) -> float | None:
+        """When the persist step running, not yet for long (``OUTPUT_GATE_MAX``), turns old; else None."""
         busy = self.persist_lane.busy_for()
-        return busy is not None and busy[1] < OUTPUT_GATE_MAX
+        return None if busy is None or busy[1] >= OUTPUT_GATE_MAX else self.clock() + OUTPUT_GATE_MAX - busy[1]
 
     def _health(self) -> tuple[bool, str]:
         """For systemd: ready, and a one-line summary, both as the health server shows them (the
