@@ -206,3 +206,64 @@ def test_log_file_init_makes_what_stock_init_log_file_makes(tmp_path: Path, monk
         assert stat.S_IMODE(folder.stat().st_mode) == 0o750 and (folder / "attempt=1.log.trigger.1.log").exists()
     finally:
         os.umask(old_umask)
+
+
+def test_log_file_create_makes_what_stock_init_and_first_open_make(tmp_path: Path, monkeypatch) -> None:
+    """``LogFileInit.create`` (folder, then one truncating open) against what stock does at a
+    trigger's first line (``init_log_file``, then ``open(path, "wb")``) on the same relative paths:
+    the same paths, folders and files with the same modes (umask applied), an existing file emptied
+    with its mode kept and its mtime updated; missing parents and a folder removed since are made."""
+    import os
+    import shutil
+    import stat
+    import time
+
+    from airflow.sdk.log import init_log_file
+
+    from multitrigger.supervisor.log_files import LogFileInit
+
+    monkeypatch.setenv("AIRFLOW__LOGGING__FILE_TASK_HANDLER_NEW_FOLDER_PERMISSIONS", "0o750")
+    monkeypatch.setenv("AIRFLOW__LOGGING__FILE_TASK_HANDLER_NEW_FILE_PERMISSIONS", "0o640")
+    relatives = ["dag_id=d/run_id=r/task_id=t/attempt=1.log.trigger.1.log",
+                 "dag_id=d/run_id=r/task_id=t/map_index=3/attempt=1.log.trigger.2.log",
+                 "dag_id=d/run_id=r/task_id=t/map_index=4/attempt=1.log.trigger.2.log",
+                 "dag_id=d//run_id=r2/./task_id=t/attempt=2.log.trigger.3.log", "plain.log"]
+
+    def tree(root: Path) -> dict[str, tuple[int, int]]:
+        return {str(p.relative_to(root)): (stat.S_IMODE(p.stat().st_mode), p.stat().st_size)
+                for p in sorted(root.rglob("*"))}
+
+    old_umask = os.umask(0o027)
+    try:
+        made = {}
+        for side in ("stock", "ours"):
+            base = tmp_path / side
+            base.mkdir()
+            monkeypatch.setenv("AIRFLOW__LOGGING__BASE_LOG_FOLDER", str(base))
+            (base / "plain.log").write_bytes(b"old lines\n")
+            os.chmod(base / "plain.log", 0o600)
+            os.utime(base / "plain.log", (0, 0))
+            init = LogFileInit.from_config()
+            for r in relatives:
+                if side == "stock":
+                    path = str(init_log_file(r))
+                    open(path, "wb").close()
+                else:
+                    path, fd = init.create(r)
+                    os.close(fd)
+                assert path == str(Path(base, r))
+            assert (base / "plain.log").stat().st_mtime > time.time() - 60
+            made[side] = tree(base)
+        assert made["ours"] == made["stock"], made
+        assert made["stock"]["dag_id=d/run_id=r/task_id=t/map_index=3"][0] == 0o750
+        assert made["stock"]["dag_id=d/run_id=r"][0] == 0o750  # parents: 0o777 less the umask
+        assert made["stock"]["dag_id=d/run_id=r/task_id=t/attempt=1.log.trigger.1.log"] == (0o640, 0)
+        assert made["stock"]["plain.log"] == (0o600, 0)  # emptied, its mode kept
+
+        folder = tmp_path / "ours" / "dag_id=d/run_id=r/task_id=t/map_index=3"
+        shutil.rmtree(folder)
+        path, fd = init.create(relatives[1])  # remembered as made, removed since: made again
+        os.close(fd)
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o750 and Path(path).stat().st_size == 0
+    finally:
+        os.umask(old_umask)
