@@ -233,7 +233,7 @@ def test_log_file_create_makes_what_stock_init_and_first_open_make(tmp_path: Pat
         return {str(p.relative_to(root)): (stat.S_IMODE(p.stat().st_mode), p.stat().st_size)
                 for p in sorted(root.rglob("*"))}
 
-    old_umask = os.umask(0o027)
+    old_umask = os.umask(0o022)  # defaults (0o755 folders, 0o644 files) unlike the configured modes
     try:
         made = {}
         for side in ("stock", "ours"):
@@ -256,7 +256,7 @@ def test_log_file_create_makes_what_stock_init_and_first_open_make(tmp_path: Pat
             made[side] = tree(base)
         assert made["ours"] == made["stock"], made
         assert made["stock"]["dag_id=d/run_id=r/task_id=t/map_index=3"][0] == 0o750
-        assert made["stock"]["dag_id=d/run_id=r"][0] == 0o750  # parents: 0o777 less the umask
+        assert made["stock"]["dag_id=d/run_id=r"][0] == 0o755  # parents: 0o777 less the umask
         assert made["stock"]["dag_id=d/run_id=r/task_id=t/attempt=1.log.trigger.1.log"] == (0o640, 0)
         assert made["stock"]["plain.log"] == (0o600, 0)  # emptied, its mode kept
 
@@ -265,5 +265,28 @@ def test_log_file_create_makes_what_stock_init_and_first_open_make(tmp_path: Pat
         path, fd = init.create(relatives[1])  # remembered as made, removed since: made again
         os.close(fd)
         assert stat.S_IMODE(folder.stat().st_mode) == 0o750 and Path(path).stat().st_size == 0
+
+        stock_side = LogFileInit("relative/base", 0o750, 0o640)  # not a plain absolute base: stock's code
+        monkeypatch.setenv("AIRFLOW__LOGGING__BASE_LOG_FOLDER", str(tmp_path / "stock2"))
+        path, fd = stock_side.create("dag_id=d/attempt=1.log")
+        os.close(fd)
+        assert path == str(tmp_path / "stock2/dag_id=d/attempt=1.log") and os.path.exists(path)
     finally:
         os.umask(old_umask)
+
+
+def test_a_first_line_that_cannot_make_its_file_is_dropped_and_counted(tmp_path: Path, monkeypatch) -> None:
+    """A file where the trigger's folder should be: the line is dropped and counted, nothing
+    raises into the consumer, and the file's name is still the absolute path (the drop warning's,
+    ``upload_to_remote``'s)."""
+    from multitrigger.supervisor.log_files import LogFiles
+
+    monkeypatch.setenv("AIRFLOW__LOGGING__BASE_LOG_FOLDER", str(tmp_path))
+    (tmp_path / "dag_id=d").write_text("not a folder")
+    pool = LogFiles(8)
+    bad = pool.file("dag_id=d/map_index=1/attempt=1.log", pool.init)
+    good = pool.file("dag_id=e/attempt=1.log", pool.init)
+    pool.write(bad, b"lost\n")
+    pool.write(good, b"kept\n")
+    assert pool.dropped == 1 and bad.name == str(tmp_path / "dag_id=d/map_index=1/attempt=1.log")
+    assert (tmp_path / "dag_id=e/attempt=1.log").read_bytes() == b"kept\n"

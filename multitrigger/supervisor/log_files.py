@@ -170,7 +170,12 @@ class PooledLogFile:
         are close-on-exec, as ``open``'s)."""
         if not self.opened:  # dirs and file with Airflow's permissions; the path made absolute
             if isinstance(self._init, LogFileInit):
-                self.path, self.fd = self._init.create(self._relative)
+                try:
+                    self.path, self.fd = self._init.create(self._relative)
+                except OSError as err:  # the open's error names the absolute path: ``name`` stays absolute
+                    if isinstance(err.filename, str) and os.path.isabs(err.filename):
+                        self.path = err.filename
+                    raise
             else:
                 self.path = str(self._init(self._relative))
                 self.fd = os.open(self.path, _TRUNCATE, 0o666)
@@ -271,7 +276,10 @@ class LogFileInit:
         3000 new triggers, median of 5 alternating runs on this machine's ext4), on the selector
         thread, for every trigger's first line. An error raises (the line is dropped
         and counted, ``LogFiles``) without touch's "OSError while changing ownership" warning: a
-        file touch cannot make is one the open after it could not make either."""
+        file touch cannot make is one the open after it could not make either. Two differences
+        remain: an existing file's atime is left as it was (touch set it), and with a
+        ``file_mode`` without the owner's write bit the first lines are written (stock's ``"wb"``
+        fails on the read-only file its touch made; later reopens fail here too)."""
         if not self.plain or os.path.isabs(relative):
             path = _stock_init_log_file(relative)
             return path, os.open(path, _TRUNCATE, 0o666)
