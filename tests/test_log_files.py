@@ -157,6 +157,13 @@ def test_a_file_deleted_from_outside_is_made_again_with_airflows_permissions(tmp
         os.umask(old_umask)
 
 
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Every path under ``root``: its mode and size."""
+    import stat
+
+    return {str(p.relative_to(root)): (stat.S_IMODE(p.stat().st_mode), p.stat().st_size) for p in sorted(root.rglob("*"))}
+
+
 def test_log_file_init_makes_what_stock_init_log_file_makes(tmp_path: Path, monkeypatch) -> None:
     """``LogFileInit`` (config read once, folders remembered) against Airflow's ``init_log_file`` on
     the same relative paths, in two trees: the same returned path, the same folders and files with
@@ -177,10 +184,6 @@ def test_log_file_init_makes_what_stock_init_log_file_makes(tmp_path: Path, monk
                  "dag_id=d/run_id=r/task_id=t/map_index=3/attempt=1.log.trigger.2.log",
                  "dag_id=d//run_id=r2/./task_id=t/attempt=2.log.trigger.3.log", "plain.log"]
 
-    def tree(root: Path) -> dict[str, tuple[int, int]]:
-        return {str(p.relative_to(root)): (stat.S_IMODE(p.stat().st_mode), p.stat().st_size)
-                for p in sorted(root.rglob("*"))}
-
     old_umask = os.umask(0o022)
     try:
         made = {}
@@ -194,7 +197,7 @@ def test_log_file_init_makes_what_stock_init_log_file_makes(tmp_path: Path, monk
             paths = [str(init_log_file(r)) if side == "stock" else init(r) for r in relatives]
             assert paths == [str(Path(base, r)) for r in relatives]
             assert (base / "plain.log").stat().st_mtime > time.time() - 60  # touched
-            made[side] = tree(base)
+            made[side] = _tree(base)
         assert made["ours"] == made["stock"], made
         assert made["stock"]["dag_id=d/run_id=r/task_id=t"][0] == 0o750
         assert made["stock"]["dag_id=d/run_id=r/task_id=t/attempt=1.log.trigger.1.log"] == (0o640, 0)
@@ -229,10 +232,6 @@ def test_log_file_create_makes_what_stock_init_and_first_open_make(tmp_path: Pat
                  "dag_id=d/run_id=r/task_id=t/map_index=4/attempt=1.log.trigger.2.log",
                  "dag_id=d//run_id=r2/./task_id=t/attempt=2.log.trigger.3.log", "plain.log"]
 
-    def tree(root: Path) -> dict[str, tuple[int, int]]:
-        return {str(p.relative_to(root)): (stat.S_IMODE(p.stat().st_mode), p.stat().st_size)
-                for p in sorted(root.rglob("*"))}
-
     old_umask = os.umask(0o022)  # defaults (0o755 folders, 0o644 files) unlike the configured modes
     try:
         made = {}
@@ -253,7 +252,7 @@ def test_log_file_create_makes_what_stock_init_and_first_open_make(tmp_path: Pat
                     os.close(fd)
                 assert path == str(Path(base, r))
             assert (base / "plain.log").stat().st_mtime > time.time() - 60
-            made[side] = tree(base)
+            made[side] = _tree(base)
         assert made["ours"] == made["stock"], made
         assert made["stock"]["dag_id=d/run_id=r/task_id=t/map_index=3"][0] == 0o750
         assert made["stock"]["dag_id=d/run_id=r"][0] == 0o755  # parents: 0o777 less the umask
