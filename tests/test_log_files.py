@@ -12,6 +12,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 import structlog
 
 from multitrigger.supervisor.log_files import LogFiles, PooledLogFactory, default_max_open
@@ -289,3 +291,24 @@ def test_a_first_line_that_cannot_make_its_file_is_dropped_and_counted(tmp_path:
     pool.write(good, b"kept\n")
     assert pool.dropped == 1 and bad.name == str(tmp_path / "dag_id=d/map_index=1/attempt=1.log")
     assert (tmp_path / "dag_id=e/attempt=1.log").read_bytes() == b"kept\n"
+
+
+def test_a_folder_that_cannot_be_made_is_warned_about_once_per_interval(tmp_path: Path) -> None:
+    """Every line of a trigger whose folder cannot be made tries again; stock's warning is logged
+    once per folder per ``DROP_REPORT_EVERY``, not once per line (the supervisor's log is shared)."""
+    import structlog
+
+    from multitrigger.supervisor.log_files import DROP_REPORT_EVERY, LogFileInit
+
+    (tmp_path / "dag_id=d").write_text("not a folder")
+    now = [100.0]
+    init = LogFileInit(str(tmp_path), 0o755, 0o644, clock=lambda: now[0])
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(50):
+            with pytest.raises(NotADirectoryError):
+                init.create("dag_id=d/map_index=1/attempt=1.log")
+        now[0] += DROP_REPORT_EVERY
+        with pytest.raises(NotADirectoryError):
+            init.create("dag_id=d/map_index=1/attempt=1.log")
+    warned = [e for e in logs if e["event"].startswith("Could not create log folder")]
+    assert len(warned) == 2, logs

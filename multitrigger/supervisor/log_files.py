@@ -32,6 +32,7 @@ factory stock's ``_create_workload`` makes); ``upload_to_remote`` still finds th
 from __future__ import annotations
 
 import errno
+import math
 import os
 import resource
 import threading
@@ -238,10 +239,12 @@ class LogFileInit:
     file gone). Only a plain absolute ``base_log_folder`` takes this path; anything else is stock's.
     ``create`` is that and the first truncating open in one (a trigger's first line)."""
 
-    def __init__(self, base: str, folder_mode: int, file_mode: int) -> None:
+    def __init__(self, base: str, folder_mode: int, file_mode: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.base, self.folder_mode, self.file_mode = base.rstrip(os.sep), folder_mode, file_mode
         self.plain = os.path.isabs(base) and not base.startswith("//")  # POSIX keeps a leading "//"
         self._made: set[str] = set()
+        self.clock = clock
+        self._warned: dict[str, float] = {}  # folder -> when its "Could not create" was last logged
 
     @classmethod
     def from_config(cls) -> LogFileInit:
@@ -304,8 +307,16 @@ class LogFileInit:
         try:
             _mkdir(folder, self.folder_mode)
         except OSError as err:
-            log.warning("Could not create log folder %s: %s. Airflow will continue but logging to this directory "
-                        "may fail.", folder, err)
+            # Stock's warning, but once per folder per DROP_REPORT_EVERY: every line of a trigger
+            # whose folder cannot be made tries again, and one team's chatty trigger must not
+            # flood the supervisor's log shared by every team (its lost lines are counted).
+            now = self.clock()
+            if now - self._warned.get(folder, -math.inf) >= DROP_REPORT_EVERY:
+                if len(self._warned) >= MADE_FOLDERS_MAX:
+                    self._warned.clear()
+                self._warned[folder] = now
+                log.warning("Could not create log folder %s: %s. Airflow will continue but logging to this directory "
+                            "may fail.", folder, err)
             return
         if len(self._made) >= MADE_FOLDERS_MAX:
             self._made.clear()
