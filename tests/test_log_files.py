@@ -166,6 +166,21 @@ def _tree(root: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(root)): (stat.S_IMODE(p.stat().st_mode), p.stat().st_size) for p in sorted(root.rglob("*"))}
 
 
+def _side(base: Path, monkeypatch, plain: bytes, mode: int):  # type: ignore[no-untyped-def]
+    """One side of a stock-against-ours comparison: ``base`` as the log folder, holding an old
+    ``plain.log`` (``plain``, ``mode``, mtime 0), and a ``LogFileInit`` read from that config."""
+    import os
+
+    from multitrigger.supervisor.log_files import LogFileInit
+
+    base.mkdir()
+    monkeypatch.setenv("AIRFLOW__LOGGING__BASE_LOG_FOLDER", str(base))
+    (base / "plain.log").write_bytes(plain)
+    os.chmod(base / "plain.log", mode)
+    os.utime(base / "plain.log", (0, 0))
+    return base, LogFileInit.from_config()
+
+
 def test_log_file_init_makes_what_stock_init_log_file_makes(tmp_path: Path, monkeypatch) -> None:
     """``LogFileInit`` (config read once, folders remembered) against Airflow's ``init_log_file`` on
     the same relative paths, in two trees: the same returned path, the same folders and files with
@@ -178,8 +193,6 @@ def test_log_file_init_makes_what_stock_init_log_file_makes(tmp_path: Path, monk
 
     from airflow.sdk.log import init_log_file
 
-    from multitrigger.supervisor.log_files import LogFileInit
-
     monkeypatch.setenv("AIRFLOW__LOGGING__FILE_TASK_HANDLER_NEW_FOLDER_PERMISSIONS", "0o750")
     monkeypatch.setenv("AIRFLOW__LOGGING__FILE_TASK_HANDLER_NEW_FILE_PERMISSIONS", "0o640")
     relatives = ["dag_id=d/run_id=r/task_id=t/attempt=1.log.trigger.1.log",
@@ -190,12 +203,7 @@ def test_log_file_init_makes_what_stock_init_log_file_makes(tmp_path: Path, monk
     try:
         made = {}
         for side in ("stock", "ours"):
-            base = tmp_path / side
-            base.mkdir()
-            monkeypatch.setenv("AIRFLOW__LOGGING__BASE_LOG_FOLDER", str(base))
-            (base / "plain.log").write_bytes(b"kept\n")
-            os.utime(base / "plain.log", (0, 0))
-            init = LogFileInit.from_config()
+            base, init = _side(tmp_path / side, monkeypatch, b"kept\n", 0o644)
             paths = [str(init_log_file(r)) if side == "stock" else init(r) for r in relatives]
             assert paths == [str(Path(base, r)) for r in relatives]
             assert (base / "plain.log").stat().st_mtime > time.time() - 60  # touched
@@ -238,13 +246,7 @@ def test_log_file_create_makes_what_stock_init_and_first_open_make(tmp_path: Pat
     try:
         made = {}
         for side in ("stock", "ours"):
-            base = tmp_path / side
-            base.mkdir()
-            monkeypatch.setenv("AIRFLOW__LOGGING__BASE_LOG_FOLDER", str(base))
-            (base / "plain.log").write_bytes(b"old lines\n")
-            os.chmod(base / "plain.log", 0o600)
-            os.utime(base / "plain.log", (0, 0))
-            init = LogFileInit.from_config()
+            base, init = _side(tmp_path / side, monkeypatch, b"old lines\n", 0o600)
             for r in relatives:
                 if side == "stock":
                     path = str(init_log_file(r))
