@@ -36,6 +36,21 @@ def _git_head() -> str | None:
         return None
 
 
+def cpu_probe(rounds: int = 3, n: int = 2_000_000) -> float:
+    """Seconds for a fixed pure-Python loop on one core, the median of ``rounds``: how fast this
+    machine is today. Absolute targets move with it (the same code gave a 2000-burst p99 of 0.35 s
+    on one day and 0.83 s on another, with stock 8.6 s and 18.8 s); compare runs of different days
+    by it, and results within a run by the ratios to stock."""
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        total = 0
+        for i in range(n):
+            total += i & 7
+        times.append(time.perf_counter() - t0)
+    return round(sorted(times)[rounds // 2], 3)
+
+
 def _git_dirty() -> bool | None:
     try:
         out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
@@ -91,10 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     from mt_testsupport.home import airflow_version, prestart_zygote
 
     prestart_zygote(wait=True)  # the sandbox's warm fork server for seeding; not part of any measurement
+    probe_start = cpu_probe()
+    say(f"machine speed: {probe_start:.3f} s for the fixed CPU probe (lower is faster; see benchmarks/README.md)")
     doc: dict[str, Any] = {
         "timestamp": stamp,
         "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.run", *(argv or sys.argv[1:])]),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "cpu_probe_s": {"start": probe_start}},
         "airflow": airflow_version(),
         "git_head": _git_head(),
         "git_dirty": _git_dirty(),
@@ -114,10 +132,13 @@ def main(argv: list[str] | None = None) -> int:
         doc["scenarios"].append(sc)
         report.write_json(doc, out_root, stamp)  # after every scenario: partial results survive an abort
     doc["wall_s"] = round(time.monotonic() - t_start, 1)
+    doc["machine"]["cpu_probe_s"]["end"] = cpu_probe()  # the machine's speed can change during a run
     path, latest = report.write_json(doc, out_root, stamp)
     print()
     print(report.table(doc))
     print()
+    probe = doc["machine"]["cpu_probe_s"]
+    print(f"machine speed (fixed CPU probe): {probe['start']:.3f} s at the start, {probe['end']:.3f} s at the end")
     print(f"JSON: {path} (also {latest}); plots and logs: {out}; total {doc['wall_s']} s")
     return 0
 
