@@ -10,6 +10,7 @@ py-spy (``--subprocesses``, raw collapsed stacks, one file) over the burst.
     .venv/bin/python -m benchmarks.burst_probe -n 2000 --out /tmp/bench-burst
     .venv/bin/python -m benchmarks.burst_probe -n 2000 --pyspy /tmp/bench-burst/spy
     .venv/bin/python -m benchmarks.burst_probe -n 200 --held 5000 --margin 15   # a burst while others are held
+    MTBENCH_DB_SUFFIX=_bp .venv/bin/python -m benchmarks.burst_probe -n 200 --held 22000 --db pg --margin 40
 """
 
 from __future__ import annotations
@@ -98,6 +99,17 @@ def _phases(logs_dir: Path, due: float) -> dict[str, Any]:
             for k, v in seen.items() if v}
 
 
+def _around(text: str, due: float, window: float, cap: int = 80) -> list[str]:
+    """The supervisor's log lines from ``window`` s before ``due`` to ``window`` s after, each
+    prefixed with its time relative to ``due`` (what else it was doing when the burst was due)."""
+    out = []
+    for line in text.splitlines():
+        ts = h.log_line_epoch(line)
+        if ts is not None and abs(ts - due) <= window:
+            out.append(f"{ts - due:+.3f} {line[:240]}")
+    return out[:cap]
+
+
 def _spans(at: list[float], due: float, gap: float = 0.01) -> list[tuple[float, float, int]]:
     """``scheduled_dttm``s (set per task instance while its batch is written) in runs with no gap
     over ``gap`` s: roughly one per persist batch, as (first, last, count), seconds after ``due``."""
@@ -111,17 +123,19 @@ def _spans(at: list[float], due: float, gap: float = 0.01) -> list[tuple[float, 
 
 
 def probe(n: int, bundles: int, out: Path, margin: float, pyspy: Path | None, spy_seconds: float,
-          rate: int, nice: int | None = None, tail: float = 0.0, held: int = 0) -> dict[str, Any]:
+          rate: int, nice: int | None = None, tail: float = 0.0, held: int = 0, db: str = "sqlite",
+          window: float = 1.5) -> dict[str, Any]:
     ctx = Ctx(out=out, kinds=(MULTI,), quiet_wait=0.0)
     names = [f"lim{i}" for i in range(bundles)]
     cap = str(n + held + 100)
     extra = {"triggerer": {"capacity": cap, "max_trigger_to_select_per_loop": cap}}
-    res: dict[str, Any] = {"n": n, "bundles": bundles, "held": held}
-    with r.running(ctx, "burst", MULTI, names, extra_config=extra) as run:
-        due = r.base(3 * (n + held), margin + 0.003 * (n + held))
-        items = [h.fire_at("burst", names[k % bundles], k, due) for k in range(n)]
-        others = [h.fire_at("held", names[k % bundles], n + k, due + 3600.0) for k in range(held)]
+    res: dict[str, Any] = {"n": n, "bundles": bundles, "held": held, "db": db}
+    with r.running(ctx, "burst", MULTI, names, extra_config=extra, db=db) as run:
+        provisional = h.now() + 3600.0
+        items = [h.fire_at("burst", names[k % bundles], k, provisional) for k in range(n)]
+        others = [h.fire_at("held", names[k % bundles], n + k, provisional + 3600.0) for k in range(held)]
         r.seed(run, items + others)
+        due = r.retime(run, items + others, margin)  # the launch is ``margin`` s before the due time
         r.start(run, names, expect_started=items + others)
         r.wait_startup(run, n + held, due - 1.0)
         r.mark_due(run, due)
@@ -160,6 +174,7 @@ def probe(n: int, bundles: int, out: Path, margin: float, pyspy: Path | None, sp
     res["phases"] = _phases(run.home.logs_dir, due)
     res["persist_spans"] = _spans(sorted(x + due for x in lat), due)
     res["startup"] = run.result.get("startup")
+    res["supervisor_log"] = _around(run.triggerer.log_text(), due, window)
     res["run_load"] = run.result.get("load", {}).get("run")
     return res
 
@@ -176,11 +191,13 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--held", type=int, default=0, help="also hold this many triggers, due an hour later, over the loops")
     ap.add_argument("--tail", type=float, default=0.0, help="seconds after the last event to keep counting CPU")
+    ap.add_argument("--db", choices=("sqlite", "pg"), default="sqlite")
+    ap.add_argument("--log-window", type=float, default=1.5, help="report the supervisor's log lines this many s around the due time")
     ap.add_argument("--nice", type=int, default=None, help="renice the triggerer's threads before the burst (e.g. -10)")
     a = ap.parse_args()
     for _ in range(a.repeat):
         t0 = time.monotonic()
-        res = probe(a.n, a.bundles, a.out, a.margin, a.pyspy, a.spy_seconds, a.rate, a.nice, a.tail, a.held)
+        res = probe(a.n, a.bundles, a.out, a.margin, a.pyspy, a.spy_seconds, a.rate, a.nice, a.tail, a.held, a.db, a.log_window)
         res["wall_s"] = round(time.monotonic() - t0, 1)
         print(json.dumps(res), flush=True)
 
