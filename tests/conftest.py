@@ -104,19 +104,22 @@ def start_triggerer() -> Iterator[Callable[..., Triggerer]]:
             proc.kill()
 
 
-#: Test files by how long they take alone (``--durations``, ``-n 0``, 2 cores shared with other work,
-#: Dec 2026, after bytecode: db_partition 74 s, supervisor_faults 68 s, venvs 48 s, tenancy 41 s...),
-#: longest first. ``scripts/test.sh`` runs ``-n 2 --dist loadfile --no-loadscope-reorder``: each
+#: Test files by how long they take in the suite (the sum of their tests' junit times, three runs
+#: on 2 cores, Dec 2026: db_partition 83 s, supervisor_faults 73, workloads 72, venvs 71...),
+#: longest first. ``scripts/test.sh`` runs ``-n 3 --dist loadfile --no-loadscope-reorder``: each
 #: worker takes the next file when it is done, so a long file at the end of the queue leaves the
-#: other core idle while it finishes. xdist's default order (files with the most tests first) puts
-#: exactly these few-test end-to-end files last. Unlisted files follow, in collection order.
+#: other workers idle while it finishes. xdist's default order (files with the most tests first)
+#: puts exactly these few-test end-to-end files last. Unlisted files (a few seconds each) follow,
+#: in collection order.
 SLOWEST_FIRST = (
-    "test_db_partition.py", "test_supervisor_faults.py", "test_venvs.py", "test_tenancy_postgres.py",
-    "test_team_secrets.py", "test_sandbox.py", "test_cgroups_v1.py", "test_ha_postgres.py", "test_handback_postgres.py", "test_bundle_versions.py",
-    "test_health.py", "test_zygote.py", "test_crash_containment.py", "test_trigger_code.py", "test_cli.py",
-    "test_loop_user.py", "test_core.py", "test_sdk_and_routing.py", "test_semantics.py", "test_output_flood.py",
-    "test_systemd.py", "test_fd_limit.py", "test_persist_lane.py", "test_trigger_logs.py", "test_persist.py",
-    "test_workloads.py", "test_cgroups_config.py", "test_zygote_pool.py", "test_oom.py", "test_otel_metrics.py",
+    "test_db_partition.py", "test_supervisor_faults.py", "test_workloads.py", "test_venvs.py", "test_persist.py",
+    "test_sandbox.py", "test_team_secrets.py", "test_tenancy_postgres.py", "test_sdk_and_routing.py", "test_core.py",
+    "test_inline_log.py", "test_cli.py", "test_trigger_code.py", "test_crash_containment.py", "test_semantics.py",
+    "test_ha_postgres.py", "test_health.py", "test_cgroups_v1.py", "test_bundle_versions.py", "test_fd_limit.py",
+    "test_output_flood.py", "test_persist_lane.py", "test_handback_postgres.py", "test_unused_imports.py",
+    "test_loop_user.py", "test_zygote.py", "test_zygote_pool.py", "test_systemd.py", "test_oom.py",
+    "test_cgroups_config.py", "test_otel_metrics.py", "test_persist_warmup.py", "test_config.py",
+    "test_trigger_logs.py", "test_levels.py",
 )
 
 
