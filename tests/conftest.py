@@ -119,7 +119,7 @@ SLOWEST_FIRST = (
     "test_output_flood.py", "test_persist_lane.py", "test_handback_postgres.py", "test_unused_imports.py",
     "test_loop_user.py", "test_zygote.py", "test_zygote_pool.py", "test_systemd.py", "test_oom.py",
     "test_cgroups_config.py", "test_otel_metrics.py", "test_persist_warmup.py", "test_config.py",
-    "test_trigger_logs.py", "test_levels.py",
+    "test_trigger_logs.py", "test_levels.py", "test_held.py",
 )
 
 

@@ -2,7 +2,8 @@
 Everything the supervisor does in the metadata database — the only process allowed to.
 
 Checked against Airflow 3.3.2. Claiming is Airflow's, restricted to the bundles this instance
-serves (``multitrigger.supervisor.claims``). Workload building, event and failure persistence and
+serves (``multitrigger.supervisor.claims``); the held ids are stock's query, aggregated
+(``multitrigger.supervisor.held``). Workload building, event and failure persistence and
 cleanup are Airflow's own code (``ids_for_triggerer`` / ``submit_event`` / ``submit_failure`` / ``clean_unused`` and the stock supervisor's
 ``build_trigger_workloads``), so multitrigger shares a trigger table with stock triggerers and with
 other multitrigger instances under Airflow's HA semantics.
@@ -33,7 +34,7 @@ from airflow._shared.timezones import timezone  # what airflow.models.trigger us
 from airflow.utils.session import create_session
 from multitrigger.config import default_config
 from multitrigger.routing import Origin, origins_for
-from multitrigger.supervisor import handback, persist
+from multitrigger.supervisor import handback, held, persist
 from multitrigger.scope import Scope
 from multitrigger.supervisor.claims import Claim, Claimer
 from multitrigger.supervisor.log_files import LogFiles, default_max_open, pool_factories
@@ -272,11 +273,12 @@ class TriggerStore:
         return self._held
 
     def held_ids(self, among: set[int] | None = None) -> set[int]:
-        """Stock ``Trigger.ids_for_triggerer``; ``among``: only of these ids (in one query)."""
+        """Stock ``Trigger.ids_for_triggerer``, aggregated in one row (``held``); ``among``: only
+        of these ids (in one query)."""
         c = self.claim_filters
-        if among is None:
-            return set(Trigger.ids_for_triggerer(self.job.id, queues=c.queues, team_name=c.team_name))
         with create_session() as session:
+            if among is None:
+                return held.held_ids(session, self.job.id, queues=c.queues, team_name=c.team_name)
             return set(session.scalars(select(Trigger.id).where(Trigger.id.in_(among), Trigger.triggerer_id == self.job.id)))
 
     def alone(self) -> bool:
