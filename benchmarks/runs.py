@@ -272,6 +272,8 @@ def retime(run: Run, items: list[Item], margin: float) -> float:
 
 def start(run: Run, loops: list[str], expect_started: list[Item] | None = None,
            record_files: list[Path] | None = None, loop_settings: dict[str, str] | None = None) -> None:
+    if run.result.get("db") == "postgresql":
+        run.result["analyze_s"] = h.analyze(run.home)
     if expect_started is not None:
         run.scanner = h.TriggerLogScanner(run.home.logs_dir, {(i.dag_id, i.map_index) for i in expect_started})
         run.scanner.start()

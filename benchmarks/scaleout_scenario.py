@@ -175,7 +175,7 @@ def _one(ctx: Ctx, p: dict[str, Any], variant: str, members: list[str], seeded: 
     placeholder = _hold(home)
     select = max(1, math.ceil(p["n"] / 12))
     res: dict[str, Any] = {"members": members, "select_per_loop": select, "workdir": str(workdir),
-                           "health_threshold": threshold}
+                           "health_threshold": threshold, "analyze_s": h.analyze(home)}
     trs: list[Triggerer] = []
     tail = h.RecordTail(list(records.values()))
     sampler = _Sampler(home)
