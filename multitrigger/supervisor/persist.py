@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import BindParameter, Column, Integer, String, any_, bindparam, func, select, text, update
+from sqlalchemy import BindParameter, Column, Integer, String, any_, bindparam, cast, func, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
@@ -148,9 +148,18 @@ def _ids_value(chunk: list[int], dialect: str) -> Any:
 
 
 def _among(column: ColumnElement[Any], ids: BindParameter[Any], dialect: str) -> ColumnElement[bool]:
-    """``column IN <ids>`` (``_ids_param``)."""
+    """``column IN <ids>`` (``_ids_param``).
+
+    PostgreSQL: ``= ANY((SELECT array_agg(v) FROM unnest(:ids) AS v))``, not ``= ANY(:ids)``. With
+    the ids inline (psycopg2 binds client-side) and a table never analyzed (a new database, a server
+    with ``autovacuum = off``), the planner expects ``= ANY`` of 150 constants to match most of
+    ``task_instance`` and scans all of it: 14 ms for 22,200 rows (``EXPLAIN ANALYZE``, PostgreSQL
+    15), where stock's one-event ``trigger_id = ?`` uses the ``ti_trigger_id`` index. Behind an
+    init plan (the cast keeps ``= ANY`` an array comparison) the array is a parameter of unknown content, planned as selective, with statistics
+    or without: an index scan, ~0.2 ms (issue 13, ``benchmarks/README.md``)."""
     if dialect == "postgresql":
-        return column == any_(ids)
+        v = func.unnest(ids).table_valued("v").render_derived()
+        return column == any_(cast(select(func.array_agg(v.c.v)).scalar_subquery(), ARRAY(Integer)))
     if dialect == "sqlite":
         return column.in_(select(func.json_each(ids).table_valued("value").c.value))
     return column.in_(ids)
