@@ -155,8 +155,9 @@ def _among(column: ColumnElement[Any], ids: BindParameter[Any], dialect: str) ->
     with ``autovacuum = off``), the planner expects ``= ANY`` of 150 constants to match most of
     ``task_instance`` and scans all of it: 14 ms for 22,200 rows (``EXPLAIN ANALYZE``, PostgreSQL
     15), where stock's one-event ``trigger_id = ?`` uses the ``ti_trigger_id`` index. Behind an
-    init plan (the cast keeps ``= ANY`` an array comparison) the array is a parameter of unknown content, planned as selective, with statistics
-    or without: an index scan, ~0.2 ms (issue 13, ``benchmarks/README.md``)."""
+    init plan (the cast keeps ``= ANY`` an array comparison) the array is a parameter of unknown
+    content, planned as selective, with statistics or without: an index scan, ~0.2 ms (issue 13,
+    ``benchmarks/README.md``)."""
     if dialect == "postgresql":
         v = func.unnest(ids).table_valued("v").render_derived()
         return column == any_(cast(select(func.array_agg(v.c.v)).scalar_subquery(), ARRAY(Integer)))
