@@ -102,12 +102,7 @@ def _phases(logs_dir: Path, due: float) -> dict[str, Any]:
 def _around(text: str, due: float, window: float, cap: int = 80) -> list[str]:
     """The supervisor's log lines from ``window`` s before ``due`` to ``window`` s after, each
     prefixed with its time relative to ``due`` (what else it was doing when the burst was due)."""
-    out = []
-    for line in text.splitlines():
-        ts = h.log_line_epoch(line)
-        if ts is not None and abs(ts - due) <= window:
-            out.append(f"{ts - due:+.3f} {line[:240]}")
-    return out[:cap]
+    return [f"{ts - due:+.3f} {line[:240]}" for ts, line in h.grep_times(text) if abs(ts - due) <= window][:cap]
 
 
 def _spans(at: list[float], due: float, gap: float = 0.01) -> list[tuple[float, float, int]]:
