@@ -110,11 +110,13 @@ class Leftovers:
     seen: dict[int, int] = field(default_factory=dict)  # pid → start (ticks)
 
     def note(self, table: ProcTable) -> None:
-        """Remember the loop's descendants in ``table``; forget the seen ones that have ended."""
+        """Remember the loop's live descendants in ``table``; forget the seen ones that have ended
+        (a zombie not yet reaped has ended: ``_kill`` skips it too)."""
         self.seen = {pid: start for pid, start in self.seen.items()
-                     if (stat := table.stats.get(pid)) is not None and stat.start == start}
+                     if (stat := table.stats.get(pid)) is not None and stat.start == start and stat.state != "Z"}
         for pid in table.descendants(self.loop_pid):
-            self.seen.setdefault(pid, table.stats[pid].start)
+            if table.stats[pid].state != "Z":
+                self.seen.setdefault(pid, table.stats[pid].start)
 
     def kill(self) -> list[int]:
         """SIGKILL the loop's group, its session and every descendant seen; returns their pids."""
