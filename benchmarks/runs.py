@@ -325,6 +325,8 @@ def wait_done(run: Run, wait_for: list[Item], first_due: float, deadline: float,
 
     Every poll is kept as ``visible``: (seconds after the first due time, how many had left DEFERRED),
     i.e. when the results became visible to other DB sessions (committed), at ``interval`` resolution.
+    A run that waits for several bursts keeps each one's under ``visible_by_series`` (``visible`` is
+    the last wait's), and ``all_done`` only if every wait saw all of its items done.
     """
     h.sleep_until(first_due, tick=tick)
     run.load.mark("due", run.triggerer.pid if run.triggerer.running() else None)
@@ -338,8 +340,9 @@ def wait_done(run: Run, wait_for: list[Item], first_due: float, deadline: float,
         return left == 0
 
     done = h.wait_until(check, deadline, interval=interval, tick=tick)
-    run.result["all_done"] = bool(done)
+    run.result["all_done"] = bool(done) and run.result.get("all_done", True)
     run.result["visible"] = visible
+    run.result.setdefault("visible_by_series", {})[",".join(sorted({i.series for i in wait_for}))] = visible
     return bool(done)
 
 

@@ -49,11 +49,18 @@ class FireAtTrigger(demo.FireAtTrigger):
         return path, kwargs
 
     def _record(self, what: str) -> None:
+        """One ``O_APPEND`` write of the whole line (as the text file's one flush at close wrote it),
+        without a text file object: ~1.3 us instead of ~6 (quiet machine). Benchmarks record every
+        start and fire of thousands of triggers in both triggerers; the record is the instrument,
+        not the workload."""
         if self.record_path:
             info = process_info()
             tag = f" {self.record_tag}" if self.record_tag else ""
-            with open(self.record_path, "a") as fh:
-                fh.write(f"{what} {info['pid']} {info['loop']}{tag}\n")
+            fd = os.open(self.record_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                os.write(fd, f"{what} {info['pid']} {info['loop']}{tag}\n".encode())
+            finally:
+                os.close(fd)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         self._record("start")
