@@ -56,7 +56,7 @@ from multitrigger.supervisor.loop_process import read_order
 from multitrigger.supervisor.output import OutputLimits
 from multitrigger.supervisor.outcomes import Outcomes
 from multitrigger.supervisor.persisting import Persister
-from multitrigger.supervisor.relay import OutputGate, pressed
+from multitrigger.supervisor.relay import OutputGate, output_busy_until, pressed
 from multitrigger.supervisor.request_desk import RequestDesk
 from multitrigger.supervisor.sd_notify import Notifier
 from multitrigger.supervisor.shutdown import shut_down
@@ -87,6 +87,8 @@ OUTPUT_YIELD_PRESSED = 0.05
 #: ... but only while a persist step has run less than this: a step held up by a slow DB does
 #: not keep every loop's output at a trickle (a chatty loop would fill its log buffer and drop).
 OUTPUT_GATE_MAX = 0.5
+#: While handed-back triggers are taken over (a hint heard), the same, for at most this long.
+TAKEOVER_GATE_MAX = 5.0
 
 
 class Supervisor:
@@ -117,7 +119,7 @@ class Supervisor:
         self._next_tick = 0.0
         self._unbuilt = 0  # held triggers the last pass left unbuilt (Tick.backlog)
         self.handback: HandbackListener | None = None  # other members' hand-backs (PostgreSQL)
-        self._hinted = False  # a hand-back was heard: claim again at once while passes find new triggers
+        self._hinted_at: float | None = None  # since a hand-back was heard: claim at once while passes find new ones
         self._hints = 0  # hand-back hints heard so far
         self.db_health = DbHealth(settings.db_retry_limit, step_bound=settings.db_timeout + 2,
                                   retry_after_error=settings.claim_interval, clock=clock)
@@ -241,10 +243,10 @@ class Supervisor:
     def _next_wakeup(self) -> float:
         now = self.clock()
         deadlines = [self.desk.next_deadline()] + [s.poll_deadline() for s in self.slots.values()]
-        young_until = self._young_step_until()  # the output gate opens then, at the latest
+        busy_until = self._busy_until()  # the output gate opens then, at the latest
         for s in self.slots.values():
-            gate = self._output_gate.opens_at(young_until is not None, s.relay.filling())
-            deadlines.append(max(s.relay.next_due(), gate if young_until is None else min(gate, young_until)))
+            gate = self._output_gate.opens_at(busy_until is not None, s.relay.filling())
+            deadlines.append(max(s.relay.next_due(), gate if busy_until is None else min(gate, busy_until)))
         if self.persister.ready:
             deadlines.append(max(self.db_health.retry_at, now))
         if self.db.idle:
@@ -285,7 +287,7 @@ class Supervisor:
         next loop, so no loop's lines always wait behind another's backlog; while an event batch is
         being written, less often (``OutputGate``: events before log lines)."""
         slots = list(self.slots.values())
-        if not self._output_gate.enter(self._young_step_until() is not None, pressed(s.relay for s in slots)):
+        if not self._output_gate.enter(self._busy_until() is not None, pressed(s.relay for s in slots)):
             return
         self._output_turn = (self._output_turn + 1) % len(slots)
         deadline = self.clock() + OUTPUT_SLICE
@@ -343,10 +345,10 @@ class Supervisor:
 
         return HealthServer.start(self.config.health, self.board, self.settings.state_dir)
 
-    def _young_step_until(self) -> float | None:
-        """When the persist step running, not yet for long (``OUTPUT_GATE_MAX``), turns old; else None."""
+    def _busy_until(self) -> float | None:
+        """Until when output waits for a young persist step or a takeover (``relay.output_busy_until``)."""
         busy = self.persist_lane.busy_for()
-        return None if busy is None or busy[1] >= OUTPUT_GATE_MAX else self.clock() + OUTPUT_GATE_MAX - busy[1]
+        return output_busy_until(self.clock(), busy and busy[1], OUTPUT_GATE_MAX, self._hinted_at, TAKEOVER_GATE_MAX)
 
     def _health(self) -> tuple[bool, str]:
         """For systemd: ready, and a one-line summary, both as the health server shows them (the
@@ -369,7 +371,7 @@ class Supervisor:
         if self.handback is not None and self.handback.take():
             # Another member handed triggers back: claim now, not up to a claim interval later.
             log.info("hand-back heard; claiming now")
-            self._hinted, self._hints = True, self._hints + 1
+            self._hinted_at, self._hints = now if self._hinted_at is None else self._hinted_at, self._hints + 1
             self._next_tick = min(self._next_tick, now)
         if self.db.idle and (now >= self._next_tick or self._unbuilt):
             # Claimed but not yet built (``Tick.backlog``): build the next chunk at once, without
@@ -388,7 +390,7 @@ class Supervisor:
         self.claimed = True  # the first claim completed: readiness may follow
         self._unbuilt = tick.backlog
         if not tick.built and hints == self._hints:  # a pass after the last hint found nothing new
-            self._hinted = False
+            self._hinted_at = None
         for trigger_id in set(self.routes) - tick.held:
             self.slots[self.routes[trigger_id]].cancel(trigger_id)
         for trigger_id, traceback in tick.failures:
@@ -404,7 +406,7 @@ class Supervisor:
             # selector thread more than building the triggers cost the DB lane (~0.1 ms each).
             log.info("triggers routed", loop=loop, bundle=bundle, version=version, classpath=classpath, count=len(ids),
                      trigger_ids=ids)
-        if tick.built and tick.more and (tick.alone or self._hinted):
+        if tick.built and tick.more and (tick.alone or self._hinted_at is not None):
             # A backlog is claimed max_trigger_to_select_per_loop at a time: come back for the
             # rest at once, not a claim interval later (nothing built: no hurry, no spinning;
             # the last claim took less than that: nothing more to claim, the held rest is built

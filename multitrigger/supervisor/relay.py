@@ -229,6 +229,23 @@ class OutputGate:
         return True
 
 
+def output_busy_until(now: float, step_age: float | None, step_max: float,
+                      takeover_since: float | None, takeover_max: float) -> float | None:
+    """Until when ``OutputGate`` counts the supervisor as busy, or None (not busy): while a persist
+    step is younger than ``step_max`` (events before log lines), and while triggers other members
+    handed back are being taken over, at most ``takeover_max`` after the first hint (starting them
+    before their log lines). A takeover of thousands is bound by CPU, the loops' and this process's
+    alike; delivering each new trigger's first line (its log file made, the record decoded, masked
+    and written) was over half of the supervisor's samples in one (py-spy, issue 13). Lines wait in
+    their loop's relay meanwhile, bounded as ever, and still get a slice every gate interval."""
+    until = []
+    if step_age is not None and step_age < step_max:
+        until.append(now + step_max - step_age)
+    if takeover_since is not None and now < takeover_since + takeover_max:
+        until.append(takeover_since + takeover_max)
+    return max(until, default=None)
+
+
 def pressed(relays: Iterable[LogRelay]) -> bool:
     """Some loop's queue holds over a quarter of its capacity and its budget would deliver now
     (``OutputGate``): a loop flooding past its budget does not take every loop back to the short
