@@ -12,11 +12,12 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from airflow.sdk.execution_time.comms import _RequestFrame
-from multitrigger.supervisor.loop_process import OUTBOX_LIMIT, LoopCallbacks, LoopProcess
+from multitrigger.supervisor.loop_process import OUTBOX_LIMIT, REQUEST_SEND_BUFFER, LoopCallbacks, LoopProcess
 from multitrigger.supervisor.output import CutLine, OutputLimits
 
 pytestmark = pytest.mark.timeout(60)
@@ -99,3 +100,32 @@ def test_an_unfinished_line_is_cut_as_it_arrives_and_delivered_at_eof(wired: Wir
     wired.pump(5)
     (cut,) = wired.log_pieces[1:]
     assert isinstance(cut, CutLine) and cut.total == 300_000 and len(cut.head) == 1024
+
+
+ONE_SEND = r"""
+import socket, sys
+sock = socket.socket(fileno=0)  # the request socket, as a loop's asyncio transport gets it
+sock.setblocking(False)
+try:
+    sent = sock.send(b"x" * int(sys.argv[2]))
+except BlockingIOError:
+    sent = 0
+open(sys.argv[1], "w").write(str(sent))
+"""
+
+
+def test_a_loops_push_of_a_megabyte_leaves_in_one_write(tmp_path) -> None:
+    """The loop's end of the request socket holds ``REQUEST_SEND_BUFFER`` (the kernel allowing): a
+    push of thousands of events is written at once, not one loop iteration per 208 KiB."""
+    size = 1_000_000
+    wmem_max = int(Path("/proc/sys/net/core/wmem_max").read_text())
+    if 2 * min(wmem_max, REQUEST_SEND_BUFFER) < 2 * size:  # Linux doubles SO_SNDBUF for its bookkeeping
+        pytest.skip(f"net.core.wmem_max is {wmem_max}: this kernel caps the buffer below a megabyte")
+    out = tmp_path / "sent"
+    proc = LoopProcess.spawn("roomy", [sys.executable, "-c", ONE_SEND, str(out), str(size)], {}, tmp_path)
+    try:
+        assert proc.handle.wait(30) == 0
+        assert int(out.read_text()) == size  # nothing read by the supervisor's end yet
+    finally:
+        for sock in (proc.requests, proc.output, proc.logs):
+            sock.close()
