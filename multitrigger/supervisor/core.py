@@ -347,8 +347,8 @@ class Supervisor:
 
     def _busy_until(self) -> float | None:
         """Until when output waits for a young persist step or a takeover (``relay.output_busy_until``)."""
-        busy = self.persist_lane.busy_for()
-        return output_busy_until(self.clock(), busy and busy[1], OUTPUT_GATE_MAX, self._hinted_at, TAKEOVER_GATE_MAX)
+        step = self.persist_lane.busy_for()
+        return output_busy_until(self.clock(), step and step[1], OUTPUT_GATE_MAX, self._hinted_at, TAKEOVER_GATE_MAX)
 
     def _health(self) -> tuple[bool, str]:
         """For systemd: ready, and a one-line summary, both as the health server shows them (the
