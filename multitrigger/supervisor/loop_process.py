@@ -54,7 +54,7 @@ OUTBOX_LIMIT = 8 * 1024 * 1024
 DRAIN_LIMIT = 4 * 1024 * 1024
 #: The loop's end of its request socket holds this much unread (``SO_SNDBUF``, which the kernel
 #: caps at ``net.core.wmem_max``), so a push of thousands of events leaves in one write
-#: (``_roomy``).
+#: (``_loop_sockets``).
 REQUEST_SEND_BUFFER = 4 * 1024 * 1024
 
 
@@ -122,8 +122,7 @@ class LoopProcess:
                 return cls.spawn_forked(name, zygote, env, cwd)
             except ZygoteError as err:
                 log.warning("zygote could not fork; exec'ing the loop", loop=name, error=str(err))
-        (req_parent, req_child), (out_parent, out_child), (log_parent, log_child) = _socket_pairs(3)
-        _roomy(req_child)
+        (req_parent, req_child), (out_parent, out_child), (log_parent, log_child) = _loop_sockets()
         child_env = {**env, ENV_LOG_FD: str(log_child.fileno()), ENV_LOOP_NAME: name}
         try:
             popen = subprocess.Popen(
@@ -153,8 +152,7 @@ class LoopProcess:
 
         Raises ``ZygoteError`` (nothing left open) if the zygote cannot fork now; exec instead.
         """
-        (req_parent, req_child), (out_parent, out_child), (log_parent, log_child) = _socket_pairs(3)
-        _roomy(req_child)
+        (req_parent, req_child), (out_parent, out_child), (log_parent, log_child) = _loop_sockets()
         try:
             pid = zygote.fork(name, {**env, ENV_LOOP_NAME: name}, cwd, req_child, out_child, log_child)
         except BaseException:
@@ -320,31 +318,30 @@ def describe_exit(returncode: int) -> str:
     return f"exited with code {returncode}"
 
 
-def _roomy(sock: socket.socket) -> None:
-    """Let ``sock`` (a loop's end) hold ``REQUEST_SEND_BUFFER`` unread bytes, as far as the kernel allows.
+def _loop_sockets() -> list[tuple[socket.socket, socket.socket]]:
+    """A loop's three socketpairs (requests, output, logs), or none: at ``EMFILE`` the pairs already
+    made are closed here, at once, not left to the garbage collector while the supervisor is short
+    of fds.
 
-    A loop's asyncio transport writes what the socket takes at once and the rest when the socket is
-    writable again, which the loop sees once per loop iteration. In a burst an iteration is one
-    step of every ready trigger: 5000 "trigger completed" records, ~1 s on this 2-core machine. With
-    the default 208 KiB, a push of 5000 events (~1 MB) left its loop over about that second, after
-    its triggers had all completed (20,000 due at once: the pushes reached the supervisor 2.1-2.4 s
-    after the due time; with this, 1.1-1.5 s). The memory is the kernel's, taken only while the
-    supervisor has not read what was written. Best effort: a kernel that refuses leaves the default.
+    The loop's end of the request pair may hold ``REQUEST_SEND_BUFFER`` unread bytes, as far as the
+    kernel allows. A loop's asyncio transport writes what the socket takes at once and the rest when
+    the socket is writable again, which the loop sees once per loop iteration. In a burst an
+    iteration is one step of every ready trigger: 5000 "trigger completed" records, ~1 s on this
+    2-core machine. With the default 208 KiB, a push of 5000 events (~1 MB) left its loop over about
+    that second, after its triggers had all completed (20,000 due at once: the pushes reached the
+    supervisor 2.1-2.4 s after the due time; with this, 1.1-1.5 s). The memory is the kernel's,
+    taken only while the supervisor has not read what was written. Best effort: a kernel that
+    refuses leaves the default.
     """
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, REQUEST_SEND_BUFFER)
-
-
-def _socket_pairs(n: int) -> list[tuple[socket.socket, socket.socket]]:
-    """``n`` socketpairs, or none: at ``EMFILE`` the pairs already made are closed here, at once,
-    not left to the garbage collector while the supervisor is short of fds."""
     pairs: list[tuple[socket.socket, socket.socket]] = []
     try:
-        for _ in range(n):
+        for _ in range(3):
             pairs.append(socket.socketpair())
     except BaseException:
         for pair in pairs:
             for sock in pair:
                 sock.close()
         raise
+    with contextlib.suppress(OSError):
+        pairs[0][1].setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, REQUEST_SEND_BUFFER)
     return pairs
