@@ -304,12 +304,12 @@ def test_a_filling_queue_is_served_at_the_shorter_interval_while_a_batch_is_writ
 def test_output_is_busy_while_a_step_is_young_and_while_a_takeover_is_young() -> None:
     """Events, then triggers taken over from a member that handed them back, before log lines; each
     for a bounded time, so a hung DB step or a member handing back for ever never starves output."""
-    assert output_busy_until(10.0, None, 0.5, None, 5.0) is None  # nothing going on
-    assert output_busy_until(10.0, 0.1, 0.5, None, 5.0) == pytest.approx(10.4)  # a step 0.1 s old
-    assert output_busy_until(10.0, 0.5, 0.5, None, 5.0) is None  # an old step: output flows again
-    assert output_busy_until(10.0, None, 0.5, 8.0, 5.0) == 13.0  # a hint heard 2 s ago
-    assert output_busy_until(13.0, None, 0.5, 8.0, 5.0) is None  # ... 5 s ago: no longer
-    assert output_busy_until(12.9, 0.1, 0.5, 8.0, 5.0) == pytest.approx(13.3)  # both: the later
+    assert output_busy_until(10.0, None, None, step_max=0.5, takeover_max=5.0) is None  # nothing going on
+    assert output_busy_until(10.0, 0.1, None, step_max=0.5, takeover_max=5.0) == pytest.approx(10.4)  # a step 0.1 s old
+    assert output_busy_until(10.0, 0.5, None, step_max=0.5, takeover_max=5.0) is None  # an old step: output flows again
+    assert output_busy_until(10.0, None, 8.0, step_max=0.5, takeover_max=5.0) == 13.0  # a hint heard 2 s ago
+    assert output_busy_until(13.0, None, 8.0, step_max=0.5, takeover_max=5.0) is None  # ... 5 s ago: no longer
+    assert output_busy_until(12.9, 0.1, 8.0, step_max=0.5, takeover_max=5.0) == pytest.approx(13.3)  # both: the later
 
 
 def test_pressed_means_some_queue_holds_over_a_quarter_of_its_capacity() -> None:

@@ -80,15 +80,11 @@ LISTEN_SLACK = 0.5
 MAX_SELECT = 1.0
 #: Each pass delivers loops' queued output lines for at most this long (then serves sockets again).
 OUTPUT_SLICE = 0.01
-#: While an event batch is being written, output is delivered at most this often (``OutputGate``);
-#: once a loop's queue is over a quarter full, at most every ``OUTPUT_YIELD_PRESSED``.
+#: While an event batch is being written or handed-back triggers are taken over, output is delivered
+#: at most this often (``OutputGate``; for how long: ``relay.output_busy_until``); once a loop's
+#: queue is over a quarter full, at most every ``OUTPUT_YIELD_PRESSED``.
 OUTPUT_YIELD = 0.25
 OUTPUT_YIELD_PRESSED = 0.05
-#: ... but only while a persist step has run less than this: a step held up by a slow DB does
-#: not keep every loop's output at a trickle (a chatty loop would fill its log buffer and drop).
-OUTPUT_GATE_MAX = 0.5
-#: While handed-back triggers are taken over (a hint heard), the same, for at most this long.
-TAKEOVER_GATE_MAX = 5.0
 
 
 class Supervisor:
@@ -348,7 +344,7 @@ class Supervisor:
     def _busy_until(self) -> float | None:
         """Until when output waits for a young persist step or a takeover (``relay.output_busy_until``)."""
         step = self.persist_lane.busy_for()
-        return output_busy_until(self.clock(), step and step[1], OUTPUT_GATE_MAX, self._hinted_at, TAKEOVER_GATE_MAX)
+        return output_busy_until(self.clock(), step and step[1], self._hinted_at)
 
     def _health(self) -> tuple[bool, str]:
         """For systemd: ready, and a one-line summary, both as the health server shows them (the

@@ -229,8 +229,15 @@ class OutputGate:
         return True
 
 
-def output_busy_until(now: float, step_age: float | None, step_max: float,
-                      takeover_since: float | None, takeover_max: float) -> float | None:
+#: Output waits for a persist step only while it has run less than this: a step held up by a slow
+#: DB does not keep every loop's output at a trickle (a chatty loop would fill its buffer and drop).
+OUTPUT_GATE_MAX = 0.5
+#: ... and for a takeover of handed-back triggers, at most this long after the first hint.
+TAKEOVER_GATE_MAX = 5.0
+
+
+def output_busy_until(now: float, step_age: float | None, takeover_since: float | None,
+                      step_max: float = OUTPUT_GATE_MAX, takeover_max: float = TAKEOVER_GATE_MAX) -> float | None:
     """Until when ``OutputGate`` counts the supervisor as busy, or None (not busy): while a persist
     step is younger than ``step_max`` (events before log lines), and while triggers other members
     handed back are being taken over, at most ``takeover_max`` after the first hint (starting them
