@@ -50,6 +50,11 @@ class Stat:
     session: int
     start: int  # clock ticks after boot: with the pid, the process's identity
 
+    @property
+    def ended(self) -> bool:
+        """A zombie: it has exited, only its parent has not reaped it yet."""
+        return self.state == "Z"
+
 
 def read_stat(pid: int, proc: Path = PROC) -> Stat | None:
     """One ``os.read`` of the file, parsed as bytes: ``ProcTable.scan`` reads one per process on the
@@ -113,9 +118,9 @@ class Leftovers:
         """Remember the loop's live descendants in ``table``; forget the seen ones that have ended
         (a zombie not yet reaped has ended: ``_kill`` skips it too)."""
         self.seen = {pid: start for pid, start in self.seen.items()
-                     if (stat := table.stats.get(pid)) is not None and stat.start == start and stat.state != "Z"}
+                     if (stat := table.stats.get(pid)) is not None and stat.start == start and not stat.ended}
         for pid in table.descendants(self.loop_pid):
-            if table.stats[pid].state != "Z":
+            if not table.stats[pid].ended:
                 self.seen.setdefault(pid, table.stats[pid].start)
 
     def kill(self) -> list[int]:
@@ -144,7 +149,7 @@ def _kill(pid: int, start: int, proc: Path) -> bool:
         fd = None
     try:
         stat = read_stat(pid, proc)  # with a pidfd held: the same process, or a dead fd
-        if stat is None or stat.start != start or stat.state == "Z":  # a zombie is dead already
+        if stat is None or stat.start != start or stat.ended:  # a zombie is dead already
             return False
         if fd is None:
             os.kill(pid, signal.SIGKILL)
