@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import report
+from benchmarks import report, targets
 from benchmarks.harness import KINDS
 from benchmarks.runs import Ctx
 from benchmarks.scenarios import ESTIMATE_S, FULL_RUN, SCENARIOS
@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(report.table(doc))
     print()
+    _print_targets(doc)
     probe = doc["machine"]["cpu_probe_s"]
     print(f"machine speed (fixed CPU probe): {probe['start']:.3f} s at the start, {probe['end']:.3f} s at the end")
     print(f"JSON: {path} (also {latest}); plots and logs: {out}; total {doc['wall_s']} s")
@@ -152,8 +153,20 @@ def _report_only(path: Path) -> int:
             png = report.plot(sc, out / f"{sc['name']}.png")
             sc["plot"] = str(png) if png else None
     print(report.table(doc))
-    print(f"\nplots: {out}")
+    print()
+    _print_targets(doc)
+    print(f"plots: {out}")
     return 0
+
+
+def _print_targets(doc: dict[str, Any]) -> None:
+    """Issue 13's targets this run measured, met or missed (``benchmarks.targets``); not for ``--quick``."""
+    if doc.get("quick"):
+        return
+    full = [sc["name"] for sc in doc["scenarios"]] == list(FULL_RUN)
+    if text := targets.table(targets.verdicts(doc, full_run=full)):
+        print(text)
+        print()
 
 
 if __name__ == "__main__":
