@@ -7,6 +7,7 @@ and the stream that files a trigger's output under its id.
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import sys
 import time
@@ -93,6 +94,37 @@ def test_blame_slot_times_steps_and_reports_only_long_ones(tmp_path):
     slot.leave()
     assert read_blame(tmp_path / "blame") == 0
     assert [tid for tid, _ in long_steps] == [6] and long_steps[0][1] >= 0.08
+    slot.close()
+
+
+def test_a_full_collection_within_a_step_is_not_the_triggers_block(tmp_path):
+    """A full collection walks every object of the loop (every trigger it holds); it runs in
+    whichever step allocates, so its pause is not that step's trigger's (``blame``). Here a real
+    ``gc.collect()`` over ~10^6 objects lasts longer than the threshold inside one step (the
+    threshold is set from a first collection: machines differ), and a real sleep of its own code
+    blocks the next: only the second is reported, and at its own length."""
+    heap = [[i] for i in range(1_000_000)]
+    try:
+        t0 = time.perf_counter()
+        gc.collect()
+        threshold = (time.perf_counter() - t0) / 4
+        long_steps = []
+        slot = BlameSlot(tmp_path / "blame", long_step=threshold, on_long_step=lambda tid, s: long_steps.append((tid, s)))
+        slot.enter(5)
+        t0 = time.perf_counter()
+        gc.collect()
+        collecting = time.perf_counter() - t0
+        slot.leave()
+        slot.enter(6)
+        gc.collect()
+        time.sleep(2 * threshold)
+        slot.leave()
+        slot.close()
+    finally:
+        del heap
+    assert collecting > threshold, "the collection must outlast the threshold for this test to mean anything"
+    assert slot.collected_s >= collecting
+    assert [tid for tid, _ in long_steps] == [6] and 2 * threshold <= long_steps[0][1] < 2 * threshold + collecting
 
 
 def test_output_of_a_running_trigger_becomes_its_log_records_and_the_rest_stays_output():
