@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.harness import MULTI, STOCK
+from benchmarks.report import _f
 
 #: The full run's wall time, at most (s).
 FULL_RUN_S = 20 * 60.0
@@ -40,10 +41,6 @@ def _p99(doc: dict[str, Any], name: str, series: str) -> float | None:
     return ((run or {}).get("stats") or {}).get(series, {}).get("p99")
 
 
-def _s(v: float | None) -> str:
-    return "-" if v is None else f"{v:.3f} s"
-
-
 def _latency(doc: dict[str, Any]) -> Iterator[Verdict]:
     for name, db in (("alone", "SQLite"), ("alone_pg", "PostgreSQL")):
         p99s = [p for s in ("b1", "b2", "b3") if (p := _p99(doc, name, s)) is not None]
@@ -55,10 +52,10 @@ def _latency(doc: dict[str, Any]) -> Iterator[Verdict]:
                                ("n20000", 3.0, "20,000 at once, p99 <= 3 s")):
         for name in ("limit", "limit_pg"):
             if (p := _p99(doc, name, series)) is not None:
-                yield Verdict(f"{what} ({name})", _s(p), None if goal is None else p <= goal)
+                yield Verdict(f"{what} ({name})", _f(p, " s"), None if goal is None else p <= goal)
     for name, series in (("noisy", "others"), ("crash", "others"), ("storm", "others")):
         if (p := _p99(doc, name, series)) is not None:
-            yield Verdict(f"{name}: the other bundles' p99 <= 50 ms", _s(p), p <= 0.050)
+            yield Verdict(f"{name}: the other bundles' p99 <= 50 ms", _f(p, " s"), p <= 0.050)
 
 
 def _first_kill(per_bundle: dict[str, Any] | None) -> float | None:
@@ -68,11 +65,11 @@ def _first_kill(per_bundle: dict[str, Any] | None) -> float | None:
 
 def _recovery(doc: dict[str, Any]) -> Iterator[Verdict]:
     if (t := _first_kill((_run(doc, "crash") or {}).get("crash"))) is not None:
-        yield Verdict("crash -> pending running again <= 100 ms, forked loop (crash)", _s(t), t <= 0.100)
+        yield Verdict("crash -> pending running again <= 100 ms, forked loop (crash)", _f(t, " s"), t <= 0.100)
     storm = (_run(doc, "storm") or {}).get("storm") or {}
     for bundle, goal in (("x_fork", 0.100), ("x_venv", 0.100), ("x_exec", None)):
         if (t := _first_kill(storm.get(bundle))) is not None:
-            yield Verdict(f"crash -> pending running again, {bundle[2:]} loop (storm)", _s(t), None if goal is None else t <= goal)
+            yield Verdict(f"crash -> pending running again, {bundle[2:]} loop (storm)", _f(t, " s"), None if goal is None else t <= goal)
 
 
 def _memory_and_startup(doc: dict[str, Any]) -> Iterator[Verdict]:

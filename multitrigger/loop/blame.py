@@ -15,8 +15,8 @@ A step's time does not count the garbage collector's pauses within it (a ``gc.ca
 adds them up). A full collection walks every object of the loop, i.e. every trigger it holds: with
 5,000 held, 0.2-0.3 s (issue 13, a 20,000-trigger start-up: four of its eight "blocked by trigger"
 warnings had exactly a full collection's duration, and none was left without them). It runs in
-whichever step allocated last, so it named a healthy trigger as the one that blocked. The lag probe still sees the pause, as the runner's own
-(``health``: a lag no trigger's step explains).
+whichever step allocated last, so it named a healthy trigger as the one that blocked. The lag
+probe still sees the pause, as the runner's own (``health``: a lag no trigger's step explains).
 
 Cost: two 8-byte writes and two ``perf_counter`` reads per coroutine step of a trigger; two reads
 per collection.

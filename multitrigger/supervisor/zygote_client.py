@@ -41,6 +41,7 @@ from typing import Any, ClassVar
 
 import structlog
 
+from multitrigger.cgroups.leftovers import read_stat
 from multitrigger.interpreter_probe import bootstrap_code
 from multitrigger.pdeathsig import die_with_parent
 from multitrigger.zygote_protocol import (
@@ -360,11 +361,8 @@ def _exited(pid: int, pidfd: int | None) -> bool:
     """Has ``pid`` (not our child: no waitpid) exited? A zombie has."""
     if pidfd is not None:
         return bool(select.select([pidfd], [], [], 0)[0])
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except OSError:
-        return True
+    stat = read_stat(pid)  # None: no such process (any more)
+    return stat is None or stat.state in ("Z", "X")
 
 
 @dataclass
