@@ -22,6 +22,9 @@ an ``asyncio.sleep(0)`` each on every check-in, thousands of loop iterations per
 Each trigger's span is stock's; with tracing off, the no-op span is made current without stock's
 three generator context managers (``multitrigger.loop.trace_span``).
 
+The garbage collector runs when the event loop has nothing ready, not in the middle of a burst
+(``multitrigger.loop.idle_gc``).
+
 ``process_trigger_events`` builds the usual push of fired events without pydantic's validation
 and dump (``multitrigger.loop.state_sync``, the same frame).
 
@@ -60,7 +63,7 @@ from pydantic import TypeAdapter
 from airflow.jobs.triggerer_job_runner import ToTriggerRunner, TriggerCommsDecoder, TriggerRunner, _new_encoder, messages
 from airflow.sdk.execution_time.comms import ToTask, _ResponseFrame
 from multitrigger import log_processors
-from multitrigger.loop import frame_bound, state_sync, sweep, sys_path, trace_span
+from multitrigger.loop import frame_bound, idle_gc, state_sync, sweep, sys_path, trace_span
 from multitrigger.loop.blame import BlamedCoroutine, BlameSlot
 from multitrigger.loop.health import LoopHealth
 from multitrigger.loop.inline_log import inline
@@ -173,6 +176,7 @@ class LoopRunner(TriggerRunner):
         """Run triggers until told to stop; see the module docstring for the check-in scheme."""
         await self.init_comms()
         self._loop = asyncio.get_running_loop()
+        idle_gc.install(self._loop)  # collections wait for the loop's idle moments (loop.idle_gc)
         self._wake = asyncio.Event()
         watchdog = asyncio.create_task(self.block_watchdog(), name="block-watchdog")
         poller = asyncio.create_task(self._poll_forever(), name="supervisor-poll")
