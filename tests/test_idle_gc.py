@@ -5,13 +5,16 @@ On real asyncio event loops: a burst of tasks (each holding new objects while it
 leaving a reference cycle behind) is not collected while tasks are still in flight, and its
 cycles are collected once the loop waits; a loop that never waits still collects past
 ``busy_count``. The first test runs the same burst with stock automatic collection so that the
-second can fail. The last one asks a trigger inside a real ``multitrigger run`` loop.
+second can fail. A trigger inside a real ``multitrigger run`` loop sees collection off and the
+wrapped selector; a process forked from a loop collects as stock does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import subprocess
+import sys
 import textwrap
 import weakref
 from collections.abc import Iterator
@@ -168,3 +171,24 @@ def test_a_real_loop_collects_when_idle(tmp_path, start_triggerer) -> None:
     state = home.wait_for_states([ref], "scheduled", timeout=90)[ref]
     assert state.next_method == "execute_complete", state.next_kwargs
     assert state.event == {"gc_enabled": False, "selector": "IdleCollector"}
+
+
+FORKED = textwrap.dedent('''\
+    import asyncio, gc, os, sys
+    from multitrigger.loop import idle_gc
+
+    loop = asyncio.new_event_loop()
+    assert idle_gc.install(loop) is not None and not gc.isenabled()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, b"1" if gc.isenabled() else b"0")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    print("child", os.read(read, 1).decode(), "parent", int(gc.isenabled()))
+    ''')
+
+
+def test_a_process_forked_from_a_loop_collects_as_stock() -> None:
+    out = subprocess.run([sys.executable, "-c", FORKED], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["child", "1", "parent", "0"], out.stdout + out.stderr
