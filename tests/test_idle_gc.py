@@ -192,3 +192,18 @@ FORKED = textwrap.dedent('''\
 def test_a_process_forked_from_a_loop_collects_as_stock() -> None:
     out = subprocess.run([sys.executable, "-c", FORKED], capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["child", "1", "parent", "0"], out.stdout + out.stderr
+
+
+def test_an_interpreter_where_the_poke_does_not_collect_keeps_stock_collection(monkeypatch) -> None:
+    """Only CPython 3.11 is on this machine; an interpreter whose due collection does not run at the
+    poke (another version's venv loop) is stood in for by a poke that allocates nothing."""
+    assert idle_gc.poke_collects()  # this interpreter: it does
+    gc.enable()
+    monkeypatch.setattr(idle_gc, "_Poke", lambda: None)
+    assert not idle_gc.poke_collects()
+    loop = asyncio.new_event_loop()
+    try:
+        assert idle_gc.install(loop) is None
+        assert gc.isenabled() and not isinstance(loop._selector, idle_gc.IdleCollector)
+    finally:
+        loop.close()

@@ -77,11 +77,35 @@ def collect_if_due() -> None:
         gc.disable()
 
 
+def _then() -> None:
+    """A Python-level call: where an interpreter that only schedules a collection runs it."""
+
+
+def poke_collects() -> bool:
+    """Whether, in this interpreter, turning collection on for one allocation runs the collection
+    that is due. CPython 3.11 runs it inside the allocation; a venv loop's interpreter may be
+    another version, and one that checked again, when the collection runs, whether collection is on
+    would never collect here: such a loop keeps stock collection."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        before = gc.get_stats()[0]["collections"]
+        held = [_Poke() for _ in range(2 * gc.get_threshold()[0] + 1)]  # past the young threshold
+        collect_if_due()
+        _then()
+        del held
+        return gc.get_stats()[0]["collections"] > before
+    finally:
+        if was:
+            gc.enable()
+
+
 def install(loop: asyncio.AbstractEventLoop) -> IdleCollector | None:
     """Collect in ``loop``'s idle moments from now on; None (nothing changed) for a loop without a
-    selector (not asyncio's selector loop: a proactor, uvloop)."""
+    selector (not asyncio's selector loop: a proactor, uvloop) or an interpreter where collections
+    cannot be let run this way (``poke_collects``)."""
     selector = getattr(loop, "_selector", None)
-    if selector is None or not hasattr(selector, "select"):
+    if selector is None or not hasattr(selector, "select") or not poke_collects():
         return None
     collector = IdleCollector(selector)
     loop._selector = collector  # type: ignore[attr-defined]
