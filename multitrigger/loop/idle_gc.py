@@ -46,6 +46,8 @@ from typing import Any
 #: default young threshold is 700): garbage made by a loop that never waits stays bounded.
 BUSY_COUNT = 100_000
 
+_fork_hook_registered = False
+
 
 class _Poke:
     """A tracked object, allocated to let CPython run the collection it has due."""
@@ -77,6 +79,10 @@ def collect_if_due() -> None:
         gc.disable()
 
 
+def _collections() -> int:
+    return sum(generation["collections"] for generation in gc.get_stats())
+
+
 def _then() -> None:
     """A Python-level call: where an interpreter that only schedules a collection runs it."""
 
@@ -89,12 +95,12 @@ def poke_collects() -> bool:
     was = gc.isenabled()
     gc.disable()
     try:
-        before = gc.get_stats()[0]["collections"]
+        before = _collections()
         held = [_Poke() for _ in range(2 * gc.get_threshold()[0] + 1)]  # past the young threshold
         collect_if_due()
         _then()
         del held
-        return gc.get_stats()[0]["collections"] > before
+        return _collections() > before
     finally:
         if was:
             gc.enable()
@@ -115,6 +121,3 @@ def install(loop: asyncio.AbstractEventLoop) -> IdleCollector | None:
         _fork_hook_registered = True
     gc.disable()
     return collector
-
-
-_fork_hook_registered = False
