@@ -61,7 +61,7 @@ class _Burst:
 
     async def _task(self, go: asyncio.Event) -> None:
         await go.wait()
-        held = [{"i": i} for i in range(10)]  # new objects, alive while the task runs (~40,000 in all: under busy_count)
+        held = [{"i": i} for i in range(10)]  # alive while the task runs (~40,000 in all: under busy_count)
         cycle = _Node()
         weakref.finalize(cycle, self._note_freed)
         del cycle
