@@ -13,8 +13,8 @@ trigger), so the count stays low while ~90,000 live young objects pile up; the n
 burst (building the push of those events) starts a young collection that walks all of them, finds
 nothing to free and promotes them, and a second one walks them again. Measured in a 20,000-trigger
 burst (``benchmarks.burst_probe -n 20000``, four loops, a ``gc.callbacks`` probe, issue 13): in
-each loop one generation-0 collection of ~90,000 objects (46-105 ms of CPU) and one generation-1
-(41-56 ms), in the step that builds the push: 11 % of the loops' py-spy samples. An iteration
+each loop one generation-0 collection of ~90,000 objects (46-108 ms of CPU) and one generation-1
+(41-57 ms), in the step that builds the push: 11 % of the loops' py-spy samples. An iteration
 later those tasks have finished and their objects are freed by their reference counts.
 
 So a loop turns automatic collection off and ``IdleCollector`` wraps its event loop's selector:
